@@ -1,0 +1,84 @@
+"""Model adapters: everything an editor or the wrapper needs to know about one model family.
+
+An adapter wraps a loaded model + processor (usually taken from an lmms-eval backend instance)
+and offers three operations on ``Query`` objects: teacher-forced scoring, a differentiable
+target loss (for editors that train), and greedy generation. It also names the parameter
+groups editors act on ("llm_last_mlp", "alignment", "vision"). No other module may branch on
+model names: that knowledge lives here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Query:
+    """One input to the model: ``[image] prefix prompt[ target]``.
+
+    ``prefix`` is editor context (IKE demonstrations). Its token positions are excluded from the
+    positions compared for locality, so pre-edit (no prefix) and post-edit inputs line up.
+    ``target`` is scored teacher-forced and is joined to the prompt with one space (reference
+    protocol: labels are the target with a leading space).
+    """
+
+    prompt: str
+    image: Any = None  # PIL.Image.Image or None
+    target: str = ""
+    prefix: str = ""
+
+
+@dataclass
+class ForwardResult:
+    """Teacher-forced outputs of one query.
+
+    ``topk`` holds the top-K token ids (K = the ``k`` asked for, sorted by score) at every
+    position of the query (image positions included, prefix positions excluded), in order.
+    ``answer_positions`` indexes the rows of ``topk`` whose logits predict the answer tokens.
+    """
+
+    token_acc: float  # mean over answer tokens of argmax == label; nan when there is no target
+    answer_ids: list[int]
+    predicted_ids: list[int]  # argmax at the answer positions (the teacher-forced "decode")
+    topk: torch.Tensor  # LongTensor [n_positions, K], on CPU
+    answer_positions: slice
+
+
+class ModelAdapter(ABC):
+    """Adapter over one loaded multimodal model."""
+
+    family: str = ""  # key for per-family editor defaults in registry.yaml ("llava", "blip2", ...)
+
+    def __init__(self, model: torch.nn.Module, processor: Any, device: torch.device | str | None = None):
+        self.model = model
+        self.processor = processor
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @classmethod
+    @abstractmethod
+    def from_lmms(cls, lmms_model: Any, **options: Any) -> "ModelAdapter":
+        """Build the adapter from an lmms-eval backend instance (shares its model, no copy)."""
+
+    @abstractmethod
+    def teacher_forced(self, queries: list[Query], k: int = 10) -> list[ForwardResult]:
+        """One batched forward pass (no grad) per group of queries; see ForwardResult."""
+
+    @abstractmethod
+    def target_loss(self, query: Query) -> torch.Tensor:
+        """Mean NLL of the target tokens given image + prefix + prompt, differentiable."""
+
+    @abstractmethod
+    def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
+        """Greedy continuations of image + prefix + prompt, cut at the first ``until`` string."""
+
+    @abstractmethod
+    def parameter_group(self, group: str) -> dict[str, torch.nn.Parameter]:
+        """Named parameters of a group: "llm_last_mlp", "alignment" or "vision"."""
+
+    def describe(self) -> dict:
+        """Protocol facts about how inputs are built (written into the results)."""
+        return {"adapter": type(self).__name__, "family": self.family}
