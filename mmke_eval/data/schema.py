@@ -19,6 +19,9 @@ PORT = "port"  # one-hop consequence of the edited knowledge
 PROBE_KINDS = (T_REL, I_REL, I_GEN, T_LOC, I_LOC, PORT)
 LOCALITY_KINDS = (T_LOC, I_LOC)
 
+# Key marking a scored JSON response of the `edited` model (anything else is a plain generation).
+RESPONSE_MARKER = "mmke_probe"
+
 # MMKE-Bench's knowledge types (the ``knowledge_type`` field) and the file stems of their splits.
 KNOWLEDGE_TYPES = {"entity_level": "entity", "visual_knowledge": "visual", "user_specific": "user"}
 

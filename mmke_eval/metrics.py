@@ -1,0 +1,81 @@
+"""Per-probe scores and their aggregation, as MMKE-Bench computes them (shared docs, section 2).
+
+* Reliability / generality / portability: teacher-forced token accuracy over the answer tokens
+  (computed by the adapter; ``token_accuracy`` is the definition).
+* Locality: agreement of the pre-edit and post-edit models' top-k token ids, compared element-wise
+  in rank order over the compared positions (k=1 for text, k=10 for image in the reference).
+* Extra columns from greedy generations: exact match and "contains" after normalisation.
+* A task's number is the mean over cases of the per-case mean over that case's probes of a kind
+  (MMKE-Bench: T-Rel = mean(T_Rel_1, T_Rel_2) per case), times 100.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def token_accuracy(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
+    """Fraction of answer tokens whose teacher-forced argmax prediction is the answer token."""
+    if len(predicted_ids) != len(answer_ids):
+        raise ValueError(f"{len(predicted_ids)} predictions for {len(answer_ids)} answer tokens")
+    if not answer_ids:
+        return float("nan")
+    return sum(int(p == a) for p, a in zip(predicted_ids, answer_ids)) / len(answer_ids)
+
+
+def topk_agreement(pre_topk: torch.Tensor, post_topk: torch.Tensor, k: int) -> float:
+    """Mean over positions and ranks of ``pre_topk[:, :k] == post_topk[:, :k]``.
+
+    Both are [positions, K] id tensors sorted by score. If the position counts differ (a prompt
+    tokenised differently after an in-context prefix), the last positions are aligned, where the
+    answer is.
+    """
+    if pre_topk.shape[1] < k or post_topk.shape[1] < k:
+        raise ValueError(f"top-{k} agreement needs at least {k} ids per position")
+    n = min(pre_topk.shape[0], post_topk.shape[0])
+    if n == 0:
+        return float("nan")
+    pre, post = pre_topk[-n:, :k], post_topk[-n:, :k]
+    return (pre == post).float().mean().item()
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and English articles, squeeze whitespace (SQuAD-style)."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def contains(prediction: str, reference: str) -> float:
+    """1 if the normalised reference occurs in the normalised prediction as whole words."""
+    ref = normalize_answer(reference)
+    if not ref:
+        return 0.0
+    return float(f" {ref} " in f" {normalize_answer(prediction)} ")
+
+
+def case_mean(items: Iterable[dict]) -> float:
+    """Aggregate ``{"case": id, "score": s}`` items: mean within each case, then over cases, x100.
+
+    Items with a NaN score (no answer tokens) are left out; a case with no valid item is left out.
+    """
+    per_case: dict[str, list[float]] = defaultdict(list)
+    for item in items:
+        score = float(item["score"])
+        if score == score:  # not NaN
+            per_case[item["case"]].append(score)
+    if not per_case:
+        return float("nan")
+    return 100.0 * sum(sum(v) / len(v) for v in per_case.values()) / len(per_case)
