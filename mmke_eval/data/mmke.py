@@ -1,0 +1,268 @@
+"""Load MMKE-Bench (and MMKE-format) JSON into edit cases, following the reference protocol.
+
+Layout read (the Hugging Face release; the repository README shows the nested variant)::
+
+    root/data_json/{entity,visual,user}_{train,eval}.json   (or data_json/{stem}/{split}.json)
+    root/data_image/...                                     image paths in the JSON are relative to this
+
+Probes per record (shared docs, reference-benchmarks.md 1.3):
+
+* entity_level / user_specific: T-Rel from ``rel_1``/``rel_2``; I-Rel from ``m_rel_1``/``m_rel_2`` on
+  ``image``; I-Gen from the same ``m_rel`` questions on ``image_rephrase``. Answers are spelled
+  ``rel_ans_1`` or ``rel_1_ans`` (likewise ``m_rel_ans_1`` / ``m_rel_1_ans``); both are accepted.
+* visual_knowledge: one T-Rel (``rel``/``rel_ans``), one I-Rel (``m_rel``/``m_rel_ans`` on ``image``),
+  one I-Gen (``image_rephrase_question`` on ``image_rephrase``, answer ``m_rel_ans``).
+* all types: T-Loc (``loc``/``loc_ans``, text only), I-Loc (``m_loc_q``/``m_loc_a`` on ``m_loc``), and
+  Port from the first ``port_new`` entry with ``port_type == "1-hop"``, asked on ``image``
+  (entity_level) or ``one_hop_img`` (user_specific, visual_knowledge).
+
+Records the protocol leaves out are skipped and reported (``SkipReport``), not errors: an empty
+``alt`` (EasyEdit skips those) and no 1-hop ``port_new`` entry (MMKE runs ``--hop=1``). Anything else
+malformed raises ``DataError`` naming the file, the case and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mmke_eval.data.schema import (
+    I_GEN,
+    I_LOC,
+    I_REL,
+    KNOWLEDGE_TYPES,
+    PORT,
+    T_LOC,
+    T_REL,
+    DataError,
+    EditCase,
+    Probe,
+    SkipReport,
+)
+
+SPLITS = ("train", "eval")
+SKIP_EMPTY_ALT = "empty alt"
+SKIP_NO_ONE_HOP = "no 1-hop portability question"
+
+# Where the portability question is asked: the edit image for entities, a dedicated image otherwise.
+PORT_IMAGE_FIELD = {"entity_level": "image", "user_specific": "one_hop_img", "visual_knowledge": "one_hop_img"}
+
+
+def load_cases(
+    root: Path, knowledge_type: str, split: str, benchmark: str = "mmke"
+) -> tuple[list[EditCase], SkipReport]:
+    """The edit cases of one knowledge type and split under ``root``, and the records skipped."""
+    if knowledge_type not in KNOWLEDGE_TYPES:
+        raise DataError(f"unknown knowledge_type {knowledge_type!r}; expected one of {sorted(KNOWLEDGE_TYPES)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    root = Path(os.path.abspath(root))
+    json_path = split_file(root, knowledge_type, split)
+    if json_path is None:
+        raise DataError(missing_split_message(root, knowledge_type, split))
+    train_path = split_file(root, knowledge_type, "train")
+    train_file = str(train_path) if train_path is not None else ""
+
+    records = read_records(json_path)
+    report = SkipReport(total=len(records))
+    cases = []
+    for index, record in enumerate(records):
+        case_id = f"{benchmark}/{knowledge_type}/{split}/{index}"
+        reader = RecordReader(record, json_path, index, case_id, root)
+        reader.check_knowledge_type(knowledge_type)
+        skip_reason = protocol_skip_reason(reader)
+        if skip_reason:
+            report.skip(skip_reason, case_id)
+            continue
+        cases.append(build_case(reader, knowledge_type, train_file))
+    return cases, report
+
+
+def split_file(root: Path, knowledge_type: str, split: str) -> Path | None:
+    """The flat release name first, then the nested layout the upstream README shows."""
+    stem = KNOWLEDGE_TYPES[knowledge_type]
+    for candidate in (root / "data_json" / f"{stem}_{split}.json", root / "data_json" / stem / f"{split}.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_split_message(root: Path, knowledge_type: str, split: str) -> str:
+    stem = KNOWLEDGE_TYPES[knowledge_type]
+    return (
+        f"no {knowledge_type} {split} file under {root}: looked for "
+        f"{root / 'data_json' / f'{stem}_{split}.json'} and {root / 'data_json' / stem / f'{split}.json'}. "
+        f"Expected the MMKE-Bench layout: data_json/{{entity,visual,user}}_{{train,eval}}.json "
+        f"(or data_json/{{entity,visual,user}}/{{train,eval}}.json) and data_image/ with the images."
+    )
+
+
+def read_records(json_path: Path) -> list:
+    try:
+        text = json_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{json_path}: not UTF-8 text ({err})") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{json_path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{json_path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+class RecordReader:
+    """Typed access to one JSON record; every failure names the file, the case and the field."""
+
+    def __init__(self, record: Any, json_path: Path, index: int, case_id: str, root: Path):
+        self.json_path = json_path
+        self.index = index
+        self.case_id = case_id
+        self.root = root
+        if not isinstance(record, dict):
+            raise self.error("(record)", f"expected a JSON object, got {type(record).__name__}")
+        self.record = record
+
+    def error(self, field: str, problem: str) -> DataError:
+        return DataError(f"{self.json_path}: case {self.index} ({self.case_id}): field {field!r}: {problem}")
+
+    def has(self, field: str) -> bool:
+        return field in self.record
+
+    def value(self, field: str) -> Any:
+        if field not in self.record:
+            raise self.error(field, "missing required field")
+        return self.record[field]
+
+    def text(self, field: str) -> str:
+        return self.expect_text(field, self.value(field))
+
+    def expect_text(self, field: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"expected a string, got {type(value).__name__} {value!r:.60}")
+        return value
+
+    def text_either(self, *fields: str) -> str:
+        """The first present field of several accepted spellings."""
+        for field in fields:
+            if field in self.record:
+                return self.text(field)
+        raise self.error(fields[0], "missing required field (also accepted: " + ", ".join(fields[1:]) + ")")
+
+    def image(self, field: str) -> str:
+        """Absolute path of the image a field names, looked up under data_image/ and then root/."""
+        relative = self.text(field)
+        if not relative:
+            raise self.error(field, "empty image path")
+        candidates = [self.root / "data_image" / relative, self.root / relative]
+        for candidate in candidates:
+            if candidate.is_file():
+                # abspath, not resolve(): Hub snapshots are symlinks to extension-less blobs.
+                return os.path.abspath(candidate)
+        looked = " or ".join(str(c) for c in candidates)
+        raise self.error(field, f"image {relative!r} not found (looked for {looked})")
+
+    def check_knowledge_type(self, expected: str) -> None:
+        found = self.text("knowledge_type")
+        if found not in KNOWLEDGE_TYPES:
+            raise self.error("knowledge_type", f"unknown value {found!r}; expected one of {sorted(KNOWLEDGE_TYPES)}")
+        if found != expected:
+            raise self.error("knowledge_type", f"record is {found!r} but {expected!r} was requested")
+
+
+def protocol_skip_reason(reader: RecordReader) -> str:
+    """Why the reference protocol leaves this record out, or "" to keep it."""
+    if reader.text("alt") == "":
+        return SKIP_EMPTY_ALT
+    if one_hop_port(reader) is None:
+        return SKIP_NO_ONE_HOP
+    return ""
+
+
+def one_hop_port(reader: RecordReader) -> tuple[str, str, str] | None:
+    """(field path, question, answer) of the first 1-hop ``port_new`` entry, or None if there is none."""
+    entries = reader.value("port_new")
+    if not isinstance(entries, list):
+        raise reader.error("port_new", f"expected a list, got {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        field = f"port_new[{position}]"
+        if not isinstance(entry, dict):
+            raise reader.error(field, f"expected an object, got {type(entry).__name__}")
+        if entry.get("port_type") != "1-hop":
+            continue
+        qa = entry.get("Q&A")
+        if not isinstance(qa, dict):
+            raise reader.error(f"{field}.Q&A", "missing, or not an object with Question and Answer")
+        for key in ("Question", "Answer"):
+            if key not in qa:
+                raise reader.error(f"{field}.Q&A.{key}", "missing required field")
+        question = reader.expect_text(f"{field}.Q&A.Question", qa["Question"])
+        answer = reader.expect_text(f"{field}.Q&A.Answer", qa["Answer"])
+        return field, question, answer
+    return None
+
+
+def build_case(reader: RecordReader, knowledge_type: str, train_file: str) -> EditCase:
+    image = reader.image("image")
+    rephrase_image = reader.image("image_rephrase")
+    if knowledge_type == "visual_knowledge":
+        relation_probes = visual_relation_probes(reader, image, rephrase_image)
+    else:
+        relation_probes = paired_relation_probes(reader, image, rephrase_image)
+    probes = relation_probes + locality_probes(reader) + [portability_probe(reader, knowledge_type, image)]
+    return EditCase(
+        case_id=reader.case_id,
+        knowledge_type=knowledge_type,
+        prompt=reader.text("src"),
+        target=reader.text("alt"),
+        original=reader.text("pred"),
+        image=image,
+        rephrase_prompt=reader.text("rephrase"),
+        rephrase_image=rephrase_image,
+        probes=tuple(probes),
+        train_file=train_file,
+    )
+
+
+def paired_relation_probes(reader: RecordReader, image: str, rephrase_image: str) -> list[Probe]:
+    """Entity and user types: two text, two image and two rephrase-image relation questions."""
+    text_probes, image_probes, gen_probes = [], [], []
+    for n in (1, 2):
+        question_field = f"rel_{n}"
+        answer = reader.text_either(f"rel_ans_{n}", f"rel_{n}_ans")
+        text_probes.append(Probe(T_REL, f"t_rel_{n}", reader.text(question_field), answer, "", question_field))
+
+        m_field = f"m_rel_{n}"
+        m_question = reader.text(m_field)
+        m_answer = reader.text_either(f"m_rel_ans_{n}", f"m_rel_{n}_ans")
+        image_probes.append(Probe(I_REL, f"i_rel_{n}", m_question, m_answer, image, m_field))
+        gen_probes.append(Probe(I_GEN, f"i_gen_{n}", m_question, m_answer, rephrase_image, m_field))
+    return text_probes + image_probes + gen_probes
+
+
+def visual_relation_probes(reader: RecordReader, image: str, rephrase_image: str) -> list[Probe]:
+    """Visual-semantic type: one of each; I-Gen has its own question but shares the I-Rel answer."""
+    m_answer = reader.text("m_rel_ans")
+    return [
+        Probe(T_REL, "t_rel", reader.text("rel"), reader.text("rel_ans"), "", "rel"),
+        Probe(I_REL, "i_rel", reader.text("m_rel"), m_answer, image, "m_rel"),
+        Probe(I_GEN, "i_gen", reader.text("image_rephrase_question"), m_answer, rephrase_image, "image_rephrase_question"),
+    ]
+
+
+def locality_probes(reader: RecordReader) -> list[Probe]:
+    return [
+        Probe(T_LOC, "t_loc", reader.text("loc"), reader.text("loc_ans"), "", "loc"),
+        Probe(I_LOC, "i_loc", reader.text("m_loc_q"), reader.text("m_loc_a"), reader.image("m_loc"), "m_loc_q"),
+    ]
+
+
+def portability_probe(reader: RecordReader, knowledge_type: str, edit_image: str) -> Probe:
+    port = one_hop_port(reader)
+    assert port is not None, "records without a 1-hop question are skipped before building"
+    field, question, answer = port
+    image_field = PORT_IMAGE_FIELD[knowledge_type]
+    image = edit_image if image_field == "image" else reader.image(image_field)
+    return Probe(PORT, "port", question, answer, image, field)
