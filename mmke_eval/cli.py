@@ -1,0 +1,127 @@
+"""mmke-eval: evaluate knowledge editors on multimodal models.
+
+    mmke-eval                                   # the built-in default: mmke_mini, world model, no edit
+    mmke-eval --editor none,ft_llm,ft_alignment,ike
+    mmke-eval --tasks mmke_entity --model llava_hf \\
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf --editor ft_llm --output_path out/ --data /data/MMKE
+    mmke-eval make-mini --out DIR               # write the generated benchmark
+    mmke-eval list                              # editors and tasks
+
+Any other option is passed to lmms-eval unchanged (--limit, --log_samples, --use_cache, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from mmke_eval import report, runner
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmke-eval",
+        description="Knowledge-editing evaluation of multimodal models on lmms-eval tasks.",
+        epilog="Other options go to lmms-eval unchanged. Subcommands: make-mini, list.",
+    )
+    parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
+    parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")
+    parser.add_argument("--model_args", default=None, help="backend arguments, plus protocol options (t_loc_k, i_loc_k, loc_span, generate, sequential); default: the shipped world model on CPU")
+    parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
+    parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults")
+    parser.add_argument("--data", default=None, help="local copy of MMKE-Bench (data_json/, data_image/); same as MMKE_DATA=PATH")
+    parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "make-mini":
+        return _make_mini(argv[1:])
+    if argv and argv[0] == "list":
+        return _list()
+    args, passthrough = _run_parser().parse_known_args(argv)
+    try:
+        return _run(args, passthrough)
+    except (runner.EvaluationError, ValueError, KeyError, FileNotFoundError) as err:
+        print(f"mmke-eval: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
+    if args.data:
+        data = Path(args.data).expanduser().resolve()
+        if not data.is_dir():
+            raise FileNotFoundError(f"--data {args.data}: no such folder")
+        os.environ["MMKE_DATA"] = str(data)
+    model_args = args.model_args
+    if model_args is None:
+        model_args = runner.default_model_args() if args.model == runner.DEFAULT_MODEL else ""
+    editor_args = runner.parse_key_values(args.editor_args, "--editor_args")
+    rows = []
+    for editor in filter(None, (e.strip() for e in args.editor.split(","))):
+        spec = runner.RunSpec(
+            tasks=args.tasks,
+            model=args.model,
+            model_args=model_args,
+            editor=editor,
+            editor_args=editor_args,
+            output_path=args.output_path,
+            lmms_eval_args=passthrough,
+        )
+        print(f"mmke-eval: {editor} on {args.tasks} ...", file=sys.stderr, flush=True)
+        results = runner.evaluate(spec)
+        rows += report.table_rows(results, editor)
+    table = report.format_table(rows)
+    print(table)
+    if args.output_path:
+        out = Path(args.output_path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mmke_table.md").write_text(table + "\n")
+        (out / "mmke_table.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _make_mini(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mmke-eval make-mini", description="Write the generated mmke_mini benchmark.")
+    parser.add_argument("--out", required=True, help="output folder (data_json/, data_image/)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from mmke_eval.mini.generate import generate
+
+    root = generate(Path(args.out), seed=args.seed)
+    print(f"mmke_mini written to {root}")
+    return 0
+
+
+def _list() -> int:
+    from mmke_eval import registry
+    from mmke_eval.resources import tasks_dir
+
+    print("editors:")
+    for name in registry.editor_names():
+        print(f"  {name:14s} {registry.load_registry()['editors'][name].get('help', '')}")
+    print("tasks and groups:")
+    for path in sorted(tasks_dir().rglob("*.yaml")):
+        with open(path) as f:
+            spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
+        name = spec.get("task") if isinstance(spec.get("task"), str) else spec.get("group")
+        if name:
+            print(f"  {name}")
+    return 0
+
+
+class _IgnoreTagsLoader(yaml.SafeLoader):
+    """Reads task YAMLs without resolving lmms-eval's !function tags (nothing gets imported)."""
+
+
+_IgnoreTagsLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Run lmms-eval with the `edited` model and the mmke-eval tasks, in this process.
+
+The CLI is a thin shell over ``evaluate``. Unlike lmms-eval's own CLI, failures raise (so the
+process exits non-zero), the task folder is added without --include_path, and the protocol the
+wrapper used plus the cases the loaders skipped are written into the results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmke_eval.resources import tasks_dir
+
+# The built-in default: the generated mini benchmark and the shipped world model (issue 4).
+DEFAULT_TASKS = "mmke_mini"
+DEFAULT_MODEL = "llava_hf"
+
+
+def default_model_args() -> str:
+    world = Path(__file__).resolve().parent / "mini" / "world_model"
+    return f"pretrained={world},device=cpu,dtype=float32"
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSpec:
+    tasks: str = DEFAULT_TASKS
+    model: str = DEFAULT_MODEL
+    model_args: str = ""
+    editor: str = "none"
+    editor_args: dict[str, str] = field(default_factory=dict)
+    output_path: str | None = None
+    lmms_eval_args: list[str] = field(default_factory=list)  # passed through verbatim
+
+    def wrapper_model_args(self) -> str:
+        parts = [f"base={self.model}", f"editor={self.editor}"]
+        if self.model_args:
+            parts.append(self.model_args)
+        parts += [f"editor.{key}={value}" for key, value in self.editor_args.items()]
+        return ",".join(parts)
+
+    def argv(self) -> list[str]:
+        argv = ["--model", "edited", "--model_args", self.wrapper_model_args(), "--tasks", self.tasks]
+        argv += ["--include_path", str(tasks_dir())]
+        if self.output_path:
+            argv += ["--output_path", self.output_path]
+        return argv + list(self.lmms_eval_args)
+
+
+def parse_key_values(text: str, what: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; a malformed item names itself."""
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EvaluationError(f"{what}: expected key=value, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def evaluate(spec: RunSpec) -> dict[str, Any]:
+    """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section)."""
+    import lmms_eval.__main__ as lmms_main
+    from loguru import logger as eval_logger
+
+    from mmke_eval import wrapper
+    from mmke_eval.data import source
+
+    verbosity = os.environ.get("MMKE_VERBOSITY", "WARNING")
+    eval_logger.remove()
+    eval_logger.add(sys.stderr, level=verbosity)
+    args = _parse_lmms_args(lmms_main, spec.argv() + ["--verbosity", verbosity])
+    started = time.time()
+    try:
+        outcome = lmms_main.cli_evaluate_single(args)
+    except SystemExit as err:  # argparse inside lmms-eval
+        raise EvaluationError(f"lmms-eval rejected the arguments {spec.argv()} (exit {err.code})") from None
+    results = outcome[0] if outcome else None
+    if results is None:
+        raise EvaluationError("lmms-eval returned no results (see the log above)")
+    results["mmke"] = {
+        "model_args": spec.wrapper_model_args(),
+        **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
+        "skipped_cases": {"/".join(key): report for key, report in source.last_skip_reports().items()},
+    }
+    if spec.output_path:
+        _add_to_results_file(Path(spec.output_path), started, results["mmke"])
+    return results
+
+
+def _parse_lmms_args(lmms_main, argv: list[str]):
+    saved = sys.argv
+    sys.argv = ["lmms-eval"] + argv
+    try:
+        _, args = lmms_main.parse_eval_args()
+    finally:
+        sys.argv = saved
+    return args
+
+
+def _add_to_results_file(output_path: Path, since: float, section: dict) -> None:
+    """lmms-eval has already written <output>/<model>/<date>_results.json: add our section."""
+    candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= since - 1]
+    if not candidates:
+        raise EvaluationError(f"no results file was written under {output_path}")
+    path = max(candidates, key=lambda p: p.stat().st_mtime)
+    data = json.loads(path.read_text())
+    data["mmke"] = section
+    path.write_text(json.dumps(data, indent=2, default=str))
