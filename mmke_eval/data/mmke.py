@@ -101,7 +101,7 @@ def missing_split_message(root: Path, knowledge_type: str, split: str) -> str:
 
 def read_records(json_path: Path) -> list:
     try:
-        text = json_path.read_text(encoding="utf-8")
+        text = json_path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as err:
         raise DataError(f"{json_path}: not UTF-8 text ({err})") from None
     try:
@@ -245,10 +245,11 @@ def paired_relation_probes(reader: RecordReader, image: str, rephrase_image: str
 def visual_relation_probes(reader: RecordReader, image: str, rephrase_image: str) -> list[Probe]:
     """Visual-semantic type: one of each; I-Gen has its own question but shares the I-Rel answer."""
     m_answer = reader.text("m_rel_ans")
+    gen_field = "image_rephrase_question"
     return [
         Probe(T_REL, "t_rel", reader.text("rel"), reader.text("rel_ans"), "", "rel"),
         Probe(I_REL, "i_rel", reader.text("m_rel"), m_answer, image, "m_rel"),
-        Probe(I_GEN, "i_gen", reader.text("image_rephrase_question"), m_answer, rephrase_image, "image_rephrase_question"),
+        Probe(I_GEN, "i_gen", reader.text(gen_field), m_answer, rephrase_image, gen_field),
     ]
 
 

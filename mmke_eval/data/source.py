@@ -1,0 +1,220 @@
+"""Where a task's data comes from: source cards, data roots, and the documents the task hooks load.
+
+A *source card* is the one-line JSON file next to each task YAML, for example::
+
+    {"benchmark": "mmke", "knowledge_type": "entity_level", "split": "eval",
+     "hf_dataset": "kailinjiang/MMKE-Bench-dataset", "data_env": "MMKE_DATA"}
+    {"benchmark": "mmke_mini", "knowledge_type": "entity_level", "split": "eval",
+     "generator": "mmke_eval.mini.generate:ensure_generated", "data_env": "MMKE_MINI_DATA"}
+
+``resolve_root`` finds the data root, in this order: the folder named by the card's environment
+variable (``data_env``); else the card's ``generator`` ("module:function", called with no arguments,
+returning the root); else a download of the card's ``hf_dataset`` from the Hugging Face Hub.
+
+What the Hub dataset ``kailinjiang/MMKE-Bench-dataset`` holds (checked 2026-11 from public pages,
+not by downloading it; no network here):
+
+* ``data_json/{entity,visual,user}_{train,eval}.json``, flat names (the file page of
+  ``data_json/visual_train.json``, 363 kB, commit 20697a5 "Add data_json and data_image folders
+  with all contents"). The upstream README draws a nested ``data_json/entity/train.json`` tree
+  instead, which the loader also accepts.
+* ``data_image/{entity,visual,user}/...`` images, which that commit uploaded as a folder; the JSON
+  names them relative to ``data_image/`` (e.g. ``entity/Spider-Man+2.jpg``). Third-party notes
+  count 636 entity train and 955 entity eval records. No archive is mentioned anywhere, but that
+  could not be confirmed file by file.
+
+So a snapshot is used as it is when it has loose images. In case images do come as archives
+(.zip, .tar, .tar.gz, .tgz) instead, they are extracted once into
+``<hub cache>/datasets--<owner>--<name>/extracted/<revision>/`` (beside ``snapshots/``, where
+huggingface_hub's cache tools do not look), with ``data_json`` linked in and a marker file that
+makes later calls skip the work. An archive at ``D/S.zip`` lands under ``D/S/``; members that
+already start with ``S/`` are not nested twice (so ``data_image.zip`` holding ``entity/...`` and
+``data_image/entity.zip`` holding ``entity/...`` both give ``data_image/entity/...``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+from mmke_eval.data.mmke import load_cases
+from mmke_eval.data.schema import DataError, ProbeDoc, SkipReport
+
+logger = logging.getLogger("mmke_eval")
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+EXTRACTED_MARKER = ".mmke_eval_extracted"
+EXPECTED_LAYOUT = (
+    "PATH/data_json/{entity,visual,user}_{train,eval}.json (or data_json/{entity,visual,user}/{train,eval}.json) "
+    "and PATH/data_image/ holding the images the JSON names"
+)
+
+# The last SkipReport per (benchmark, knowledge_type, split), for the CLI to write into results.
+_last_skip_reports: dict[tuple[str, str, str], SkipReport] = {}
+
+
+def load_probe_docs(card: dict) -> list[dict]:
+    """One lmms-eval document per probe of every edit case the card's data holds."""
+    key = card_key(card)
+    benchmark, knowledge_type, split = key
+    root = resolve_root(card)
+    cases, report = load_cases(root, knowledge_type, split, benchmark=benchmark)
+    _last_skip_reports[key] = report
+    logger.info("%s/%s/%s from %s: %s", benchmark, knowledge_type, split, root, report.summary())
+    return [row for case in cases for row in ProbeDoc.rows(case)]
+
+
+def last_skip_reports() -> dict[tuple[str, str, str], SkipReport]:
+    """The SkipReport of the last load of each (benchmark, knowledge_type, split)."""
+    return dict(_last_skip_reports)
+
+
+def card_key(card: dict) -> tuple[str, str, str]:
+    missing = [field for field in ("benchmark", "knowledge_type", "split") if not card.get(field)]
+    if missing:
+        raise DataError(f"source card {card!r} is missing {', '.join(missing)}")
+    return card["benchmark"], card["knowledge_type"], card["split"]
+
+
+def resolve_root(card: dict) -> Path:
+    """The data root of a source card: environment variable, else generator, else Hub download."""
+    env_name = card.get("data_env")
+    if env_name and os.environ.get(env_name):
+        return checked_root(Path(os.environ[env_name]).expanduser(), f"the environment variable {env_name}")
+    if card.get("generator"):
+        return root_from_generator(card["generator"])
+    if card.get("hf_dataset"):
+        return root_from_hub(card["hf_dataset"], env_name)
+    raise DataError(
+        f"source card {card!r} names no data: it needs a 'generator', an 'hf_dataset', "
+        "or a 'data_env' variable that is set"
+    )
+
+
+def checked_root(root: Path, origin: str) -> Path:
+    """``root`` if it looks like a data root; otherwise say which setting pointed there."""
+    if not root.is_dir():
+        raise DataError(f"{origin} points to {root}, which is not an existing folder. Expected {EXPECTED_LAYOUT}.")
+    if not (root / "data_json").is_dir():
+        raise DataError(f"{origin} points to {root}, which has no data_json/ folder. Expected {EXPECTED_LAYOUT}.")
+    return Path(os.path.abspath(root))
+
+
+def root_from_generator(spec: str) -> Path:
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise DataError(f"generator {spec!r} should read 'module:function'")
+    # Imported only now: the generator's module may be heavy, and is unused when data is given.
+    generate = getattr(importlib.import_module(module_name), function_name, None)
+    if generate is None:
+        raise DataError(f"generator {spec!r}: module {module_name} has no function {function_name}")
+    return checked_root(Path(generate()), f"the generator {spec}")
+
+
+def root_from_hub(repo_id: str, env_name: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(repo_id, repo_type="dataset"))
+    except Exception as err:  # offline, no route, HTTP error, auth: all mean "bring the data yourself"
+        raise DataError(hub_unreachable_message(repo_id, env_name, err)) from err
+    return prepared_snapshot(snapshot, repo_id)
+
+
+def hub_unreachable_message(repo_id: str, env_name: str | None, err: Exception) -> str:
+    ways = "pass `mmke-eval --data PATH`"
+    if env_name:
+        ways = f"set the environment variable {env_name}=PATH or " + ways
+    return (
+        f"could not download the Hugging Face dataset {repo_id} ({type(err).__name__}: {err}). "
+        f"To use a local copy, {ways}, where PATH holds {EXPECTED_LAYOUT}."
+    )
+
+
+def prepared_snapshot(snapshot: Path, repo_id: str) -> Path:
+    """The snapshot itself when its images are loose files, else a once-extracted copy."""
+    archives = image_archives(snapshot)
+    if not archives or has_loose_images(snapshot):
+        return checked_root(snapshot, f"the download of {repo_id}")
+    return checked_root(extract_once(snapshot, archives), f"the extracted download of {repo_id}")
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def image_archives(snapshot: Path) -> list[Path]:
+    return sorted(p for p in snapshot.rglob("*") if p.is_file() and is_archive(p))
+
+
+def has_loose_images(snapshot: Path) -> bool:
+    image_dir = snapshot / "data_image"
+    return image_dir.is_dir() and any(p.is_file() and not is_archive(p) for p in image_dir.rglob("*"))
+
+
+def extraction_dir(snapshot: Path) -> Path:
+    """``.../datasets--x--y/extracted/<revision>`` for a snapshot ``.../datasets--x--y/snapshots/<revision>``."""
+    return snapshot.parent.parent / "extracted" / snapshot.name
+
+
+def extract_once(snapshot: Path, archives: list[Path]) -> Path:
+    target = extraction_dir(snapshot)
+    marker = target / EXTRACTED_MARKER
+    # Archive names and sizes: a new revision or a re-uploaded archive extracts again.
+    signature = "".join(f"{a.relative_to(snapshot)} {a.stat().st_size}\n" for a in archives)
+    if marker.is_file() and marker.read_text(encoding="utf-8") == signature:
+        return target
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for archive in archives:
+            extract_archive(archive, target / archive.parent.relative_to(snapshot))
+        link_json_folder(snapshot, target)
+        marker.write_text(signature, encoding="utf-8")  # last, so an interrupted run starts over
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
+        raise DataError(
+            f"could not extract the image archives of {snapshot} into {target} ({err}); "
+            f"extract them yourself and point the data at a folder holding {EXPECTED_LAYOUT}"
+        ) from err
+    return target
+
+
+def archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def extract_archive(archive: Path, parent: Path) -> None:
+    """Extract ``parent/S.zip`` so that its content sits under ``parent/S/`` (never ``S/S/``)."""
+    stem = archive_stem(archive)
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as bundle:
+            destination = parent if all_under(bundle.namelist(), stem) else parent / stem
+            bundle.extractall(destination)  # zipfile drops absolute and ".." parts of member names
+    else:
+        with tarfile.open(archive) as bundle:
+            destination = parent if all_under(bundle.getnames(), stem) else parent / stem
+            bundle.extractall(destination, filter="data")  # refuses links and paths leaving the folder
+
+
+def all_under(names: list[str], folder: str) -> bool:
+    names = [name.removeprefix("./") for name in names]
+    return bool(names) and all(name == folder or name.startswith(folder + "/") for name in names)
+
+
+def link_json_folder(snapshot: Path, target: Path) -> None:
+    """Make ``target/data_json`` the snapshot's (a link; a copy where links are not allowed)."""
+    source, link = snapshot / "data_json", target / "data_json"
+    if link.exists() or not source.is_dir():
+        return
+    try:
+        link.symlink_to(source.absolute(), target_is_directory=True)
+    except OSError:
+        shutil.copytree(source, link)

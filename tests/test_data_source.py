@@ -1,0 +1,241 @@
+"""Source cards: data root by environment variable, generator or Hub download, and the task documents."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tarfile
+import types
+import zipfile
+from dataclasses import fields
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+
+from mmke_eval.data import source
+from mmke_eval.data.mmke import load_cases
+from mmke_eval.data.schema import DataError, ProbeDoc
+from mmke_eval.data.source import last_skip_reports, load_probe_docs, resolve_root
+
+ENV = "MMKE_TEST_DATA"
+REPO = "kailinjiang/MMKE-Bench-dataset"
+
+
+def card(**extra) -> dict:
+    return {"benchmark": "mmke", "knowledge_type": "entity_level", "split": "eval", **extra}
+
+
+@pytest.fixture(autouse=True)
+def no_real_sources(monkeypatch):
+    """No test may reach the Hub or read a developer's own data variable."""
+    monkeypatch.delenv(ENV, raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("snapshot_download called")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+
+
+@pytest.fixture
+def generator_module(monkeypatch):
+    """A module "fake_mmke_generator" whose ensure_generated() returns whatever ``result`` holds."""
+    module = types.ModuleType("fake_mmke_generator")
+    module.calls = 0
+    module.result = None
+
+    def ensure_generated():
+        module.calls += 1
+        return module.result
+
+    module.ensure_generated = ensure_generated
+    monkeypatch.setitem(sys.modules, "fake_mmke_generator", module)
+    return module
+
+
+# --- environment variable -------------------------------------------------------------------------
+
+
+def test_env_var_wins_over_generator_and_hub(mmke_fixture_root, monkeypatch, generator_module):
+    monkeypatch.setenv(ENV, str(mmke_fixture_root))
+    root = resolve_root(card(data_env=ENV, generator="fake_mmke_generator:ensure_generated", hf_dataset=REPO))
+    assert root == mmke_fixture_root
+    assert generator_module.calls == 0
+
+
+def test_env_var_to_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=f"environment variable {ENV} points to .*nowhere, which is not an existing"):
+        resolve_root(card(data_env=ENV, hf_dataset=REPO))
+
+
+def test_env_var_to_folder_without_data_json(tmp_path, monkeypatch):
+    (tmp_path / "data_image").mkdir()
+    monkeypatch.setenv(ENV, str(tmp_path))
+    with pytest.raises(DataError, match=f"{ENV} points to {tmp_path}, which has no data_json/ folder"):
+        resolve_root(card(data_env=ENV, hf_dataset=REPO))
+
+
+def test_unset_env_var_falls_through_to_generator(mmke_fixture_root, generator_module):
+    generator_module.result = str(mmke_fixture_root)  # a str is accepted too
+    root = resolve_root(card(data_env=ENV, generator="fake_mmke_generator:ensure_generated"))
+    assert root == mmke_fixture_root
+    assert generator_module.calls == 1
+
+
+# --- generator ------------------------------------------------------------------------------------
+
+
+def test_generator_root_without_data_json(tmp_path, generator_module):
+    generator_module.result = tmp_path
+    with pytest.raises(DataError, match="generator fake_mmke_generator:ensure_generated points to .*no data_json/"):
+        resolve_root(card(generator="fake_mmke_generator:ensure_generated"))
+
+
+@pytest.mark.parametrize("spec", ["fake_mmke_generator", "fake_mmke_generator:no_such_function"])
+def test_bad_generator_spec(generator_module, spec):
+    with pytest.raises(DataError, match="generator"):
+        resolve_root(card(generator=spec))
+
+
+def test_card_without_any_source():
+    with pytest.raises(DataError, match="names no data"):
+        resolve_root(card(data_env=ENV))
+
+
+# --- Hugging Face Hub -----------------------------------------------------------------------------
+
+
+def test_unreachable_hub_tells_how_to_supply_data(monkeypatch):
+    def offline(repo_id, repo_type=None, **kwargs):
+        assert (repo_id, repo_type) == (REPO, "dataset")
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(DataError) as caught:
+        resolve_root(card(data_env=ENV, hf_dataset=REPO))
+    message = str(caught.value)
+    for expected in (REPO, "couldn't connect", f"environment variable {ENV}=PATH", "mmke-eval --data PATH",
+                     "PATH/data_json/", "PATH/data_image/"):  # fmt: skip
+        assert expected in message
+
+
+def fake_snapshot(tmp_path: Path, fixture_root: Path) -> Path:
+    """A Hub-cache-shaped snapshot folder holding the fixture's data_json/."""
+    snapshot = tmp_path / "hub" / "datasets--kailinjiang--MMKE-Bench-dataset" / "snapshots" / "20697a5"
+    snapshot.mkdir(parents=True)
+    shutil.copytree(fixture_root / "data_json", snapshot / "data_json")
+    return snapshot
+
+
+def serve(monkeypatch, snapshot: Path) -> list:
+    calls = []
+
+    def download(repo_id, repo_type=None, **kwargs):
+        calls.append((repo_id, repo_type))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    return calls
+
+
+def test_hub_snapshot_with_loose_images_is_used_as_is(tmp_path, mmke_fixture_root, monkeypatch):
+    snapshot = fake_snapshot(tmp_path, mmke_fixture_root)
+    shutil.copytree(mmke_fixture_root / "data_image", snapshot / "data_image")
+    # An archive in the snapshot, but the images are loose files: nothing to extract.
+    zip_folder(mmke_fixture_root / "data_json", snapshot / "data_json_backup.zip", "")
+    calls = serve(monkeypatch, snapshot)
+    assert resolve_root(card(data_env=ENV, hf_dataset=REPO)) == snapshot
+    assert calls == [(REPO, "dataset")]
+    assert not (snapshot.parent.parent / "extracted").exists()
+
+
+def zip_folder(folder: Path, archive: Path, arcname_root: str) -> None:
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder).as_posix()
+            bundle.write(path, f"{arcname_root}/{relative}" if arcname_root else relative)
+
+
+def one_archive_per_type_tar(snapshot: Path, images: Path) -> None:
+    """data_image/entity.tar.gz holding entity/..., and so on."""
+    (snapshot / "data_image").mkdir()
+    for sub in sorted(p for p in images.iterdir()):
+        with tarfile.open(snapshot / "data_image" / f"{sub.name}.tar.gz", "w:gz") as bundle:
+            bundle.add(sub, arcname=sub.name)
+
+
+def one_archive_per_type_zip_flat(snapshot: Path, images: Path) -> None:
+    """data_image/entity.zip holding the files without a folder, and so on."""
+    (snapshot / "data_image").mkdir()
+    for sub in sorted(p for p in images.iterdir()):
+        zip_folder(sub, snapshot / "data_image" / f"{sub.name}.zip", "")
+
+
+@pytest.mark.parametrize(
+    "pack",
+    [
+        pytest.param(lambda snap, img: zip_folder(img, snap / "data_image.zip", ""), id="zip-of-types"),
+        pytest.param(lambda snap, img: zip_folder(img, snap / "data_image.zip", "data_image"), id="zip-of-folder"),
+        pytest.param(one_archive_per_type_tar, id="per-type-tar.gz"),
+        pytest.param(one_archive_per_type_zip_flat, id="per-type-zip-flat"),
+    ],
+)
+def test_hub_snapshot_with_image_archives_is_extracted_once(tmp_path, mmke_fixture_root, monkeypatch, pack):
+    snapshot = fake_snapshot(tmp_path, mmke_fixture_root)
+    pack(snapshot, mmke_fixture_root / "data_image")
+    serve(monkeypatch, snapshot)
+
+    root = resolve_root(card(hf_dataset=REPO))
+    assert root == snapshot.parent.parent / "extracted" / "20697a5"
+    for knowledge_type in ("entity_level", "visual_knowledge", "user_specific"):
+        extracted, _ = load_cases(root, knowledge_type, "eval")
+        original, _ = load_cases(mmke_fixture_root, knowledge_type, "eval")
+        for got, want in zip(extracted, original):
+            assert got.probes[-1].image == want.probes[-1].image.replace(str(mmke_fixture_root), str(root))
+            assert Path(got.image).read_bytes() == Path(want.image).read_bytes()
+
+    # A second resolution finds the marker and extracts nothing.
+    monkeypatch.setattr(source, "extract_archive", lambda *a: pytest.fail("extracted twice"))
+    assert resolve_root(card(hf_dataset=REPO)) == root
+
+
+def test_unextractable_archive_is_a_data_error(tmp_path, mmke_fixture_root, monkeypatch):
+    snapshot = fake_snapshot(tmp_path, mmke_fixture_root)
+    (snapshot / "data_image.zip").write_bytes(b"not a zip file")
+    serve(monkeypatch, snapshot)
+    with pytest.raises(DataError, match="could not extract the image archives"):
+        resolve_root(card(hf_dataset=REPO))
+
+
+# --- documents for the task hooks ---------------------------------------------------------------
+
+
+def test_load_probe_docs_flattens_cases_and_records_skips(tmp_path, mmke_fixture_root, monkeypatch, caplog):
+    root = Path(shutil.copytree(mmke_fixture_root, tmp_path / "data"))
+    eval_json = root / "data_json" / "user_eval.json"
+    eval_json.write_text(eval_json.read_text(encoding="utf-8").replace('"port_type": "1-hop"', '"port_type": "2-hop"', 1),
+                         encoding="utf-8")  # fmt: skip
+    monkeypatch.setenv(ENV, str(root))
+    user_card = card(benchmark="mmke_test", knowledge_type="user_specific", data_env=ENV, hf_dataset=REPO)
+
+    with caplog.at_level(logging.INFO, logger="mmke_eval"):
+        rows = load_probe_docs(user_card)
+
+    assert len(rows) == 2 * 9  # case 0 skipped, two cases of nine probes kept
+    assert set(rows[0]) == {f.name for f in fields(ProbeDoc)}
+    assert [r["probe_id"] for r in rows[:9]] == [
+        "t_rel_1", "t_rel_2", "i_rel_1", "i_rel_2", "i_gen_1", "i_gen_2", "t_loc", "i_loc", "port",
+    ]  # fmt: skip
+    assert {r["case_id"] for r in rows} == {"mmke_test/user_specific/eval/1", "mmke_test/user_specific/eval/2"}
+    assert rows[0]["edit_image"] == str(root / "data_image" / "user" / "Grandmother+teapot+41.png")
+
+    report = last_skip_reports()[("mmke_test", "user_specific", "eval")]
+    assert report.skipped == {"no 1-hop portability question": ["mmke_test/user_specific/eval/0"]}
+    assert "1 of 3 cases skipped: 1 no 1-hop portability question" in caplog.text
+
+
+def test_card_missing_split():
+    with pytest.raises(DataError, match="missing split"):
+        load_probe_docs({"benchmark": "mmke", "knowledge_type": "entity_level", "hf_dataset": REPO})
