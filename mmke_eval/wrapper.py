@@ -75,7 +75,7 @@ def is_probe_doc(doc: Any) -> bool:
 
 
 @dataclass
-class _ProbeRequest:
+class ProbeRequest:
     index: int  # position in the harness's request list
     doc: dict
     query: Query
@@ -113,30 +113,26 @@ class EditedLMM(lmms):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
         self.editor = registry.build_editor(editor, family=self.adapter.family, overrides=editor_args)
+        self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol)
         self.base_name = base
         LAST_PROTOCOL.clear()
         LAST_PROTOCOL.update(self.describe())
         logger.info("mmke-eval protocol: %s", json.dumps(LAST_PROTOCOL))
 
     # -- what the results record -------------------------------------------------------------
-    @property
-    def locality_span(self) -> str:
-        span = self.protocol.loc_span
-        return self.editor.reference_locality_span if span == "auto" else span
-
     def describe(self) -> dict[str, Any]:
         return {
             "base": self.base_name,
             "editor": self.editor.describe(),
             "adapter": self.adapter.describe(),
-            "protocol": {**asdict(self.protocol), "loc_span_resolved": self.locality_span},
+            "protocol": {**asdict(self.protocol), "loc_span_resolved": self.evaluator.locality_span},
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
         }
 
     # -- lmms-eval API -------------------------------------------------------------------------
     def generate_until(self, requests) -> list:
         results: list[Any] = [None] * len(requests)
-        cases: OrderedDict[tuple[str, str], list[_ProbeRequest]] = OrderedDict()
+        cases: OrderedDict[tuple[str, str], list[ProbeRequest]] = OrderedDict()
         plain: list[int] = []
         for index, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
@@ -149,12 +145,12 @@ class EditedLMM(lmms):
                 continue
             visuals = doc_to_visual(doc)
             query = Query(prompt=context, image=visuals[0] if visuals else None, target=doc["answer"])
-            cases.setdefault((task, doc["case_id"]), []).append(_ProbeRequest(index, doc, query, dict(gen_kwargs)))
+            cases.setdefault((task, doc["case_id"]), []).append(ProbeRequest(index, doc, query, dict(gen_kwargs)))
         if plain:
             for index, output in zip(plain, self.base.generate_until([requests[i] for i in plain])):
                 results[index] = output
         if cases:
-            self._answer_cases(list(cases.values()), results)
+            self.evaluator.answer_cases(list(cases.values()), results, progress=self.rank == 0)
         return results
 
     def loglikelihood(self, requests) -> list:
@@ -163,28 +159,41 @@ class EditedLMM(lmms):
     def generate_until_multi_round(self, requests) -> list:
         return self.base.generate_until_multi_round(requests)
 
-    # -- editing -------------------------------------------------------------------------------
-    def _answer_cases(self, cases: list[list[_ProbeRequest]], results: list) -> None:
+
+class CaseEvaluator:
+    """Edit once per case, answer all of the case's probes, restore. Independent of lmms-eval."""
+
+    def __init__(self, adapter, editor, protocol: Protocol):
+        self.adapter, self.editor, self.protocol = adapter, editor, protocol
+
+    @property
+    def locality_span(self) -> str:
+        span = self.protocol.loc_span
+        return self.editor.reference_locality_span if span == "auto" else span
+
+    def answer_cases(self, cases: list[list[ProbeRequest]], results: list, progress: bool = True) -> None:
+        """Fill ``results[probe.index]`` with the JSON response of every probe of every case."""
         desc = f"{self.editor.name} edits"
         if not self.protocol.sequential:
-            for probes in tqdm(cases, desc=desc, disable=self.rank != 0):
+            for probes in tqdm(cases, desc=desc, disable=not progress):
                 pre = self._pre_edit(probes)
                 with self.editor.editing(self.adapter, self._edit_request(probes[0].doc)) as handle:
                     self._post_edit(probes, pre, handle, results)
             return
         # Sequential editing: every pre-edit output comes from the unedited model; edits pile up
         # and each case is scored right after its own edit; all edits are undone at the end.
-        pres = [self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=self.rank != 0)]
+        pres = [self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=not progress)]
         handles = []
         try:
-            for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=self.rank != 0):
+            for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
                 handles.append(self.editor.apply(self.adapter, self._edit_request(probes[0].doc)))
                 self._post_edit(probes, pre, handles[-1], results)
         finally:
             for handle in reversed(handles):
                 self.editor.restore(self.adapter, handle)
 
-    def _edit_request(self, doc: dict) -> EditRequest:
+    @staticmethod
+    def _edit_request(doc: dict) -> EditRequest:
         case = doc["case_id"]
         return EditRequest(
             case_id=case,
@@ -198,7 +207,7 @@ class EditedLMM(lmms):
             train_file=doc["train_file"],
         )
 
-    def _pre_edit(self, probes: list[_ProbeRequest]) -> dict[int, tuple[ForwardResult, str | None]]:
+    def _pre_edit(self, probes: list[ProbeRequest]) -> dict[int, tuple[ForwardResult, str | None]]:
         """Teacher-forced top-k (and generations) of the unedited model on the locality probes."""
         local = [p for p in probes if p.doc["probe"] in LOCALITY_KINDS]
         if not local:
@@ -230,7 +239,7 @@ class EditedLMM(lmms):
             return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
         return metrics.topk_agreement(pre.topk, post.topk, k)
 
-    def _generate(self, probes: list[_ProbeRequest], prefix: str) -> list[str]:
+    def _generate(self, probes: list[ProbeRequest], prefix: str) -> list[str]:
         """Greedy generations, batched per distinct generation setting (normally one)."""
         outputs: list[str] = [""] * len(probes)
         by_setting: dict[str, list[int]] = {}

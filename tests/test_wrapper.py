@@ -1,0 +1,189 @@
+"""The editing wrapper's case logic, on a fake adapter whose "knowledge" is a list of applied edits."""
+
+import json
+
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from editors.base import EditHandle, Editor
+from mmke_eval.adapters.base import ForwardResult
+from mmke_eval.data.schema import ProbeDoc
+from mmke_eval.wrapper import CaseEvaluator, EditedLMM, Protocol
+
+
+class FakeAdapter:
+    """Answers a query right iff its target was edited in; top-k ids encode how many edits are live."""
+
+    family = "fake"
+
+    def __init__(self):
+        self.edits: list[str] = []
+        self.calls: list[tuple[str, int, tuple[str, ...]]] = []  # (what, live edits, prefixes)
+
+    def teacher_forced(self, queries, k=10):
+        self.calls.append(("tf", len(self.edits), tuple(q.prefix for q in queries)))
+        results = []
+        for q in queries:
+            acc = 1.0 if q.target in self.edits else 0.0
+            topk = torch.full((3, k), len(self.edits), dtype=torch.long)
+            topk[0] = torch.arange(k)  # first position never changes: whole-sequence agreement 1/3
+            results.append(ForwardResult(acc, [1], [1 if acc else 0], topk, slice(1, 3)))
+        return results
+
+    def generate(self, queries, max_new_tokens=32, until=None):
+        self.calls.append(("gen", len(self.edits), tuple(q.prefix for q in queries)))
+        return [q.prompt.upper() if not self.edits else "EDITED" for q in queries]
+
+
+class FakeEditor(Editor):
+    name = "fake"
+
+    def __init__(self, prefix=""):
+        super().__init__()
+        self.log: list[str] = []
+        self.prefix = prefix
+
+    def apply(self, adapter, request):
+        adapter.edits.append(request.target)
+        self.log.append(f"apply {request.case_id}")
+        return EditHandle(editor=self.name, prefix=self.prefix, stats={"target": request.target})
+
+    def restore(self, adapter, handle):
+        adapter.edits.remove(handle.stats["target"])
+        self.log.append("restore")
+
+
+def probe_docs(case: str, target: str) -> list[dict]:
+    base = dict(
+        case_id=case, knowledge_type="entity_level", question="", answer=target, image="",
+        edit_prompt="Who is this?", edit_target=target, edit_original="orig", edit_image="",
+        rephrase_prompt="", rephrase_image="", train_file="",
+    )
+    docs = []
+    for kind in ("t_rel", "t_loc", "i_loc"):
+        answer = target if kind == "t_rel" else "unrelated"
+        docs.append({**base, "probe": kind, "probe_id": f"{kind}_1", "question": f"{kind} q of {case}", "answer": answer})
+    assert set(docs[0]) == set(ProbeDoc.__dataclass_fields__)
+    return docs
+
+
+def make_requests(docs_by_task, extra_plain=()):
+    requests = []
+    for task, docs in docs_by_task.items():
+        for doc_id, doc in enumerate(docs):
+            args = (doc["question"], {"max_new_tokens": 8, "until": ["\n"]}, lambda d: [], doc_id, task, "eval")
+            requests.append(Instance("generate_until", args, idx=0, metadata={"task": task, "doc_id": doc_id, "repeats": 1}))
+    return requests
+
+
+def make_lmm(editor, protocol=Protocol()):
+    lm = EditedLMM.__new__(EditedLMM)  # skip loading a real backend
+    lmms.__init__(lm)
+    lm.adapter = FakeAdapter()
+    lm.editor = editor
+    lm.evaluator = CaseEvaluator(lm.adapter, editor, protocol)
+
+    class Base:
+        def generate_until(self, requests):
+            return [f"base:{r.args[0]}" for r in requests]
+
+    lm.base = Base()
+    return lm
+
+
+def test_each_case_is_edited_once_scored_and_restored():
+    editor = FakeEditor()
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome") + probe_docs("c2", "Oslo")
+    lm.task_dict["mmke_x"] = {"eval": docs}
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"mmke_x": docs}))]
+
+    assert editor.log == ["apply c1", "restore", "apply c2", "restore"]
+    assert lm.adapter.edits == []  # restored
+    by_kind = {(docs[i]["case_id"], o["probe"]): o for i, o in enumerate(outputs)}
+    assert by_kind[("c1", "t_rel")]["score"] == 1.0  # the edit took
+    # pre-edit locality ran on the unedited model for both cases (restore came before case 2)
+    pre_calls = [c for c in lm.adapter.calls if c[0] == "tf" and c[2] == ("", "")]
+    assert [c[1] for c in pre_calls] == [0, 0]
+    # whole sequence (weight editor default): only the first of 3 positions agrees
+    assert by_kind[("c1", "t_loc")]["score"] == pytest.approx(1 / 3)
+    assert by_kind[("c1", "i_loc")]["pre_generated"] == "I_LOC Q OF C1"
+    assert by_kind[("c1", "t_loc")]["generated"] == "EDITED"
+
+
+def test_answer_span_and_prefix_for_in_context_editors():
+    editor = FakeEditor(prefix="New Fact: ...\nPrompt: ")
+    editor.reference_locality_span = "answer"
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"t": docs}))]
+    # answer positions (rows 1-2) all changed -> 0 agreement
+    assert outputs[1]["score"] == 0.0
+    post_calls = [c for c in lm.adapter.calls if c[1] == 1]
+    assert post_calls and all(p == "New Fact: ...\nPrompt: " for c in post_calls for p in c[2])
+
+
+def test_other_tasks_and_padding_pass_through_untouched():
+    editor = FakeEditor()
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["mmke"] = {"eval": docs}
+    lm.task_dict["mme"] = {"eval": [{"question": "Is it red?"}]}
+    requests = make_requests({"mmke": docs, "mme": [{"question": "Is it red?"}]})
+    requests[1].metadata["__padding_only__"] = True
+    outputs = lm.generate_until(requests)
+    assert outputs[-1] == "base:Is it red?"
+    assert outputs[1] == ""  # padding: not answered, no edit for it
+    assert editor.log == ["apply c1", "restore"]
+
+
+def test_sequential_edits_pile_up_and_are_all_undone():
+    editor = FakeEditor()
+    lm = make_lmm(editor, Protocol(sequential=True))
+    docs = probe_docs("c1", "Rome") + probe_docs("c2", "Oslo")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"t": docs}))]
+    assert editor.log == ["apply c1", "apply c2", "restore", "restore"]
+    assert lm.adapter.edits == []
+    # case 2 was scored with both edits live against a pre-edit baseline of the unedited model
+    live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
+    assert live == [0, 0, 1, 2]
+    assert outputs[3]["probe"] == "t_rel" and outputs[3]["score"] == 1.0
+
+
+def test_restore_happens_when_probing_fails():
+    editor = FakeEditor()
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["t"] = {"eval": docs}
+
+    def broken(queries, **kwargs):
+        raise RuntimeError("out of memory")
+
+    lm.adapter.generate = broken
+    with pytest.raises(RuntimeError):
+        lm.generate_until(make_requests({"t": docs}))
+    # generation of the pre-edit locality probes failed before any edit; now fail after the edit
+    lm.adapter.generate = FakeAdapter.generate.__get__(lm.adapter)
+    real_tf = lm.adapter.teacher_forced
+
+    def fail_after_edit(queries, k=10):
+        if lm.adapter.edits:
+            raise RuntimeError("boom")
+        return real_tf(queries, k)
+
+    lm.adapter.teacher_forced = fail_after_edit
+    with pytest.raises(RuntimeError, match="boom"):
+        lm.generate_until(make_requests({"t": docs}))
+    assert lm.adapter.edits == []
+    assert editor.log[-2:] == ["apply c1", "restore"]
+
+
+def test_protocol_rejects_bad_values():
+    with pytest.raises(ValueError, match="loc_span"):
+        Protocol(loc_span="prompt")
+    with pytest.raises(ValueError):
+        Protocol(t_loc_k=0)
