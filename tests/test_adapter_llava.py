@@ -1,0 +1,223 @@
+"""LlavaHFAdapter on a tiny random LLaVA: spans, positions, batching, parameter groups.
+
+Expected values are recomputed by hand from the tokenizer and one plain model forward, so a
+wrong slice in the adapter shows up as a mismatch, not as a tautology.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mmke_eval.adapters.base import Query
+from mmke_eval.adapters.llava_hf import LlavaHFAdapter, _cut
+
+PROMPTS = [
+    "What is shown in the image?",
+    "Where does this person live?",
+    "Who is the person in the picture?",
+    "What does this person like to eat?",
+    "Which country does this flag belong to?",
+    "The quick brown fox jumps over the",
+    "The mountain is covered with",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llava_dir):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(tiny_llava_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter(loaded):
+    return LlavaHFAdapter(*loaded)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return Image.new("RGB", (40, 30), (220, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 220))
+
+
+def n_image_tokens(adapter) -> int:
+    config = adapter.model.config.vision_config
+    return (config.image_size // config.patch_size) ** 2  # "default" strategy drops CLS
+
+
+def hand_ids(adapter, text: str, image: bool) -> list[int]:
+    """The raw protocol by hand: tokenizer ids with BOS, image tokens right after BOS."""
+    ids = adapter.tokenizer(text)["input_ids"]
+    assert ids[0] == adapter.tokenizer.bos_token_id
+    return ids[:1] + [adapter.image_token_id] * n_image_tokens(adapter) * image + ids[1:]
+
+
+def hand_logits(adapter, ids: list[int], image=None) -> torch.Tensor:
+    inputs = {}
+    if image is not None:
+        pixels = adapter.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        inputs["pixel_values"] = pixels
+    with torch.no_grad():
+        return adapter.model(input_ids=torch.tensor([ids]), **inputs).logits[0]
+
+
+def word_token(adapter, token_id: int) -> str | None:
+    """The word if ``token_id`` is a whole word with a leading space (so " " + word maps back to it)."""
+    text = adapter.tokenizer.decode([token_id])
+    return text[1:] if text.startswith(" ") and text[1:].isalpha() else None
+
+
+def test_answer_span_and_token_acc_match_hand_computation(adapter):
+    # Build a target whose first word is the model's own greedy token, so the accuracy is not a trivial 0.
+    for prompt in PROMPTS:
+        ids = hand_ids(adapter, prompt, image=False)
+        first = int(hand_logits(adapter, ids)[-1].argmax())
+        word = word_token(adapter, first)
+        if word:
+            break
+    else:
+        pytest.fail("no prompt whose greedy next token is a plain word; change PROMPTS")
+    target = f"{word} red circle"
+    full = hand_ids(adapter, f"{prompt} {target}", image=False)
+    n_prompt = len(ids)
+    assert full[:n_prompt] == ids
+    answer = full[n_prompt:]
+    logits = hand_logits(adapter, full)
+    predicted = logits[n_prompt - 1 : len(full) - 1].argmax(-1).tolist()
+    expected_acc = sum(p == a for p, a in zip(predicted, answer)) / len(answer)
+
+    (result,) = adapter.teacher_forced([Query(prompt, None, target)], k=3)
+    assert result.answer_ids == answer and answer[0] == first
+    assert result.predicted_ids == predicted
+    assert result.token_acc == pytest.approx(expected_acc)
+    assert 0 < result.token_acc  # the first answer token is the greedy one
+    assert result.answer_positions == slice(n_prompt - 1, len(full) - 1)
+    assert torch.equal(result.topk, logits.topk(3, dim=-1).indices)
+
+
+def test_image_query_topk_shape_and_rows(adapter, images):
+    q = Query("What is shown in the image?", images[0], "A red circle")
+    ids = hand_ids(adapter, f"{q.prompt} {q.target}", image=True)
+    (result,) = adapter.teacher_forced([q], k=5)
+    assert result.topk.shape == (len(ids), 5)
+    assert result.topk.dtype == torch.long and result.topk.device.type == "cpu"
+    assert torch.equal(result.topk, hand_logits(adapter, ids, images[0]).topk(5, dim=-1).indices)
+    n_answer = len(ids) - len(hand_ids(adapter, q.prompt, image=True))
+    assert result.answer_positions == slice(len(ids) - 1 - n_answer, len(ids) - 1)
+
+
+def test_text_without_target_has_empty_answer(adapter):
+    (result,) = adapter.teacher_forced([Query("Where does this person live?")], k=2)
+    assert result.answer_ids == [] and result.token_acc != result.token_acc  # nan
+    n = result.topk.shape[0]
+    assert result.answer_positions == slice(n, n)
+
+
+def test_prefix_positions_are_excluded(adapter, images):
+    prefix = "New Fact: The dog is red.\nPrompt: "
+    plain = Query("Who is the person in the picture?", images[1], "a famous painter")
+    edited = Query(plain.prompt, plain.image, plain.target, prefix)
+    before, after = adapter.teacher_forced([plain, edited], k=4)
+    assert after.topk.shape == before.topk.shape
+    assert after.answer_positions == before.answer_positions
+    assert after.answer_ids == before.answer_ids
+
+    # By hand: the prefixed input, minus its prefix block (BOS and image tokens stay in front).
+    full = hand_ids(adapter, f"{prefix}{plain.prompt} {plain.target}", image=True)
+    n_no_prefix = len(hand_ids(adapter, f"{plain.prompt} {plain.target}", image=True))
+    head = 1 + n_image_tokens(adapter)
+    kept = list(range(head)) + list(range(len(full) - (n_no_prefix - head), len(full)))
+    logits = hand_logits(adapter, full, images[1])
+    assert torch.equal(after.topk, logits[kept].topk(4, dim=-1).indices)
+    # The prefix really changes the scores at the kept positions (the test could fail).
+    assert not torch.equal(after.topk[head:], before.topk[head:])
+
+
+def test_answer_span_falls_back_to_common_prefix(adapter, monkeypatch):
+    # A tokenizer that merges the last prompt token with the target (SentencePiece-style quirk).
+    fake = {("Q", "A"): [1, 5, 6, 9, 10], ("Q", ""): [1, 5, 6, 7]}
+    monkeypatch.setattr(adapter, "_text_ids", lambda body, target, has_image: fake[(body, target)])
+    enc = adapter._encode(Query("Q", None, "A"), 0)
+    assert enc.ids[enc.answer_start :] == [9, 10]
+
+
+def test_mixed_batch_equals_one_at_a_time(loaded, images):
+    adapter = LlavaHFAdapter(*loaded, batch_size=3)
+    queries = [
+        Query("What is shown in the image?", images[0], "A red circle"),
+        Query("Where does this person live?", None, "She lives in Paris"),
+        Query("Who is the person in the picture?", images[1], "a painter", "New Fact: x y\nPrompt: "),
+        Query("The quick brown fox jumps over the", None, "lazy dog"),
+        Query("What does this person like to eat?", images[1], "apples"),
+        Query("The mountain is covered with", None, "snow", "New Fact: The dog is red.\nPrompt: "),
+    ]
+    batched = adapter.teacher_forced(queries, k=4)
+    for q, got in zip(queries, batched):
+        (alone,) = adapter.teacher_forced([q], k=4)
+        assert torch.equal(got.topk, alone.topk)
+        assert (got.answer_ids, got.predicted_ids, got.answer_positions) == (alone.answer_ids, alone.predicted_ids, alone.answer_positions)
+        assert got.token_acc == alone.token_acc
+    generated = adapter.generate(queries, max_new_tokens=4)
+    assert generated == [adapter.generate([q], max_new_tokens=4)[0] for q in queries]
+
+
+def test_target_loss_is_the_mean_answer_nll(adapter, images):
+    q = Query("What is shown in the image?", images[0], "A red circle")
+    ids = hand_ids(adapter, f"{q.prompt} {q.target}", image=True)
+    n_prompt = len(hand_ids(adapter, q.prompt, image=True))
+    logits = hand_logits(adapter, ids, images[0])
+    expected = torch.nn.functional.cross_entropy(logits[n_prompt - 1 : -1], torch.tensor(ids[n_prompt:]))
+    with torch.no_grad():  # the adapter turns gradients back on itself
+        loss = adapter.target_loss(q)
+    assert loss.requires_grad
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_parameter_groups(adapter):
+    model = adapter.model
+    last = model.config.text_config.num_hidden_layers - 1
+    mlp = adapter.parameter_group("llm_last_mlp")
+    assert set(mlp) == {f"model.language_model.layers.{last}.mlp.{m}.weight" for m in ("up_proj", "down_proj")}
+    named = dict(model.named_parameters())
+    assert all(mlp[n] is named[n] for n in mlp)  # the live tensors, not copies
+    projector = adapter.parameter_group("alignment")
+    assert set(projector) == {n for n in named if n.startswith("model.multi_modal_projector.")}
+    vision = adapter.parameter_group("vision")
+    assert set(vision) == {n for n in named if n.startswith("model.vision_tower.")}
+    with pytest.raises(ValueError, match="unknown parameter group"):
+        adapter.parameter_group("qformer")
+
+
+def test_chat_format_uses_the_template(loaded, images):
+    adapter = LlavaHFAdapter(*loaded, prompt_format="chat")
+    q = Query("What is shown in the image?", images[0], "A red circle")
+    (result,) = adapter.teacher_forced([q], k=2)
+    enc = adapter._encode(q, n_image_tokens(adapter))
+    text = adapter.tokenizer.decode(enc.ids)
+    assert text.startswith("<s>USER: <image>") and "ASSISTANT: A red circle" in text
+    assert adapter.tokenizer.decode(result.answer_ids) == " A red circle"
+    assert adapter.describe()["prompt_format"] == "chat"
+    with pytest.raises(ValueError, match="prompt_format"):
+        LlavaHFAdapter(*loaded, prompt_format="vicuna")
+
+
+def test_cut_at_first_stop_string():
+    assert _cut(" Paris. Then\n\nmore", ["\n\n", "."]) == "Paris"
+    assert _cut("  no stop  ", []) == "no stop"
+
+
+def test_from_lmms_shares_the_model(tiny_llava_dir, adapter, images):
+    from lmms_eval.models.simple.llava_hf import LlavaHf
+
+    # device_map="" (the backend's default) is rejected by transformers 5.x's from_pretrained.
+    lmms = LlavaHf(pretrained=str(tiny_llava_dir), device="cpu", dtype="float32", device_map="cpu")
+    shared = LlavaHFAdapter.from_lmms(lmms, prompt_format="raw")
+    assert shared.model is lmms.model and shared.processor is lmms._image_processor
+    assert lmms.tokenizer.padding_side == "left"  # lmms-eval's setting; the adapter pads by hand
+    queries = [Query("What is shown in the image?", images[0], "A red circle"), Query("Where?", None, "Paris")]
+    for mine, theirs in zip(adapter.teacher_forced(queries, k=3), shared.teacher_forced(queries, k=3)):
+        assert torch.equal(mine.topk, theirs.topk) and mine.answer_ids == theirs.answer_ids
+    with pytest.raises(ValueError, match="unknown option"):
+        LlavaHFAdapter.from_lmms(lmms, prompt_fromat="raw")
