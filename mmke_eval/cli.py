@@ -33,7 +33,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")
     parser.add_argument("--model_args", default=None, help="backend arguments, plus protocol options (t_loc_k, i_loc_k, loc_span, generate, sequential); default: the shipped world model on CPU")
     parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
-    parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults")
+    parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one")
     parser.add_argument("--data", default=None, help="local copy of MMKE-Bench (data_json/, data_image/); same as MMKE_DATA=PATH")
     parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
     return parser
@@ -62,16 +62,17 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     model_args = args.model_args
     if model_args is None:
         model_args = runner.default_model_args() if args.model == runner.DEFAULT_MODEL else ""
-    editor_args = runner.parse_key_values(args.editor_args, "--editor_args")
+    editors = [e.strip() for e in args.editor.split(",") if e.strip()]
+    per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
     rows = []
-    for editor in filter(None, (e.strip() for e in args.editor.split(","))):
+    for editor in editors:
         spec = runner.RunSpec(
             tasks=args.tasks,
             model=args.model,
             model_args=model_args,
             editor=editor,
-            editor_args=editor_args,
-            output_path=args.output_path,
+            editor_args=per_editor[editor],
+            output_path=str(Path(args.output_path) / editor) if args.output_path else None,
             lmms_eval_args=passthrough,
         )
         print(f"mmke-eval: {editor} on {args.tasks} ...", file=sys.stderr, flush=True)

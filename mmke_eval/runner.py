@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ DEFAULT_MODEL = "llava_hf"
 
 def default_model_args() -> str:
     world = Path(__file__).resolve().parent / "mini" / "world_model"
-    return f"pretrained={world},device=cpu,dtype=float32"
+    return f"pretrained={world},device=cpu,device_map=cpu,dtype=float32"
 
 
 class EvaluationError(RuntimeError):
@@ -67,6 +67,21 @@ def parse_key_values(text: str, what: str) -> dict[str, str]:
     return values
 
 
+def editor_args_for(editors: list[str], values: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Split --editor_args among editors: ``k=v`` goes to every editor, ``EDITOR.k=v`` to one."""
+    per_editor: dict[str, dict[str, str]] = {editor: {} for editor in editors}
+    for key, value in values.items():
+        name, dot, field_name = key.partition(".")
+        if not dot:
+            for args in per_editor.values():
+                args[key] = value
+        elif name in per_editor:
+            per_editor[name][field_name] = value
+        else:
+            raise EvaluationError(f"--editor_args {key}={value}: editor {name!r} is not among --editor {','.join(editors)}")
+    return per_editor
+
+
 def evaluate(spec: RunSpec) -> dict[str, Any]:
     """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section)."""
     import lmms_eval.__main__ as lmms_main
@@ -90,7 +105,7 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
     results["mmke"] = {
         "model_args": spec.wrapper_model_args(),
         **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
-        "skipped_cases": {"/".join(key): report for key, report in source.last_skip_reports().items()},
+        "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},
     }
     if spec.output_path:
         _add_to_results_file(Path(spec.output_path), started, results["mmke"])

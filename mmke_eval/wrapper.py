@@ -151,6 +151,7 @@ class EditedLMM(lmms):
                 results[index] = output
         if cases:
             self.evaluator.answer_cases(list(cases.values()), results, progress=self.rank == 0)
+            LAST_PROTOCOL.update(self.describe())  # editors report what they really used (IKE's retriever)
         return results
 
     def loglikelihood(self, requests) -> list:

@@ -1,0 +1,68 @@
+"""The command line as a new user runs it: tiny LLaVA, a small MMKE-format data set, offline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(args, tmp_path, **env):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"), **env}
+    return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    out = tmp_path / "out"
+    result = run(
+        [BIN / "mmke-eval", "--tasks", "mmke_entity", "--model", "llava_hf", "--model_args", model_args,
+         "--editor", "none,ft_llm", "--editor_args", "ft_llm.steps=2", "--data", str(mmke_fixture_root), "--output_path", str(out)],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| mmke_entity | none |" in result.stdout and "| mmke_entity | ft_llm |" in result.stdout
+    rows = json.loads((out / "mmke_table.json").read_text())
+    assert [r["editor"] for r in rows] == ["none", "ft_llm"]
+    # The unedited model agrees with itself: locality 100 by construction.
+    assert rows[0]["t_loc"] == 100.0 and rows[0]["i_loc"] == 100.0
+    (results_file,) = (out / "ft_llm").rglob("*_results.json")
+    results = json.loads(results_file.read_text())
+    assert set(k.split(",")[0] for k in results["results"]["mmke_entity"]) >= {"t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port"}
+    protocol = results["mmke"]
+    assert protocol["editor"]["editor"] == "ft_llm" and protocol["editor"]["steps"] == 2
+    assert protocol["protocol"]["loc_span_resolved"] == "sequence" and protocol["protocol"]["i_loc_k"] == 10
+    assert protocol["skipped_cases"]["mmke/entity_level/eval"]["total"] == 3
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_reaches_the_edited_model_through_the_entry_point(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    from mmke_eval.resources import tasks_dir
+
+    model_args = f"base=llava_hf,editor=none,pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    result = run(
+        [BIN / "lmms-eval", "--model", "edited", "--model_args", model_args, "--tasks", "mmke_user",
+         "--include_path", str(tasks_dir()), "--output_path", str(tmp_path / "out"), "--verbosity", "DEBUG"],
+        tmp_path,
+        MMKE_DATA=str(mmke_fixture_root),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results_file,) = (tmp_path / "out").rglob("*_results.json")
+    assert json.loads(results_file.read_text())["results"]["mmke_user"]["t_loc,none"] == 100.0
+
+
+def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
+    result = run([BIN / "mmke-eval", "--tasks", "mmke_entity", "--editor", "ft_lm", "--editor_args", "steps"], tmp_path)
+    assert result.returncode == 1
+    assert "--editor_args: expected key=value, got 'steps'" in result.stderr
+
+    stray = run([BIN / "mmke-eval", "--editor", "none", "--editor_args", "ike.k=3"], tmp_path)
+    assert stray.returncode == 1 and "editor 'ike' is not among --editor none" in stray.stderr
+
+    missing = run([BIN / "mmke-eval", "--tasks", "mmke_entity", "--data", str(tmp_path / "nowhere")], tmp_path)
+    assert missing.returncode == 1 and "nowhere" in missing.stderr
