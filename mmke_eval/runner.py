@@ -102,6 +102,8 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
     results = outcome[0] if outcome else None
     if results is None:
         raise EvaluationError("lmms-eval returned no results (see the log above)")
+    for key, report in source.last_skip_reports().items():
+        print(f"mmke-eval: {'/'.join(key)}: {report.summary()}", file=sys.stderr)
     results["mmke"] = {
         "model_args": spec.wrapper_model_args(),
         **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
