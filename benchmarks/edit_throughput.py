@@ -1,0 +1,445 @@
+"""Edit throughput: mmke-eval's case evaluator against the per-probe loop of the older toolkits.
+
+    .venv/bin/python benchmarks/edit_throughput.py [--cases 8] [--steps N] [--editors none,ike] [--json out.json]
+
+A speed and memory benchmark, not a test: it prints figures. On a tiny random LLaVA (built
+offline into a temporary folder) and the MMKE-style fixture data (entity type, eval split; IKE
+draws its demonstrations from the fixture's train split), every editor is run two ways:
+
+* ours: ``CaseEvaluator.answer_cases`` over all cases: per case the pre-edit locality outputs
+  once, the edit applied once to the shared model, every probe of the case answered in batches
+  (teacher forcing and greedy generation), then the touched tensors copied back.
+* naive, as EasyEdit/VLKEB-style loops do it: per case ``copy.deepcopy`` of the model, the edit
+  applied to the copy, then every probe on its own: one teacher-forced call and one generation
+  per probe, and for each locality probe the pre-edit forward and generation recomputed on the
+  original model; the copy is thrown away.
+
+Both paths use the same adapter, editor configuration and scoring formulas, so every probe must
+get the same score (checked; the script exits with status 1 if not). Generations are compared too.
+
+Method. Each (editor, path) pair runs in its own fresh worker process, one after another, so that
+neither path inherits the other's allocator state or caches. Workers are forked from a
+multiprocessing fork server that has imported torch/transformers/mmke_eval but never run a model
+(imports are paid once, not eight times). Inside a worker: load the model, build the requests,
+one warm-up forward and generation, then reset the kernel's peak-RSS counter
+(``/proc/self/clear_refs`` = 5) and time the run. "peak RSS +MB" is VmHWM after the run minus
+VmRSS just before it. Without clear_refs (non-Linux) it falls back to ``ru_maxrss``, which
+includes the loading peak. Image decoding and prompt rendering happen before the clock starts,
+for both paths (as in lmms-eval, which hands the model ready requests). Seeds are fixed and torch
+uses ``--threads`` threads (default 1, so that runs on a shared machine are comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_EDITORS = ("none", "ft_llm", "ft_alignment", "ike")
+KNOWLEDGE_TYPE = "entity_level"
+SEED = 0
+MODES = ("ours", "naive")
+
+
+# -- memory ------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> str:
+    """Reset the peak-RSS counter where the kernel allows it; return the method used."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        if _status_kb("VmHWM") is not None:
+            return "VmHWM after clear_refs"
+    except OSError:
+        pass
+    return "ru_maxrss (includes the loading peak)"
+
+
+def rss_kb() -> int:
+    now = _status_kb("VmRSS")
+    if now is not None:
+        return now
+    import psutil  # non-Linux fallback
+
+    return psutil.Process().memory_info().rss // 1024
+
+
+def peak_rss_kb(method: str) -> int:
+    if method.startswith("VmHWM"):
+        return _status_kb("VmHWM") or 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB on Linux
+
+
+# -- the worker (one editor, one path, fresh process) --------------------------------------------
+def seed_everything(seed: int = SEED) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_cases(data_dir: str, n_cases: int):
+    """ProbeRequests grouped per case, built the way EditedLMM.generate_until builds them."""
+    from mmke_eval.adapters.base import Query
+    from mmke_eval.data.mmke import load_cases
+    from mmke_eval.data.schema import ProbeDoc
+    from mmke_eval.wrapper import ProbeRequest
+    from mmke_tasks.mmke.utils import doc_to_text, doc_to_visual
+
+    gen_kwargs = {"max_new_tokens": 32, "until": ["\n"], "do_sample": False, "temperature": 0}  # the task YAML's
+    cases, _ = load_cases(Path(data_dir), KNOWLEDGE_TYPE, "eval")
+    if len(cases) < n_cases:
+        raise SystemExit(f"the fixture holds {len(cases)} cases, {n_cases} asked for")
+    grouped, index = [], 0
+    for case in cases[:n_cases]:
+        probes = []
+        for doc in ProbeDoc.rows(case):
+            visuals = doc_to_visual(doc)
+            query = Query(prompt=doc_to_text(doc), image=visuals[0] if visuals else None, target=doc["answer"])
+            probes.append(ProbeRequest(index, doc, query, dict(gen_kwargs)))
+            index += 1
+        grouped.append(probes)
+    return grouped, index
+
+
+class CallCounter:
+    """Counts adapter calls, the model batches they run (chunks) and the queries they carry."""
+
+    OPS = ("teacher_forced", "generate")
+
+    def __init__(self, *adapters):
+        self.counts = {f"{op}_{what}": 0 for op in self.OPS for what in ("calls", "batches", "queries")}
+        self._current = None
+        for adapter in adapters:
+            self.wrap(adapter)
+
+    def wrap(self, adapter) -> None:
+        for op in self.OPS:
+            original = getattr(adapter, op)
+
+            def counted(queries, *args, _original=original, _op=op, **kwargs):
+                self.counts[f"{_op}_calls"] += 1
+                self.counts[f"{_op}_queries"] += len(queries)
+                self._current = _op
+                try:
+                    return _original(queries, *args, **kwargs)
+                finally:
+                    self._current = None
+
+            setattr(adapter, op, counted)
+        chunks = adapter._chunks
+
+        def counted_chunks(queries, _chunks=chunks):
+            found = _chunks(queries)
+            if self._current:
+                self.counts[f"{self._current}_batches"] += len(found)
+            return found
+
+        adapter._chunks = counted_chunks
+
+
+def run_ours(adapter, editor, cases, n_probes, counter):
+    from mmke_eval.wrapper import CaseEvaluator, Protocol
+
+    evaluator = CaseEvaluator(adapter, editor, Protocol())
+    results: list = [None] * n_probes
+    evaluator.answer_cases(cases, results, progress=False)
+    return {i: json.loads(r) for i, r in enumerate(results)}
+
+
+def run_naive(adapter, editor, cases, n_probes, counter):
+    """Per case: deepcopy, edit the copy, every probe alone, pre-edit locality per probe, discard."""
+    from mmke_eval import metrics
+    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+    from mmke_eval.data.schema import I_LOC, LOCALITY_KINDS
+    from mmke_eval.wrapper import CaseEvaluator, Protocol
+
+    protocol = Protocol()
+    span = editor.reference_locality_span if protocol.loc_span == "auto" else protocol.loc_span
+    k = max(protocol.t_loc_k, protocol.i_loc_k)
+    out = {}
+    for probes in cases:
+        edited = LlavaHFAdapter(copy.deepcopy(adapter.model), adapter.processor, device=adapter.device, batch_size=1)
+        counter.wrap(edited)
+        handle = editor.apply(edited, CaseEvaluator._edit_request(probes[0].doc))
+        for probe in probes:
+            gen = probe.gen_kwargs
+            max_new, until = int(gen.get("max_new_tokens", 32)), list(gen.get("until") or [])
+            query = replace(probe.query, prefix=handle.prefix)
+            post = edited.teacher_forced([query], k=k)[0]
+            generated = edited.generate([replace(query, target="")], max_new_tokens=max_new, until=until)[0]
+            kind = probe.doc["probe"]
+            response = {"probe": kind, "generated": generated}
+            if kind in LOCALITY_KINDS:
+                pre = adapter.teacher_forced([probe.query], k=k)[0]
+                response["pre_generated"] = adapter.generate(
+                    [replace(probe.query, target="")], max_new_tokens=max_new, until=until
+                )[0]
+                top = protocol.i_loc_k if kind == I_LOC else protocol.t_loc_k
+                if span == "answer":
+                    response["score"] = metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], top)
+                else:
+                    response["score"] = metrics.topk_agreement(pre.topk, post.topk, top)
+            else:
+                response["score"] = post.token_acc
+            out[probe.index] = response
+        del edited, handle  # the copy is discarded; nothing to restore
+    return out
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    seed_everything()
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("editors.ike").setLevel(logging.ERROR)  # the retriever fallback; reported below
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmke_eval import registry
+    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+
+    model = LlavaForConditionalGeneration.from_pretrained(spec["model_dir"], dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(spec["model_dir"])
+    adapter = LlavaHFAdapter(model, processor)
+    overrides = {"steps": spec["steps"]} if spec["steps"] is not None and spec["editor"].startswith("ft") else {}
+    editor = registry.build_editor(spec["editor"], family=adapter.family, overrides=overrides)
+    cases, n_probes = build_cases(spec["data_dir"], spec["cases"])
+
+    # Warm-up (both paths alike): first-call costs of torch and the processor stay off the clock.
+    first = cases[0][0].query
+    adapter.teacher_forced([first], k=10)
+    adapter.generate([replace(first, target="")], max_new_tokens=2)
+    digest_before = model_digest(model)
+    counter = CallCounter(adapter)
+    run = run_ours if spec["mode"] == "ours" else run_naive
+
+    seed_everything()
+    method = reset_peak_rss()
+    rss_before = rss_kb()
+    started = time.perf_counter()
+    responses = run(adapter, editor, cases, n_probes, counter)
+    seconds = time.perf_counter() - started
+    peak = peak_rss_kb(method)
+
+    describe = editor.describe()
+    return {
+        "editor": spec["editor"],
+        "mode": spec["mode"],
+        "cases": len(cases),
+        "probes": n_probes,
+        "seconds": seconds,
+        "cases_per_s": len(cases) / seconds,
+        "rss_before_mb": rss_before / 1024,
+        "peak_rss_increase_mb": max(peak - rss_before, 0) / 1024,
+        "memory_method": method,
+        "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
+        "model_unchanged_after_run": model_digest(model) == digest_before,
+        "calls": counter.counts,
+        "editor_config": {k: v for k, v in describe.items() if k not in ("editor",)},
+        "responses": {str(i): r for i, r in responses.items()},
+        "probe_keys": {str(p.index): f"{p.doc['case_id']}:{p.doc['probe_id']}" for c in cases for p in c},
+    }
+
+
+# -- the driver --------------------------------------------------------------------------------
+# Imported once by the fork server; every worker is a fresh fork of it that has run no model yet.
+PRELOAD = [
+    "__main__", "numpy", "torch", "transformers", "transformers.models.llava.modeling_llava",
+    "transformers.models.llava.processing_llava", "transformers.models.clip.image_processing_pil_clip",
+    "mmke_eval.wrapper", "mmke_eval.adapters.llava_hf", "mmke_eval.data.mmke", "mmke_tasks.mmke.utils",
+    "editors.ft", "editors.ike",
+]
+
+
+def _worker_entry(spec: dict, out: str) -> None:
+    Path(out).write_text(json.dumps(worker(spec)))
+
+
+def spawn(ctx, spec: dict, workdir: Path) -> dict:
+    out = workdir / f"{spec['editor']}-{spec['mode']}.json"
+    process = ctx.Process(target=_worker_entry, args=(spec, str(out)), name=f"{spec['editor']}-{spec['mode']}")
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise SystemExit(f"worker {spec['editor']}/{spec['mode']} failed with exit code {process.exitcode}")
+    return json.loads(out.read_text())
+
+
+def importable(module: str) -> bool:
+    import importlib.util
+
+    if module == "__main__":
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def compare(ours: dict, naive: dict) -> dict:
+    keys = ours["probe_keys"]
+    score_diff, gen_diff = [], []
+    for i, a in ours["responses"].items():
+        b = naive["responses"][i]
+        sa, sb = a["score"], b["score"]
+        both_nan = isinstance(sa, float) and isinstance(sb, float) and math.isnan(sa) and math.isnan(sb)
+        same = sa == sb or both_nan
+        if not same:
+            score_diff.append(f"{keys[i]} ({a['probe']}): ours {sa!r}, naive {sb!r}")
+        for field in ("generated", "pre_generated"):
+            if (a.get(field) or "") != (b.get(field) or ""):
+                gen_diff.append(f"{keys[i]} {field}: ours {a.get(field)!r}, naive {b.get(field)!r}")
+    return {"scores_identical": not score_diff, "score_mismatches": score_diff,
+            "generations_identical": not gen_diff, "generation_mismatches": gen_diff}
+
+
+def table(rows: list[dict]) -> str:
+    head = ["editor", "cases/s ours", "cases/s naive", "speed-up", "peak RSS +MB ours", "peak RSS +MB naive", "scores identical"]
+    lines = [head]
+    for r in rows:
+        o, n = r["ours"], r["naive"]
+        lines.append([
+            r["editor"], f"{o['cases_per_s']:.2f}", f"{n['cases_per_s']:.2f}", f"{n['seconds'] / o['seconds']:.1f}x",
+            f"{o['peak_rss_increase_mb']:.1f}", f"{n['peak_rss_increase_mb']:.1f}", "yes" if r["scores_identical"] else "NO",
+        ])
+    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
+
+    def fmt(line: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+
+    return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=8, help="edit cases (entity type), default 8")
+    parser.add_argument("--steps", type=int, default=None, help="FT steps (default: registry defaults, 40 ft_llm / 30 ft_alignment)")
+    parser.add_argument("--editors", default=",".join(DEFAULT_EDITORS), help="comma-separated registry editor names")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures (and per-probe checks) here")
+    args = parser.parse_args(argv)
+
+    from mmke_eval import registry
+
+    editors = [e.strip() for e in args.editors.split(",") if e.strip()]
+    for name in editors:
+        try:
+            registry.editor_defaults(name)  # unknown names fail here, before any work
+        except registry.RegistryError as err:
+            parser.error(str(err))
+    if args.cases < 1:
+        parser.error("--cases must be >= 1")
+
+    import multiprocessing
+
+    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+    from mmke_eval.testing.tiny_llava import build_tiny_llava
+
+    started = time.perf_counter()
+    available = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in available else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload([m for m in PRELOAD if importable(m)])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mmke-bench-") as tmp:
+        tmp = Path(tmp)
+        model_dir = build_tiny_llava(tmp / "tiny_llava")
+        data_dir = write_mmke_fixture(tmp / "data", n_cases=args.cases)
+        for name in editors:
+            results = {}
+            for mode in MODES:
+                spec = {"editor": name, "mode": mode, "cases": args.cases, "steps": args.steps, "threads": args.threads,
+                        "model_dir": str(model_dir), "data_dir": str(data_dir)}
+                results[mode] = spawn(ctx, spec, tmp)
+                r = results[mode]
+                c = r["calls"]
+                extra = f"  retriever {r['editor_config']['retriever_used']}" if "retriever_used" in r["editor_config"] else ""
+                print(f"  {name:13s} {mode:5s} {r['seconds']:7.2f} s  {r['cases_per_s']:6.2f} cases/s  "
+                      f"peak RSS +{r['peak_rss_increase_mb']:5.1f} MB  model batches: teacher-forced "
+                      f"{c['teacher_forced_batches']}, generate {c['generate_batches']}{extra}", flush=True)
+            check = compare(results["ours"], results["naive"])
+            rows.append({"editor": name, **check, **results})
+
+    o = rows[0]["ours"] if rows else {}
+    print()
+    print(f"tiny LLaVA ({o.get('model_mb', 0):.2f} MB of fp32 weights), {args.cases} entity cases x "
+          f"{o.get('probes', 0) // max(args.cases, 1)} probes, CPU, {args.threads} torch thread(s) per worker, "
+          f"FT steps {'registry default' if args.steps is None else args.steps}")
+    print(f"memory: {o.get('memory_method', '?')}; each (editor, path) in its own fresh worker process ({ctx.get_start_method()})")
+    print(table(rows))
+    ok = all(r["scores_identical"] for r in rows)
+    print(f"scores identical: {'yes' if ok else 'no'}")
+    print(f"generations identical: {'yes' if all(r['generations_identical'] for r in rows) else 'no'}")
+    unchanged = all(r[mode]["model_unchanged_after_run"] for r in rows for mode in MODES)
+    print(f"shared model's weights unchanged after every run (restore / discarded copy): {'yes' if unchanged else 'no'}")
+    for r in rows:
+        for line in r["score_mismatches"][:5] + r["generation_mismatches"][:5]:
+            print(f"  {r['editor']}: {line}")
+        for mode in MODES:
+            if not r[mode]["model_unchanged_after_run"]:
+                print(f"  {r['editor']} {mode}: the shared model was NOT left unchanged")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+    if args.json:
+        summary = {
+            "machine": {"cpus": os.cpu_count(), "threads_per_worker": args.threads, "platform": sys.platform},
+            "cases": args.cases, "steps": args.steps, "scores_identical": ok,
+            "editors": [
+                {
+                    "editor": r["editor"], "speed_up": r["naive"]["seconds"] / r["ours"]["seconds"],
+                    "scores_identical": r["scores_identical"], "generations_identical": r["generations_identical"],
+                    "score_mismatches": r["score_mismatches"], "generation_mismatches": r["generation_mismatches"],
+                    **{mode: {k: v for k, v in r[mode].items() if k not in ("responses", "probe_keys")} for mode in MODES},
+                }
+                for r in rows
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if not ok:
+        raise AssertionError("ours and the naive loop disagree on some probe scores (listed above)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
