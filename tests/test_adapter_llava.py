@@ -221,3 +221,36 @@ def test_from_lmms_shares_the_model(tiny_llava_dir, adapter, images):
         assert torch.equal(mine.topk, theirs.topk) and mine.answer_ids == theirs.answer_ids
     with pytest.raises(ValueError, match="unknown option"):
         LlavaHFAdapter.from_lmms(lmms, prompt_fromat="raw")
+
+
+def test_onevision_image_sizes_batches_and_groups():
+    from mmke_eval.testing.tiny_llava import build_tiny_onevision
+
+    model, processor = build_tiny_onevision()
+    adapter = LlavaHFAdapter(model, processor, batch_size=4)
+    tall, wide = Image.new("RGB", (40, 64), (200, 0, 0)), Image.new("RGB", (64, 30), (0, 0, 200))
+    queries = [
+        Query("What is shown in the image?", tall, "A red circle"),
+        Query("Where does this person live?", None, "Paris"),
+        Query("Who is it?", wide, "a dog", "New Fact: x y\nPrompt: "),
+        Query("Who is it?", wide, "a dog"),
+    ]
+    batched = adapter.teacher_forced(queries, k=3)
+    # anyres: the number of image tokens depends on the image's shape.
+    assert batched[0].topk.shape[0] != batched[3].topk.shape[0]
+    assert batched[2].topk.shape == batched[3].topk.shape and batched[2].answer_positions == batched[3].answer_positions
+    for q, got in zip(queries, batched):
+        (alone,) = adapter.teacher_forced([q], k=3)
+        assert torch.equal(got.topk, alone.topk) and got.answer_ids == alone.answer_ids
+    assert adapter.generate(queries[:3], max_new_tokens=3) == [adapter.generate([q], max_new_tokens=3)[0] for q in queries[:3]]
+    names = set(dict(model.named_parameters()))
+    assert set(adapter.parameter_group("llm_last_mlp")) == {f"model.language_model.layers.1.mlp.{m}.weight" for m in ("up_proj", "down_proj")}
+    assert set(adapter.parameter_group("alignment")) == {n for n in names if n.startswith("model.multi_modal_projector.")}
+
+
+def test_tiny_llava_build_is_deterministic(tiny_llava_dir, tmp_path):
+    from mmke_eval.testing.tiny_llava import build_tiny_llava
+
+    rebuilt = build_tiny_llava(tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "processor_config.json"):
+        assert (rebuilt / name).read_bytes() == (tiny_llava_dir / name).read_bytes(), name

@@ -161,3 +161,65 @@ def build_tiny_llava(path: Path) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_onevision():
+    """A tiny random LlavaOnevisionForConditionalGeneration and its processor, in memory only.
+
+    In transformers 5.x ``LlavaOnevisionProcessor`` requires a video processor, which requires
+    torchvision. Without torchvision the processor is built with ``video_processor=None`` by
+    relaxing transformers' class check for that one argument during construction; such a
+    processor handles images (all the adapter needs) but cannot be saved. Returns (model, processor).
+    """
+    from unittest import mock
+
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+        ProcessorMixin,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, "<video>"]})
+    pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=pinpoints,
+    )
+    strict = ProcessorMixin.check_argument_for_proper_class
+
+    def allow_no_video(self, name, argument):
+        return None if (name == "video_processor" and argument is None) else strict(self, name, argument)
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", allow_no_video):
+        processor = LlavaOnevisionProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+            num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2, vision_feature_select_strategy="full",
+            vision_aspect_ratio="anyres_max_9", chat_template=CHAT_TEMPLATE,
+        )
+    vision = SiglipVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=processor.image_token_id, video_token_id=processor.video_token_id,
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints, vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlavaOnevisionForConditionalGeneration(config).eval()
+    return model, processor
