@@ -190,6 +190,7 @@ class IKEEditor(Editor):
         super().__init__(config)
         self._pools: dict[str, _Pool] = {}
         self._embedding_model = None
+        self._embedding_failed = False
         self.retriever_used: str | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -238,7 +239,7 @@ class IKEEditor(Editor):
         return self._pools[key]
 
     def _retriever(self, sentences: list[str]):
-        if self.config.retriever == "lexical":
+        if self.config.retriever == "lexical" or self._embedding_failed:
             return LexicalRetriever(sentences)
         if self._embedding_model is None:
             try:
@@ -246,6 +247,7 @@ class IKEEditor(Editor):
             except Exception as err:  # not installed, not cached offline, bad path
                 if self.config.retriever == "embedding":
                     raise RuntimeError(f"IKE: cannot load embedding model {self.config.embedding_model!r}: {err}") from err
+                self._embedding_failed = True  # "auto": warn once, not once per train file
                 logger.warning(
                     "IKE: embedding model %r unavailable (%s: %s); using the lexical TF-IDF retriever instead",
                     self.config.embedding_model, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
@@ -265,7 +267,7 @@ class IKEEditor(Editor):
         if max_length is None or count is None:
             return len(demos), None
         budget = int(max_length) - self.config.reserve_tokens
-        probes = [q for q in (request.prompt, request.rephrase_prompt) if q]
+        probes = [q for q in (request.prompt, request.rephrase_prompt) if q] or [""]
 
         def too_long(n: int) -> bool:
             prefix = "".join(demos[:n]) + ending
