@@ -18,6 +18,9 @@ class FakeAdapter:
 
     family = "fake"
 
+    def describe(self):
+        return {"adapter": "fake"}
+
     def __init__(self):
         self.edits: list[str] = []
         self.calls: list[tuple[str, int, tuple[str, ...]]] = []  # (what, live edits, prefixes)
@@ -83,6 +86,8 @@ def make_lmm(editor, protocol=Protocol()):
     lmms.__init__(lm)
     lm.adapter = FakeAdapter()
     lm.editor = editor
+    lm.base_name = "fake"
+    lm.protocol = protocol
     lm.evaluator = CaseEvaluator(lm.adapter, editor, protocol)
 
     class Base:
