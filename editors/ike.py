@@ -256,17 +256,14 @@ class IKEEditor(Editor):
         return EmbeddingRetriever(sentences, self._embedding_model)
 
     # -- length budget ------------------------------------------------------------------------
-    def _fit(self, adapter, request: EditRequest, demos: list[str], ending: str) -> tuple[int, int | None]:
+    def _fit(self, adapter, request: EditRequest, demos: list[str], ending: str) -> tuple[int, int]:
         """How many demonstrations fit the model, dropping the least similar first.
 
         The budget keeps room for the image and the longer of the edit and rephrase probes plus
-        ``reserve_tokens``. Adapters without ``max_length``/``count_tokens`` get no truncation.
+        ``reserve_tokens``.
         """
-        max_length = getattr(adapter, "max_length", None)
-        count = getattr(adapter, "count_tokens", None)
-        if max_length is None or count is None:
-            return len(demos), None
-        budget = int(max_length) - self.config.reserve_tokens
+        count = adapter.count_tokens
+        budget = int(adapter.max_length) - self.config.reserve_tokens
         probes = [q for q in (request.prompt, request.rephrase_prompt) if q] or [""]
 
         def too_long(n: int) -> bool:

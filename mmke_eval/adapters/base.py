@@ -75,6 +75,15 @@ class ModelAdapter(ABC):
     def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
         """Greedy continuations of image + prefix + prompt, cut at the first ``until`` string."""
 
+    @property
+    @abstractmethod
+    def max_length(self) -> int:
+        """Longest input (in tokens, image tokens included) the model accepts."""
+
+    @abstractmethod
+    def count_tokens(self, query: Query) -> int:
+        """Length of the model input for ``query`` (image tokens, prefix, prompt and target)."""
+
     @abstractmethod
     def parameter_group(self, group: str) -> dict[str, torch.nn.Parameter]:
         """Named parameters of a group: "llm_last_mlp", "alignment" or "vision"."""

@@ -284,6 +284,8 @@ class LlavaHFAdapter(ModelAdapter):
                 num_beams=1,
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
+                # Stop decoding at the task's stop strings instead of paying for max_new_tokens.
+                **({"stop_strings": list(until), "tokenizer": self.tokenizer} if until else {}),
             )
             texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
             for i, text in zip(chunk, texts):
