@@ -9,9 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	# Pinned first: here it resolves to the local CPU wheel (PyPI's default is the multi-GB CUDA build).
-	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[test]"
+	# One resolve with torch pinned: here it is the local CPU wheel (PyPI's default is the multi-GB
+	# CUDA build), and lmms-eval's torchvision is then chosen to match it instead of upgrading it.
+	$(PIP) install "$(TORCH_SPEC)" -e ".[test]"
 	# lmms-eval pulls a torchvision that cannot load beside the CPU torch; nothing here needs it.
 	$(VENV)/bin/pip uninstall -y -q torchvision || true
 	touch $(STAMP)
