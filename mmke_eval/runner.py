@@ -49,11 +49,33 @@ class RunSpec:
         return ",".join(parts)
 
     def argv(self) -> list[str]:
+        """lmms-eval arguments, without --include_path (see ``include_paths``)."""
         argv = ["--model", "edited", "--model_args", self.wrapper_model_args(), "--tasks", self.tasks]
-        argv += ["--include_path", str(tasks_dir())]
         if self.output_path:
             argv += ["--output_path", self.output_path]
-        return argv + list(self.lmms_eval_args)
+        return argv + _without_include_paths(self.lmms_eval_args)
+
+    def include_paths(self) -> list[str]:
+        """Our task folder first, then any --include_path the user gave (lmms-eval's CLI keeps one)."""
+        return [str(tasks_dir())] + _include_paths(self.lmms_eval_args)
+
+
+def _include_paths(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--include_path"] + [
+        arg.split("=", 1)[1] for arg in args if arg.startswith("--include_path=")
+    ]
+
+
+def _without_include_paths(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--include_path":
+            skip = True
+        elif not arg.startswith("--include_path="):
+            kept.append(arg)
+    return kept
 
 
 def parse_key_values(text: str, what: str) -> dict[str, str]:
@@ -94,6 +116,7 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
     eval_logger.remove()
     eval_logger.add(sys.stderr, level=verbosity)
     args = _parse_lmms_args(lmms_main, spec.argv() + ["--verbosity", verbosity])
+    args.include_path = spec.include_paths()  # lmms-eval's TaskManager takes a list
     started = time.time()
     try:
         outcome = lmms_main.cli_evaluate_single(args)

@@ -16,13 +16,47 @@ def run(args, tmp_path, **env):
     return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
 
 
+PLAIN_TASK = """
+task: plain_probe
+dataset_path: json
+dataset_kwargs: {data_files: {test: data.jsonl}}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function hooks.no_visual
+doc_to_text: question
+doc_to_target: answer
+generation_kwargs: {max_new_tokens: 4, until: ["\\n"]}
+process_results: !function hooks.plain_answer
+metric_list: [{metric: plain_answer, aggregation: mean, higher_is_better: true}]
+"""
+
+PLAIN_HOOKS = """
+def no_visual(doc):
+    return []
+
+def plain_answer(doc, results):
+    # 1 when the base model's own generation came back, not an edited-model JSON response
+    return {"plain_answer": float(not results[0].startswith('{"mmke_probe"'))}
+"""
+
+
+def write_plain_task(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "plain_probe.yaml").write_text(PLAIN_TASK)
+    (folder / "hooks.py").write_text(PLAIN_HOOKS)
+    (folder / "data.jsonl").write_text('{"question": "What colour is the sky?", "answer": "blue"}\n')
+    return folder
+
+
 @pytest.mark.slow
 def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir, mmke_fixture_root, tmp_path):
     model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
     out = tmp_path / "out"
+    other_tasks = write_plain_task(tmp_path / "other_tasks")
     result = run(
-        [BIN / "mmke-eval", "--tasks", "mmke_entity", "--model", "llava_hf", "--model_args", model_args,
-         "--editor", "none,ft_llm", "--editor_args", "ft_llm.steps=2", "--data", str(mmke_fixture_root), "--output_path", str(out)],
+        [BIN / "mmke-eval", "--tasks", "mmke_entity,plain_probe", "--include_path", str(other_tasks),
+         "--model", "llava_hf", "--model_args", model_args, "--editor", "none,ft_llm",
+         "--editor_args", "ft_llm.steps=2", "--data", str(mmke_fixture_root), "--output_path", str(out)],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +68,8 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     (results_file,) = (out / "ft_llm").rglob("*_results.json")
     results = json.loads(results_file.read_text())
     assert set(k.split(",")[0] for k in results["results"]["mmke_entity"]) >= {"t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port"}
+    # a task that is not an edit benchmark went to the base model untouched
+    assert results["results"]["plain_probe"]["plain_answer,none"] == 1.0
     protocol = results["mmke"]
     assert protocol["editor"]["editor"] == "ft_llm" and protocol["editor"]["steps"] == 2
     assert protocol["protocol"]["loc_span_resolved"] == "sequence" and protocol["protocol"]["i_loc_k"] == 10
