@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -225,14 +224,14 @@ class CaseEvaluator:
         generations = self._generate(probes, prefix=handle.prefix) if self.protocol.generate else [None] * len(probes)
         for probe, forward, generated in zip(probes, forwards, generations):
             kind = probe.doc["probe"]
-            response = {RESPONSE_MARKER: 1, "probe": kind, "editor": self.editor.name, "generated": generated or ""}
+            response = {RESPONSE_MARKER: 1, "probe": kind, "editor": self.editor.name, "generated": generated or "", "edit": handle.stats}
             if kind in LOCALITY_KINDS:
                 pre_forward, pre_generated = pre[probe.index]
                 response["score"] = self._locality(kind, pre_forward, forward)
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
-            results[probe.index] = json.dumps(response)
+            results[probe.index] = json.dumps(response, default=str)
 
     def _locality(self, kind: str, pre: ForwardResult, post: ForwardResult) -> float:
         k = self.protocol.i_loc_k if kind == I_LOC else self.protocol.t_loc_k
