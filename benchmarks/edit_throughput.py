@@ -117,26 +117,14 @@ def model_digest(model) -> str:
 
 def build_cases(data_dir: str, n_cases: int):
     """ProbeRequests grouped per case, built the way EditedLMM.generate_until builds them."""
-    from mmke_eval.adapters.base import Query
     from mmke_eval.data.mmke import load_cases
-    from mmke_eval.data.schema import ProbeDoc
-    from mmke_eval.wrapper import ProbeRequest
-    from mmke_tasks.mmke.utils import doc_to_text, doc_to_visual
+    from mmke_eval.direct import probe_requests
 
-    gen_kwargs = {"max_new_tokens": 32, "until": ["\n"], "do_sample": False, "temperature": 0}  # the task YAML's
     cases, _ = load_cases(Path(data_dir), KNOWLEDGE_TYPE, "eval")
     if len(cases) < n_cases:
         raise SystemExit(f"the fixture holds {len(cases)} cases, {n_cases} asked for")
-    grouped, index = [], 0
-    for case in cases[:n_cases]:
-        probes = []
-        for doc in ProbeDoc.rows(case):
-            visuals = doc_to_visual(doc)
-            query = Query(prompt=doc_to_text(doc), image=visuals[0] if visuals else None, target=doc["answer"])
-            probes.append(ProbeRequest(index, doc, query, dict(gen_kwargs)))
-            index += 1
-        grouped.append(probes)
-    return grouped, index
+    grouped = probe_requests(cases[:n_cases])
+    return grouped, sum(len(probes) for probes in grouped)
 
 
 class CallCounter:

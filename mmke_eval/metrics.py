@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
+
+from mmke_eval.data.schema import LOCALITY_KINDS, RESPONSE_MARKER
 
 
 def token_accuracy(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
@@ -79,3 +82,35 @@ def case_mean(items: Iterable[dict]) -> float:
     if not per_case:
         return float("nan")
     return 100.0 * sum(sum(v) / len(v) for v in per_case.values()) / len(per_case)
+
+
+def parse_response(text: str) -> dict | None:
+    """The `edited` model's JSON response for one probe, or None for a plain model's generation."""
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and data.get(RESPONSE_MARKER) else None
+
+
+def probe_scores(kind: str, answer: str, output: str) -> dict[str, float]:
+    """Every column one probe contributes to, from the model's output for it.
+
+    A scored response gives the probe's benchmark number (teacher-forced accuracy or locality
+    agreement); any output gives the generation columns: exact match / contains against the
+    answer, or for locality probes exact match of the post-edit against the pre-edit generation.
+    """
+    response = parse_response(output)
+    generated = response["generated"] if response else output
+    scores = {}
+    if response is not None:
+        scores[kind] = response["score"]
+    if kind in LOCALITY_KINDS:
+        if response is not None and response.get("pre_generated") is not None:
+            scores[f"{kind}_em"] = exact_match(generated, response["pre_generated"])
+    else:
+        scores[f"{kind}_em"] = exact_match(generated, answer)
+        scores[f"{kind}_contains"] = contains(generated, answer)
+    return scores

@@ -1,0 +1,47 @@
+"""Score edit cases without the lmms-eval harness: same requests, same scoring, same aggregation.
+
+For tests, benchmarks and notebooks. ``probe_requests`` builds what ``EditedLMM.generate_until``
+builds from the harness's requests (prompts from the task's template, images, the task's
+generation settings); ``score_cases`` runs them through a ``CaseEvaluator`` and aggregates each
+column the way the task's ``process_results`` + ``case_mean`` do.
+"""
+
+from __future__ import annotations
+
+from mmke_eval import metrics
+from mmke_eval.adapters.base import Query
+from mmke_eval.data.images import load_optional_image
+from mmke_eval.data.schema import EditCase, ProbeDoc
+from mmke_eval.templates import render
+from mmke_eval.wrapper import CaseEvaluator, ProbeRequest, Protocol
+
+# The generation settings of the task YAML (mmke_tasks/mmke/_default_template_yaml).
+TASK_GEN_KWARGS = {"max_new_tokens": 32, "until": ["\n"], "do_sample": False, "temperature": 0}
+
+
+def probe_requests(cases: list[EditCase], template: str = "mmke/probe.jinja") -> list[list[ProbeRequest]]:
+    grouped, index = [], 0
+    for case in cases:
+        probes = []
+        for doc in ProbeDoc.rows(case):
+            query = Query(
+                prompt=render(template, question=doc["question"]),
+                image=load_optional_image(doc["image"], doc["case_id"]),
+                target=doc["answer"],
+            )
+            probes.append(ProbeRequest(index, doc, query, dict(TASK_GEN_KWARGS)))
+            index += 1
+        grouped.append(probes)
+    return grouped
+
+
+def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Protocol()) -> dict[str, float]:
+    """Per-column task numbers (percent): t_rel ... port, plus *_em / *_contains."""
+    grouped = probe_requests(cases)
+    results: list = [None] * sum(len(g) for g in grouped)
+    CaseEvaluator(adapter, editor, protocol).answer_cases(grouped, results, progress=False)
+    columns: dict[str, list[dict]] = {}
+    for probe in (p for g in grouped for p in g):
+        for name, score in metrics.probe_scores(probe.doc["probe"], probe.doc["answer"], results[probe.index]).items():
+            columns.setdefault(name, []).append({"case": probe.doc["case_id"], "score": score})
+    return {name: metrics.case_mean(items) for name, items in columns.items()}
