@@ -24,6 +24,11 @@ DEFAULT_MODEL = "llava_hf"
 
 def default_model_args() -> str:
     world = Path(__file__).resolve().parent / "mini" / "world_model"
+    if not (world / "config.json").is_file():
+        raise EvaluationError(
+            f"the built-in world model is missing ({world}); retrain it with "
+            "`python -m mmke_eval.mini.train_world --out mmke_eval/mini/world_model`, or pass --model_args"
+        )
     return f"pretrained={world},device=cpu,device_map=cpu,dtype=float32"
 
 
