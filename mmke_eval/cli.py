@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     args, passthrough = _run_parser().parse_known_args(argv)
     try:
         return _run(args, passthrough)
-    except (runner.EvaluationError, ValueError, KeyError, FileNotFoundError) as err:
-        print(f"mmke-eval: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - every failure must end in a message and a non-zero exit
+        if os.environ.get("MMKE_VERBOSITY", "").upper() == "DEBUG":
+            traceback.print_exc()
+        cause = runner.root_cause(err)
+        print(f"mmke-eval: error: {type(cause).__name__}: {cause}", file=sys.stderr)
         return 1
 
 

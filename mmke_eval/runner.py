@@ -109,6 +109,21 @@ def editor_args_for(editors: list[str], values: dict[str, str]) -> dict[str, dic
     return per_editor
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The error behind lmms-eval's retry wrappers (tenacity.RetryError) and re-raises."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        last_attempt = getattr(err, "last_attempt", None)  # tenacity.RetryError
+        if last_attempt is not None and last_attempt.exception() is not None:
+            err = last_attempt.exception()
+        elif err.__cause__ is not None:
+            err = err.__cause__
+        else:
+            break
+    return err
+
+
 def evaluate(spec: RunSpec) -> dict[str, Any]:
     """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section)."""
     import lmms_eval.__main__ as lmms_main

@@ -102,3 +102,18 @@ def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
 
     missing = run([BIN / "mmke-eval", "--tasks", "mmke_entity", "--data", str(tmp_path / "nowhere")], tmp_path)
     assert missing.returncode == 1 and "nowhere" in missing.stderr
+
+
+@pytest.mark.slow
+def test_bad_data_fails_with_the_file_case_and_field(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    import shutil
+
+    data = Path(shutil.copytree(mmke_fixture_root, tmp_path / "data"))
+    record = json.loads((data / "data_json" / "user_eval.json").read_text())[1]
+    (data / "data_image" / record["one_hop_img"]).unlink()
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    result = run([BIN / "mmke-eval", "--tasks", "mmke_user", "--model", "llava_hf", "--model_args", model_args, "--data", str(data)], tmp_path)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("mmke-eval: error: DataError:")
+    assert "user_eval.json" in message and "mmke/user_specific/eval/1" in message and "one_hop_img" in message
