@@ -63,11 +63,11 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         if not data.is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
         os.environ["MMKE_DATA"] = str(data)
+    editors = [e.strip() for e in args.editor.split(",") if e.strip()]
+    per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
     model_args = args.model_args
     if model_args is None:
         model_args = runner.default_model_args() if args.model == runner.DEFAULT_MODEL else ""
-    editors = [e.strip() for e in args.editor.split(",") if e.strip()]
-    per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
     rows = []
     for editor in editors:
         spec = runner.RunSpec(
