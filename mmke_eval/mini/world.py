@@ -26,15 +26,15 @@ from PIL import Image, ImageDraw
 
 # Bump when the world, the texts or the drawings change: cached data under the old version is stale,
 # and a world model trained on the old world no longer matches (retrain it).
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 IMAGE_PX = 64  # saved size; the world model's processor resizes to 32 px
-_SS = 4  # supersampling factor for anti-aliased drawing
+_SS = 2  # supersampling factor for anti-aliased drawing
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary. Every answer is one word; the world model's tokenizer makes each a single token.
 # ----------------------------------------------------------------------------------------------
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+SHAPES = ("circle", "moon", "triangle", "star", "diamond", "cross")
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -329,7 +329,7 @@ def _grey(rng: random.Random, lo: int = 70, hi: int = 215) -> tuple[int, int, in
 
 def sample_style(rng: random.Random, kind: str, strength: str = "any") -> RenderStyle:
     """A random style. ``strength``: "mild" (edit images), "strong" (rephrase images), "any" (training)."""
-    max_rot = {"shape": 25.0, "arrows": 8.0, "item": 15.0}[kind]
+    max_rot = {"shape": 15.0, "arrows": 8.0, "item": 12.0}[kind]
     if strength == "mild":
         scale, rot, off, noise = rng.uniform(0.74, 0.86), rng.uniform(-0.2, 0.2) * max_rot, 0.03, rng.uniform(0, 3)
         bg, bg2, frame = _grey(rng, 110, 190), None, None
@@ -368,11 +368,8 @@ def _rot(points, cx, cy, deg):
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
-    if shape == "circle":
+    if shape in ("circle", "moon"):
         return None
-    if shape == "square":
-        s = r * 0.85
-        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
     if shape == "triangle":
         return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
     if shape == "star":
@@ -424,6 +421,10 @@ def _shape_mask(size: int, shape: str, cx: float, cy: float, r: float, rotation:
     poly = _shape_polygon(shape, cx, cy, r)
     if poly is None:
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        if shape == "moon":  # a crescent: the disc minus a shifted disc
+            (x, y), = _rot([(cx + 0.5 * r, cy - 0.2 * r)], cx, cy, rotation)
+            rr = 0.82 * r
+            d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=0)
     else:
         d.polygon(_rot(poly, cx, cy, rotation), fill=255)
     return mask
