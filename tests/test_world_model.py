@@ -1,0 +1,85 @@
+"""The shipped mmke_mini world model: loads offline and knows the world (original facts, locality items)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mmke_eval.mini import generate as G  # noqa: E402
+from mmke_eval.mini import world as W  # noqa: E402
+
+MODEL_DIR = Path(G.__file__).resolve().parent / "world_model"
+# Measured on the full eval split in the run that made the shipped weights (world_model/metrics.json),
+# minus a margin for the small sample drawn here.
+THRESHOLDS = {"t_rel": 80.0, "i_rel": 80.0, "i_gen": 80.0, "port": 80.0, "t_loc": 80.0, "i_loc": 80.0}
+PER_KIND = 24
+
+pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").is_file(), reason="world model not built")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(MODEL_DIR)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory):
+    return G.generate(tmp_path_factory.mktemp("mini"), seed=0)
+
+
+def test_shipped_files_small_and_complete():
+    names = {p.name for p in MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {"train_log.txt", "metrics.json"} <= names
+    size = sum(p.stat().st_size for p in MODEL_DIR.iterdir())
+    assert size < 12e6, f"world model folder is {size / 1e6:.1f} MB"
+    config = json.loads((MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "llava"
+
+
+def test_world_words_are_single_tokens(loaded):
+    _, processor = loaded
+    world = W.build_world(0)
+    for word in world.words():
+        assert len(processor.tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_answers_original_knowledge_and_locality(loaded, mini_root):
+    from mmke_eval.mini.train_world import original_probes, summarise, teacher_forced
+
+    model, processor = loaded
+    probes = original_probes(mini_root, splits=("eval",))
+    rng = random.Random(0)
+    sample = []
+    for kind in THRESHOLDS:
+        sample += rng.sample([p for p in probes if p["kind"] == kind], PER_KIND)
+    table = summarise(sample, teacher_forced(model, processor, sample, batch=48))
+    for kind, threshold in THRESHOLDS.items():
+        assert table[kind]["all"] >= threshold, (kind, table[kind])
+
+
+def test_raw_format_matches_the_processor(loaded, mini_root):
+    """The benchmark's raw input (BOS, image tokens, "question answer") through the saved processor."""
+    from PIL import Image
+
+    _, processor = loaded
+    rec = json.loads((mini_root / "data_json" / "entity_eval.json").read_text())[0]
+    image = Image.open(mini_root / "data_image" / rec["image"]).convert("RGB")
+    enc = processor(text="<image>" + rec["m_rel_1"] + " " + rec["m_rel_1_ans"], images=[image], return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert ids[0] == processor.tokenizer.bos_token_id
+    assert ids[1:17] == [image_id] * 16 and image_id not in ids[17:]
+    assert enc["pixel_values"].shape[-2:] == (32, 32)
