@@ -35,8 +35,10 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def mini_root(tmp_path_factory):
-    return G.generate(tmp_path_factory.mktemp("mini"), seed=0)
+def eval_records():
+    """The eval split's records and the drawings they name (drawn only when a test needs one)."""
+    records, images = G.build_records(W.build_world(0))
+    return {key: recs for key, recs in records.items() if key[1] == "eval"}, images
 
 
 def test_shipped_files_small_and_complete():
@@ -56,27 +58,31 @@ def test_world_words_are_single_tokens(loaded):
         assert len(processor.tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
-def test_answers_original_knowledge_and_locality(loaded, mini_root):
-    from mmke_eval.mini.train_world import original_probes, summarise, teacher_forced
+def test_answers_original_knowledge_and_locality(loaded, eval_records):
+    """Benchmark images are held out: the world model never trained on them."""
+    from mmke_eval.mini.train_world import probes_from_records, summarise, teacher_forced
 
     model, processor = loaded
-    probes = original_probes(mini_root, splits=("eval",))
+    records, images = eval_records
+    probes = probes_from_records(records, image_of=lambda rel: rel)
     rng = random.Random(0)
     sample = []
     for kind in THRESHOLDS:
         sample += rng.sample([p for p in probes if p["kind"] == kind], PER_KIND)
+    for p in sample:
+        if p["image"]:
+            p["image"] = W.render(*images[p["image"]])
     table = summarise(sample, teacher_forced(model, processor, sample, batch=48))
     for kind, threshold in THRESHOLDS.items():
         assert table[kind]["all"] >= threshold, (kind, table[kind])
 
 
-def test_raw_format_matches_the_processor(loaded, mini_root):
+def test_raw_format_matches_the_processor(loaded, eval_records):
     """The benchmark's raw input (BOS, image tokens, "question answer") through the saved processor."""
-    from PIL import Image
-
     _, processor = loaded
-    rec = json.loads((mini_root / "data_json" / "entity_eval.json").read_text())[0]
-    image = Image.open(mini_root / "data_image" / rec["image"]).convert("RGB")
+    records, images = eval_records
+    rec = records[("entity", "eval")][0]
+    image = W.render(*images[rec["image"]])
     enc = processor(text="<image>" + rec["m_rel_1"] + " " + rec["m_rel_1_ans"], images=[image], return_tensors="pt")
     ids = enc["input_ids"][0].tolist()
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")

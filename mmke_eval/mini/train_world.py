@@ -533,31 +533,41 @@ def loss_of(model, input_ids, mask, labels, pixels):
 # Measuring: the benchmark's probes with the original answers, teacher-forced (reference protocol)
 # ----------------------------------------------------------------------------------------------
 def original_probes(root: Path, splits=("eval",)) -> list[dict]:
-    """Every probe of the generated benchmark, answered with the ORIGINAL knowledge."""
+    """Every probe of the generated benchmark under ``root``, answered with the ORIGINAL knowledge."""
+    records = {
+        (stem, split): json.loads((root / "data_json" / f"{stem}_{split}.json").read_text())
+        for stem in G.STEMS.values() for split in splits
+    }
+    return probes_from_records(records, lambda rel: str(root / "data_image" / rel))
+
+
+def probes_from_records(records: dict, image_of) -> list[dict]:
+    """Probes of ``{(stem, split): [record]}`` with the original answers; ``image_of(relpath)`` -> image."""
     probes = []
-    img = lambda rel: str(root / "data_image" / rel)  # noqa: E731
-    for kt, stem in G.STEMS.items():
-        for split in splits:
-            records = json.loads((root / "data_json" / f"{stem}_{split}.json").read_text())
-            for i, rec in enumerate(records):
-                orig = rec[G.EXTRA_KEY]["original_answers"]
-                case = f"{stem}/{split}/{i}"
-                add = lambda kind, q, a, im="": probes.append(  # noqa: E731
-                    {"type": stem, "kind": kind, "case": case, "question": q, "answer": a, "image": im}
-                )
-                if kt == "visual_knowledge":
-                    add("t_rel", rec["rel"], orig["rel_ans"])
-                    add("i_rel", rec["m_rel"], orig["m_rel_ans"], img(rec["image"]))
-                    add("i_gen", rec["image_rephrase_question"], orig["m_rel_ans"], img(rec["image_rephrase"]))
-                else:
-                    for n in (1, 2):
-                        add("t_rel", rec[f"rel_{n}"], orig[f"rel_{n}_ans"])
-                        add("i_rel", rec[f"m_rel_{n}"], orig[f"m_rel_{n}_ans"], img(rec["image"]))
-                        add("i_gen", rec[f"m_rel_{n}"], orig[f"m_rel_{n}_ans"], img(rec["image_rephrase"]))
-                port = rec["port_new"][0]["Q&A"]["Question"]
-                add("port", port, orig["port"], img(rec["image"] if kt == "entity_level" else rec["one_hop_img"]))
-                add("t_loc", rec["loc"], rec["loc_ans"])
-                add("i_loc", rec["m_loc_q"], rec["m_loc_a"], img(rec["m_loc"]))
+    kinds = {stem: kt for kt, stem in G.STEMS.items()}
+    for (stem, split), recs in records.items():
+        kt = kinds[stem]
+        for i, rec in enumerate(recs):
+            orig = rec[G.EXTRA_KEY]["original_answers"]
+            case = f"{stem}/{split}/{i}"
+
+            def add(kind, q, a, rel=""):
+                probes.append({"type": stem, "kind": kind, "case": case, "question": q, "answer": a,
+                               "image": image_of(rel) if rel else ""})
+
+            if kt == "visual_knowledge":
+                add("t_rel", rec["rel"], orig["rel_ans"])
+                add("i_rel", rec["m_rel"], orig["m_rel_ans"], rec["image"])
+                add("i_gen", rec["image_rephrase_question"], orig["m_rel_ans"], rec["image_rephrase"])
+            else:
+                for n in (1, 2):
+                    add("t_rel", rec[f"rel_{n}"], orig[f"rel_{n}_ans"])
+                    add("i_rel", rec[f"m_rel_{n}"], orig[f"m_rel_{n}_ans"], rec["image"])
+                    add("i_gen", rec[f"m_rel_{n}"], orig[f"m_rel_{n}_ans"], rec["image_rephrase"])
+            port = rec["port_new"][0]["Q&A"]["Question"]
+            add("port", port, orig["port"], rec["image"] if kt == "entity_level" else rec["one_hop_img"])
+            add("t_loc", rec["loc"], rec["loc_ans"])
+            add("i_loc", rec["m_loc_q"], rec["m_loc_a"], rec["m_loc"])
     return probes
 
 
