@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,13 +134,33 @@ def load_embedding_model(name: str):
 
 
 def _check_available_offline(name: str) -> None:
-    """Fail fast (before importing sentence-transformers, ~5 s) for a Hub model that offline mode cannot load."""
+    """Fail fast (before importing sentence-transformers, ~5 s) for a Hub model that cannot be loaded.
+
+    Without this, an uncached model on a machine without network costs a minute of retries per file.
+    """
     if Path(name).expanduser().is_dir():
         return
     import huggingface_hub
 
-    if huggingface_hub.is_offline_mode() and not isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    if huggingface_hub.is_offline_mode():
         raise OSError(f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise OSError(f"{name!r} is not in the local Hugging Face cache and the Hub cannot be reached")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 # -- the demonstration pool --------------------------------------------------------------------

@@ -23,7 +23,8 @@ DEFAULT_MODEL = "llava_hf"
 
 
 def default_model_args() -> str:
-    world = Path(__file__).resolve().parent / "mini" / "world_model"
+    from mmke_eval.mini import WORLD_MODEL_DIR as world
+
     if not (world / "config.json").is_file():
         raise EvaluationError(
             f"the built-in world model is missing ({world}); retrain it with "

@@ -253,6 +253,32 @@ def test_ike_auto_falls_back_to_lexical_offline(adapter, train_file, caplog, mon
         )
 
 
+def test_uncached_embedding_model_fails_fast_without_network(monkeypatch):
+    """Not offline mode, not cached, Hub unreachable: one quick error instead of a minute of retries."""
+    import time
+
+    import huggingface_hub
+
+    import editors.ike as ike
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(ike, "_hub_reachable", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(OSError, match="cannot be reached"):
+        ike.load_embedding_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert time.perf_counter() - started < 1
+
+
+def test_hub_reachable_is_false_for_a_closed_port(monkeypatch):
+    from huggingface_hub import constants
+
+    import editors.ike as ike
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port, nothing listens
+    assert ike._hub_reachable(timeout=1.0) is False
+
+
 def test_ike_builds_the_pool_once_per_train_file(adapter, train_file, monkeypatch):
     import editors.ike as ike
 

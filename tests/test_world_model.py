@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mmke_eval.mini import generate as G  # noqa: E402
 from mmke_eval.mini import world as W  # noqa: E402
 
-MODEL_DIR = Path(G.__file__).resolve().parent / "world_model"
+from mmke_eval.mini import WORLD_MODEL_DIR as MODEL_DIR  # noqa: E402
+
 # Measured on the full eval split in the run that made the shipped weights (world_model/metrics.json),
 # minus a margin for the small sample drawn here.
 THRESHOLDS = {"t_rel": 80.0, "i_rel": 80.0, "i_gen": 80.0, "port": 80.0, "t_loc": 80.0, "i_loc": 80.0}
 PER_KIND = 24
-
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").is_file(), reason="world model not built")
-
 
 @pytest.fixture(scope="module")
 def loaded():

@@ -48,6 +48,9 @@ class ForwardResult:
     answer_positions: slice
 
 
+FAMILY_CONFIG_KEY = "mmke_family"
+
+
 class ModelAdapter(ABC):
     """Adapter over one loaded multimodal model."""
 
@@ -57,6 +60,11 @@ class ModelAdapter(ABC):
         self.model = model
         self.processor = processor
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # A checkpoint may name its own family for editor defaults (config key ``mmke_family``):
+        # the mmke_mini world model is a LLaVA, but 7B learning rates do not move its weights.
+        declared = getattr(getattr(model, "config", None), FAMILY_CONFIG_KEY, None)
+        if declared:
+            self.family = str(declared)
 
     @classmethod
     @abstractmethod

@@ -1,0 +1,6 @@
+"""mmke_mini: the generated benchmark (generate.py, world.py) and the shipped world model (train_world.py)."""
+
+from pathlib import Path
+
+# The trained world model shipped with the package (save_pretrained folder, fp16 weights).
+WORLD_MODEL_DIR = Path(__file__).resolve().parent / "world_model"

@@ -34,12 +34,15 @@ from pathlib import Path
 
 import torch
 
+from mmke_eval.adapters.base import FAMILY_CONFIG_KEY
+from mmke_eval.mini import WORLD_MODEL_DIR
 from mmke_eval.mini import generate as G
 from mmke_eval.mini import world as W
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 MAX_POSITIONS = 2048
+WORLD_MODEL_FAMILY = "mmke_mini_world"  # registry.yaml: editor defaults for this model
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
@@ -215,6 +218,8 @@ def build_model(tokenizer, cfg: Config):
         vision_feature_layer=-1, vision_feature_select_strategy="default", projector_hidden_act="gelu",
         tie_word_embeddings=False,
     )
+    # Editor defaults for this model come from registry.yaml's "mmke_mini_world" family.
+    setattr(config, FAMILY_CONFIG_KEY, WORLD_MODEL_FAMILY)
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -812,7 +817,7 @@ def measure(model_dir: Path, data_root: Path, world: W.World, cfg: Config, log) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the mmke_mini world model (deterministic).")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "world_model")
+    parser.add_argument("--out", type=Path, default=WORLD_MODEL_DIR)
     parser.add_argument("--data", type=Path, default=None, help="a generated benchmark root (default: generate one)")
     for f in Config.__dataclass_fields__.values():
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)

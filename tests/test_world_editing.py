@@ -1,0 +1,100 @@
+"""Editing works on the shipped world model: each editor moves what it should and keeps what it should.
+
+Runs the registry's editors with the world model's own defaults (family ``mmke_mini_world``) on the
+first CASES_PER_TYPE eval cases of each knowledge type of the seed-0 benchmark, scored as the task
+scores them (``mmke_eval.direct.score_cases``). The thresholds sit well inside the numbers measured
+on these cases; docs/mmke-mini.md ("Editors on the world model") gives the run that measured them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmke_eval import registry
+from mmke_eval.data.mmke import load_cases
+from mmke_eval.data.schema import ProbeDoc
+from mmke_eval.direct import score_cases
+from mmke_eval.wrapper import CaseEvaluator, Protocol
+
+CASES_PER_TYPE = 8
+TYPES = ("entity_level", "visual_knowledge", "user_specific")
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+    from mmke_eval.mini import WORLD_MODEL_DIR as folder
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    return LlavaHFAdapter(model, AutoProcessor.from_pretrained(folder))
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    from mmke_eval.mini.generate import generate
+
+    root = generate(tmp_path_factory.mktemp("mini"), seed=0)  # the world the model was trained on
+    return [case for kt in TYPES for case in load_cases(root, kt, "eval")[0][:CASES_PER_TYPE]]
+
+
+def run(adapter, cases, editor_name: str, **protocol) -> dict[str, float]:
+    editor = registry.build_editor(editor_name, family=adapter.family)
+    return score_cases(adapter, editor, cases, Protocol(**protocol))
+
+
+@pytest.fixture(scope="module")
+def base(adapter, cases):
+    return run(adapter, cases, "none")
+
+
+@pytest.fixture(scope="module")
+def ft_llm(adapter, cases):
+    return run(adapter, cases, "ft_llm")
+
+
+def test_world_model_gets_its_own_editor_defaults(adapter):
+    assert adapter.family == "mmke_mini_world"
+    assert registry.build_editor("ft_llm", family=adapter.family).config.lr == 3e-4
+    assert registry.build_editor("ft_alignment", family=adapter.family).config.lr == 3e-3
+
+
+def test_base_model_holds_the_original_knowledge_not_the_edit(base):
+    # It answers the original facts (tests/test_world_model.py), so the edited answers score ~0.
+    assert base["t_rel"] <= 10 and base["i_rel"] <= 10 and base["i_gen"] <= 10
+    assert base["t_loc"] == 100 and base["i_loc"] == 100
+
+
+def test_ft_llm_writes_the_edit_in(base, ft_llm):
+    assert ft_llm["t_rel"] >= base["t_rel"] + 40, ft_llm
+    assert ft_llm["i_rel"] >= base["i_rel"] + 40, ft_llm
+    assert ft_llm["t_loc"] < 100  # the last MLP serves unrelated text too
+
+
+def test_ike_edits_without_changing_a_weight(adapter, cases, base):
+    before = {name: p.detach().clone() for name, p in adapter.model.named_parameters()}
+    editor = registry.build_editor("ike", family=adapter.family)
+    handle = editor.apply(adapter, CaseEvaluator._edit_request(next(iter(ProbeDoc.rows(cases[0])))))
+    try:
+        assert all(torch.equal(before[name], p) for name, p in adapter.model.named_parameters())
+    finally:
+        editor.restore(adapter, handle)
+    scores = run(adapter, cases, "ike")
+    assert scores["i_rel"] >= base["i_rel"] + 40, scores
+    assert scores["i_gen"] >= base["i_gen"] + 40, scores
+    assert all(torch.equal(before[name], p) for name, p in adapter.model.named_parameters())
+
+
+def test_ft_alignment_edits_images_and_keeps_text_locality(adapter, cases, base):
+    scores = run(adapter, cases, "ft_alignment")
+    assert scores["t_loc"] == 100  # text-only inputs never pass through the projector
+    assert scores["t_rel"] == base["t_rel"]  # nor do text-only reliability questions
+    assert scores["i_rel"] >= base["i_rel"] + 30, scores
+
+
+def test_sequential_edits_without_restore_lower_locality(adapter, cases, ft_llm):
+    sequential = run(adapter, cases, "ft_llm", sequential=True)
+    assert sequential["t_loc"] <= ft_llm["t_loc"] - 10, (sequential, ft_llm)
+    assert sequential["i_loc"] <= ft_llm["i_loc"] - 15, (sequential, ft_llm)
