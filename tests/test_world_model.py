@@ -46,6 +46,13 @@ def test_shipped_files_small_and_complete():
     assert size < 12e6, f"world model folder is {size / 1e6:.1f} MB"
     config = json.loads((MODEL_DIR / "config.json").read_text())
     assert config["model_type"] == "llava"
+    assert config["mmke_family"] == "mmke_mini_world"  # registry.yaml's editor defaults for it
+
+
+def test_trained_on_the_current_world():
+    """A change to the world (WORLD_VERSION bump) must come with a retrained model."""
+    metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
+    assert metrics["world_version"] == W.WORLD_VERSION
 
 
 def test_world_words_are_single_tokens(loaded):
