@@ -33,6 +33,16 @@ def default_model_args() -> str:
     return f"pretrained={world},device=cpu,device_map=cpu,dtype=float32"
 
 
+def model_args_for(model: str, given: str | None) -> str:
+    """The backend's --model_args: the world model's by default; options without ``pretrained=``
+    (``sequential=true``, ``i_loc_k=1``, ...) are added to the default instead of replacing it."""
+    if model != DEFAULT_MODEL:
+        return given or ""
+    if given and any(part.strip().startswith("pretrained=") for part in given.split(",")):
+        return given
+    return ",".join(part for part in (default_model_args(), given) if part)
+
+
 class EvaluationError(RuntimeError):
     pass
 

@@ -117,3 +117,24 @@ def test_bad_data_fails_with_the_file_case_and_field(tiny_llava_dir, mmke_fixtur
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("mmke-eval: error: DataError:")
     assert "user_eval.json" in message and "mmke/user_specific/eval/1" in message and "one_hop_img" in message
+
+
+@pytest.mark.slow
+def test_default_run_edits_the_world_model_and_adds_protocol_options_to_its_arguments(tmp_path):
+    """No --model_args: the shipped world model; options without pretrained= are added to it."""
+    out = tmp_path / "out"
+    env = {"MMKE_CACHE": str(tmp_path / "cache")}  # the generated benchmark, written afresh
+    result = run(
+        [BIN / "mmke-eval", "--tasks", "mmke_mini_semantic", "--editor", "none,ft_llm",
+         "--model_args", "sequential=true", "--output_path", str(out)],
+        tmp_path, **env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    none, ft_llm = json.loads((out / "mmke_table.json").read_text())
+    assert none["i_rel"] <= 10 and ft_llm["i_rel"] >= 60  # measured: 0 and 100 (docs/mmke-mini.md)
+    assert ft_llm["i_loc"] < none["i_loc"] == 100
+    (results_file,) = (out / "ft_llm").rglob("*_results.json")
+    protocol = json.loads(results_file.read_text())["mmke"]
+    assert protocol["protocol"]["sequential"] is True
+    assert protocol["editor"]["lr"] == 3e-4  # the world model's own family defaults (registry.yaml)
+    assert protocol["adapter"]["family"] == "mmke_mini_world"

@@ -821,8 +821,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None, help="a generated benchmark root (default: generate one)")
     for f in Config.__dataclass_fields__.values():
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    parser.add_argument("--measure_only", action="store_true",
+                        help="no training: measure the model already in --out and print the numbers (JSON)")
     args = parser.parse_args(argv)
     cfg = Config(**{k: getattr(args, k) for k in Config.__dataclass_fields__})
+    if args.measure_only:
+        world = W.build_world(cfg.world_seed)
+        root = args.data or G.ensure_generated(seed=cfg.world_seed)
+        print(json.dumps(measure(args.out, root, world, cfg, log=lambda line: print(line, file=sys.stderr)), indent=1))
+        return
     train(cfg, args.out, args.data)
 
 
