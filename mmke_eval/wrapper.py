@@ -148,8 +148,14 @@ class EditedLMM(lmms):
         if plain:
             for index, output in zip(plain, self.base.generate_until([requests[i] for i in plain])):
                 results[index] = output
+        # One task at a time: sequential edits pile up within a benchmark split, as in the
+        # reference (one run per data type), never across the tasks of a group.
+        by_task: OrderedDict[str, list[list[ProbeRequest]]] = OrderedDict()
+        for (task, _), probes in cases.items():
+            by_task.setdefault(task, []).append(probes)
+        for task, task_cases in by_task.items():
+            self.evaluator.answer_cases(task_cases, results, progress=self.rank == 0, label=task)
         if cases:
-            self.evaluator.answer_cases(list(cases.values()), results, progress=self.rank == 0)
             LAST_PROTOCOL.update(self.describe())  # editors report what they really used (IKE's retriever)
         return results
 
@@ -171,9 +177,12 @@ class CaseEvaluator:
         span = self.protocol.loc_span
         return self.editor.reference_locality_span if span == "auto" else span
 
-    def answer_cases(self, cases: list[list[ProbeRequest]], results: list, progress: bool = True) -> None:
-        """Fill ``results[probe.index]`` with the JSON response of every probe of every case."""
-        desc = f"{self.editor.name} edits"
+    def answer_cases(self, cases: list[list[ProbeRequest]], results: list, progress: bool = True, label: str = "") -> None:
+        """Fill ``results[probe.index]`` with the JSON response of every probe of every case.
+
+        With ``protocol.sequential`` the edits of all ``cases`` pile up, in order.
+        """
+        desc = f"{self.editor.name} edits" + (f" ({label})" if label else "")
         if not self.protocol.sequential:
             for probes in tqdm(cases, desc=desc, disable=not progress):
                 pre = self._pre_edit(probes)

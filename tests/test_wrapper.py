@@ -159,6 +159,15 @@ def test_sequential_edits_pile_up_and_are_all_undone():
     assert outputs[3]["probe"] == "t_rel" and outputs[3]["score"] == 1.0
 
 
+def test_sequential_edits_restart_with_each_task_of_a_group():
+    editor = FakeEditor()
+    lm = make_lmm(editor, Protocol(sequential=True))
+    entity, user = probe_docs("e1", "Rome") + probe_docs("e2", "Oslo"), probe_docs("u1", "Bob")
+    lm.task_dict["entity"], lm.task_dict["user"] = {"eval": entity}, {"eval": user}
+    lm.generate_until(make_requests({"entity": entity, "user": user}))
+    assert editor.log == ["apply e1", "apply e2", "restore", "restore", "apply u1", "restore"]
+
+
 def test_restore_happens_when_probing_fails():
     editor = FakeEditor()
     lm = make_lmm(editor)
