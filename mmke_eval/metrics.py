@@ -103,6 +103,9 @@ def probe_scores(kind: str, answer: str, output: str) -> dict[str, float]:
     answer, or for locality probes exact match of the post-edit against the pre-edit generation.
     """
     response = parse_response(output)
+    if response is not None and response.get("unscored"):  # left out of every column (NaN)
+        columns = [kind, f"{kind}_em"] + ([] if kind in LOCALITY_KINDS else [f"{kind}_contains"])
+        return {name: float("nan") for name in columns}
     generated = response["generated"] if response else output
     scores = {}
     if response is not None:

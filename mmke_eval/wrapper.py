@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -49,8 +49,15 @@ class Protocol:
     loc_span: str = "auto"  # "sequence" | "answer" | "auto" (= the editor's reference span)
     generate: bool = True  # greedy generations for the exact-match / contains columns
     sequential: bool = False  # apply edits cumulatively, restore only at the end
+    # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
+    # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
+    sequential_gap: int = 0
 
     def __post_init__(self):
+        if self.sequential_gap < 0:
+            raise ValueError("sequential_gap must be >= 0")
+        if self.sequential_gap and not self.sequential:
+            raise ValueError("sequential_gap needs sequential=true")
         if self.loc_span not in ("auto", "sequence", "answer"):
             raise ValueError(f"loc_span must be auto, sequence or answer, not {self.loc_span!r}")
         if self.t_loc_k < 1 or self.i_loc_k < 1:
@@ -95,13 +102,14 @@ class EditedLMM(lmms):
         loc_span: str = "auto",
         generate: bool = True,
         sequential: bool = False,
+        sequential_gap: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         from lmms_eval.models import get_model
 
         editor_args, adapter_args, base_args = _split_args(kwargs)
-        self.protocol = Protocol(int(t_loc_k), int(i_loc_k), str(loc_span), bool(generate), bool(sequential))
+        self.protocol = Protocol(int(t_loc_k), int(i_loc_k), str(loc_span), bool(generate), bool(sequential), int(sequential_gap))
         adapter_cls = registry.adapter_class(base)  # fail on an unknown base before loading weights
         if device is not None:
             base_args["device"] = device
@@ -124,7 +132,8 @@ class EditedLMM(lmms):
             "base": self.base_name,
             "editor": self.editor.describe(),
             "adapter": self.adapter.describe(),
-            "protocol": {**asdict(self.protocol), "loc_span_resolved": self.evaluator.locality_span},
+            "protocol": {**asdict(self.protocol), "loc_span_resolved": self.evaluator.locality_span,
+                         **({"unscored_cases": dict(self.evaluator.unscored_cases)} if self.protocol.sequential_gap else {})},
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
         }
 
@@ -171,6 +180,7 @@ class CaseEvaluator:
 
     def __init__(self, adapter, editor, protocol: Protocol):
         self.adapter, self.editor, self.protocol = adapter, editor, protocol
+        self.unscored_cases: dict[str, int] = {}  # per task label: sequential tail left unscored
 
     @property
     def locality_span(self) -> str:
@@ -190,13 +200,19 @@ class CaseEvaluator:
                     self._post_edit(probes, pre, handle, results)
             return
         # Sequential editing: every pre-edit output comes from the unedited model; edits pile up
-        # and each case is scored right after its own edit; all edits are undone at the end.
+        # and each case is scored ``gap`` edits after its own; all edits are undone at the end.
         pres = [self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=not progress)]
-        handles = []
+        gap = self.protocol.sequential_gap
+        handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
                 handles.append(self.editor.apply(self.adapter, self._edit_request(probes[0].doc)))
-                self._post_edit(probes, pre, handles[-1], results)
+                waiting.append((probes, pre, handles[-1]))
+                if len(waiting) > gap:
+                    self._post_edit(*waiting.popleft(), results)
+            for probes, _, handle in waiting:  # fewer than ``gap`` edits came after them
+                self._unscored(probes, handle, results)
+            self.unscored_cases[label] = self.unscored_cases.get(label, 0) + len(waiting)
         finally:
             for handle in reversed(handles):
                 self.editor.restore(self.adapter, handle)
@@ -240,6 +256,12 @@ class CaseEvaluator:
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
+            results[probe.index] = json.dumps(response, default=str)
+
+    def _unscored(self, probes, handle, results: list) -> None:
+        for probe in probes:
+            response = {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name, "generated": "",
+                        "edit": handle.stats, "score": float("nan"), "unscored": "sequential_gap: too few edits after it"}
             results[probe.index] = json.dumps(response, default=str)
 
     def _locality(self, kind: str, pre: ForwardResult, post: ForwardResult) -> float:

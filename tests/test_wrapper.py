@@ -159,6 +159,30 @@ def test_sequential_edits_pile_up_and_are_all_undone():
     assert outputs[3]["probe"] == "t_rel" and outputs[3]["score"] == 1.0
 
 
+def test_sequential_gap_scores_each_case_after_gap_more_edits_and_leaves_the_tail_unscored():
+    from mmke_eval import metrics
+
+    editor = FakeEditor()
+    lm = make_lmm(editor, Protocol(sequential=True, sequential_gap=1))
+    docs = probe_docs("c1", "Rome") + probe_docs("c2", "Oslo") + probe_docs("c3", "Lima")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = lm.generate_until(make_requests({"t": docs}))
+    assert editor.log == ["apply c1", "apply c2", "apply c3", "restore", "restore", "restore"]
+    # three unedited pre-edit passes, then c1 scored with 2 edits live, c2 with 3; c3 never
+    live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
+    assert live == [0, 0, 0, 2, 3]
+    scores = [metrics.probe_scores(doc["probe"], doc["answer"], out) for doc, out in zip(docs, outputs)]
+    assert scores[0]["t_rel"] == 1.0 and all(v != v for v in scores[6].values())  # c3: NaN everywhere
+    t_rel = [{"case": d["case_id"], "score": sc["t_rel"]} for d, sc in zip(docs, scores) if d["probe"] == "t_rel"]
+    assert metrics.case_mean(t_rel) == 100.0  # the mean is over the two scored cases
+    assert lm.describe()["protocol"]["unscored_cases"] == {"t": 1}
+
+
+def test_sequential_gap_needs_sequential():
+    with pytest.raises(ValueError, match="sequential=true"):
+        Protocol(sequential_gap=10)
+
+
 def test_sequential_edits_restart_with_each_task_of_a_group():
     editor = FakeEditor()
     lm = make_lmm(editor, Protocol(sequential=True))
