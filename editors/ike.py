@@ -140,6 +140,8 @@ def _check_available_offline(name: str) -> None:
     """
     if Path(name).expanduser().is_dir():
         return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a Hub id
+        raise OSError(f"embedding model folder {name!r} does not exist")
     import huggingface_hub
 
     if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):

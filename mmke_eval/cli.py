@@ -65,6 +65,10 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         os.environ["MMKE_DATA"] = str(data)
     editors = [e.strip() for e in args.editor.split(",") if e.strip()]
     per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
+    from mmke_eval import registry
+
+    for editor in editors:  # a bad name or value fails now, not after the editors before it ran
+        registry.build_editor(editor, overrides=per_editor[editor])
     model_args = runner.model_args_for(args.model, args.model_args)
     rows = []
     for editor in editors:
@@ -80,14 +84,16 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"mmke-eval: {editor} on {args.tasks} ...", file=sys.stderr, flush=True)
         results = runner.evaluate(spec)
         rows += report.table_rows(results, editor)
-    table = report.format_table(rows)
-    print(table)
-    if args.output_path:
-        out = Path(args.output_path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "mmke_table.md").write_text(table + "\n")
-        (out / "mmke_table.json").write_text(json.dumps(rows, indent=2))
+        if args.output_path:  # after every editor: a later failure keeps the rows done so far
+            _write_table(Path(args.output_path), rows)
+    print(report.format_table(rows))
     return 0
+
+
+def _write_table(out: Path, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mmke_table.md").write_text(report.format_table(rows) + "\n")
+    (out / "mmke_table.json").write_text(json.dumps(rows, indent=2))
 
 
 def _make_mini(argv: list[str]) -> int:
@@ -106,9 +112,14 @@ def _list() -> int:
     from mmke_eval import registry
     from mmke_eval.resources import tasks_dir
 
-    print("editors:")
+    print("editors (defaults; per model family overrides):")
     for name in registry.editor_names():
-        print(f"  {name:14s} {registry.load_registry()['editors'][name].get('help', '')}")
+        entry = registry.load_registry()["editors"][name]
+        print(f"  {name:14s} {entry.get('help', '')}")
+        if entry.get("defaults"):
+            print(f"  {'':14s}   defaults: {_key_values(entry['defaults'])}")
+        for family, values in (entry.get("families") or {}).items():
+            print(f"  {'':14s}   {family}: {_key_values(values)}")
     print("tasks and groups:")
     for path in sorted(tasks_dir().rglob("*.yaml")):
         with open(path) as f:
@@ -117,6 +128,10 @@ def _list() -> int:
         if name:
             print(f"  {name}")
     return 0
+
+
+def _key_values(values: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())
 
 
 class _IgnoreTagsLoader(yaml.SafeLoader):

@@ -100,6 +100,10 @@ def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
     stray = run([BIN / "mmke-eval", "--editor", "none", "--editor_args", "ike.k=3"], tmp_path)
     assert stray.returncode == 1 and "editor 'ike' is not among --editor none" in stray.stderr
 
+    bad_value = run([BIN / "mmke-eval", "--editor", "none,ft_llm", "--editor_args", "ft_llm.target=everything"], tmp_path)
+    assert bad_value.returncode == 1 and "target must be one of" in bad_value.stderr
+    assert "none on" not in bad_value.stderr  # checked before any editor ran
+
     missing = run([BIN / "mmke-eval", "--tasks", "mmke_entity", "--data", str(tmp_path / "nowhere")], tmp_path)
     assert missing.returncode == 1 and "nowhere" in missing.stderr
 
@@ -138,3 +142,19 @@ def test_default_run_edits_the_world_model_and_adds_protocol_options_to_its_argu
     assert protocol["protocol"]["sequential"] is True
     assert protocol["editor"]["lr"] == 3e-4  # the world model's own family defaults (registry.yaml)
     assert protocol["adapter"]["family"] == "mmke_mini_world"
+
+
+@pytest.mark.slow
+def test_an_editor_failing_at_run_time_keeps_the_rows_of_the_editors_before_it(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    out = tmp_path / "out"
+    result = run(
+        [BIN / "mmke-eval", "--tasks", "mmke_semantic", "--model", "llava_hf", "--model_args", model_args,
+         "--editor", "none,ike", "--editor_args", "ike.retriever=embedding,ike.embedding_model=/no/such/encoder",
+         "--data", str(mmke_fixture_root), "--output_path", str(out)],
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert "embedding model folder '/no/such/encoder' does not exist" in result.stderr.strip().splitlines()[-1]
+    assert [r["editor"] for r in json.loads((out / "mmke_table.json").read_text())] == ["none"]
+    assert "| mmke_semantic | none |" in (out / "mmke_table.md").read_text()
