@@ -36,6 +36,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
     parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one")
     parser.add_argument("--data", default=None, help="local copy of MMKE-Bench (data_json/, data_image/); same as MMKE_DATA=PATH")
+    parser.add_argument("--cases", type=int, default=None, help="use only the first N edit cases of each task (a quick look; VLKEB's sequential runs use 200)")
     parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
     return parser
 
@@ -63,6 +64,12 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         if not data.is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
         os.environ["MMKE_DATA"] = str(data)
+    if args.cases is not None:
+        if args.cases < 1:
+            raise ValueError("--cases must be at least 1")
+        from mmke_eval.data.source import MAX_CASES_ENV
+
+        os.environ[MAX_CASES_ENV] = str(args.cases)
     editors = [e.strip() for e in args.editor.split(",") if e.strip()]
     per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
     from mmke_eval import registry

@@ -129,7 +129,7 @@ def test_default_run_edits_the_world_model_and_adds_protocol_options_to_its_argu
     out = tmp_path / "out"
     env = {"MMKE_CACHE": str(tmp_path / "cache")}  # the generated benchmark, written afresh
     result = run(
-        [BIN / "mmke-eval", "--tasks", "mmke_mini_semantic", "--editor", "none,ft_llm",
+        [BIN / "mmke-eval", "--tasks", "mmke_mini_semantic", "--editor", "none,ft_llm", "--cases", "20",
          "--model_args", "sequential=true", "--output_path", str(out)],
         tmp_path, **env,
     )
@@ -142,6 +142,8 @@ def test_default_run_edits_the_world_model_and_adds_protocol_options_to_its_argu
     assert protocol["protocol"]["sequential"] is True
     assert protocol["editor"]["lr"] == 3e-4  # the world model's own family defaults (registry.yaml)
     assert protocol["adapter"]["family"] == "mmke_mini_world"
+    assert protocol["skipped_cases"]["mmke_mini/visual_knowledge/eval"]["first_n"] == 20
+    assert "the first 20 used (--cases)" in result.stderr
 
 
 @pytest.mark.slow

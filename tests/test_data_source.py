@@ -236,6 +236,21 @@ def test_load_probe_docs_flattens_cases_and_records_skips(tmp_path, mmke_fixture
     assert "1 of 3 cases skipped: 1 no 1-hop portability question" in caplog.text
 
 
+def test_max_cases_keeps_the_first_kept_cases(mmke_fixture_root, monkeypatch):
+    monkeypatch.setenv(ENV, str(mmke_fixture_root))
+    entity_card = card(benchmark="mmke_test", knowledge_type="entity_level", data_env=ENV, hf_dataset=REPO)
+    all_rows = load_probe_docs(entity_card)
+    monkeypatch.setenv("MMKE_MAX_CASES", "2")
+    rows = load_probe_docs(entity_card)
+    first_two = sorted({r["case_id"] for r in all_rows})[:2]
+    assert sorted({r["case_id"] for r in rows}) == first_two and len(rows) < len(all_rows)
+    report = last_skip_reports()[("mmke_test", "entity_level", "eval")]
+    assert report.first_n == 2 and report.summary().endswith("the first 2 used (--cases)")
+    monkeypatch.setenv("MMKE_MAX_CASES", "two")
+    with pytest.raises(DataError, match="MMKE_MAX_CASES='two'"):
+        load_probe_docs(entity_card)
+
+
 def test_card_missing_split():
     with pytest.raises(DataError, match="missing split"):
         load_probe_docs({"benchmark": "mmke", "knowledge_type": "entity_level", "hf_dataset": REPO})

@@ -100,6 +100,7 @@ class SkipReport:
 
     total: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> case ids
+    first_n: int | None = None  # only the first N kept cases were used (mmke-eval --cases N)
 
     def skip(self, reason: str, case_id: str) -> None:
         self.skipped.setdefault(reason, []).append(case_id)
@@ -110,9 +111,13 @@ class SkipReport:
 
     def summary(self) -> str:
         if not self.skipped:
-            return f"all {self.total} cases kept"
-        parts = [f"{len(ids)} {reason}" for reason, ids in self.skipped.items()]
-        return f"{self.n_skipped} of {self.total} cases skipped: " + "; ".join(parts)
+            text = f"all {self.total} cases kept"
+        else:
+            parts = [f"{len(ids)} {reason}" for reason, ids in self.skipped.items()]
+            text = f"{self.n_skipped} of {self.total} cases skipped: " + "; ".join(parts)
+        if self.first_n is not None and self.first_n < self.total - self.n_skipped:
+            text += f"; the first {self.first_n} used (--cases)"
+        return text
 
 
 class DataError(ValueError):

@@ -64,9 +64,25 @@ def load_probe_docs(card: dict) -> list[dict]:
     benchmark, knowledge_type, split = key
     root = resolve_root(card)
     cases, report = load_cases(root, knowledge_type, split, benchmark=benchmark)
+    first_n = max_cases()
+    if first_n is not None:
+        cases, report.first_n = cases[:first_n], first_n
     _last_skip_reports[key] = report
     logger.info("%s/%s/%s from %s: %s", benchmark, knowledge_type, split, root, report.summary())
     return [row for case in cases for row in ProbeDoc.rows(case)]
+
+
+MAX_CASES_ENV = "MMKE_MAX_CASES"
+
+
+def max_cases() -> int | None:
+    """How many edit cases of each task to use (the first ones); None: all (``mmke-eval --cases``)."""
+    value = os.environ.get(MAX_CASES_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise DataError(f"{MAX_CASES_ENV}={value!r}: expected a positive whole number of cases")
+    return int(value)
 
 
 def last_skip_reports() -> dict[tuple[str, str, str], SkipReport]:
