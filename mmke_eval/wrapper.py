@@ -203,6 +203,8 @@ class CaseEvaluator:
         # and each case is scored ``gap`` edits after its own; all edits are undone at the end.
         pres = [self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=not progress)]
         gap = self.protocol.sequential_gap
+        if gap and len(cases) <= gap:
+            logger.warning("sequential_gap=%d with %d cases%s: no case is scored", gap, len(cases), f" in {label}" if label else "")
         handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
