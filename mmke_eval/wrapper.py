@@ -251,7 +251,7 @@ class CaseEvaluator:
         generations = self._generate(probes, prefix=handle.prefix) if self.protocol.generate else [None] * len(probes)
         for probe, forward, generated in zip(probes, forwards, generations):
             kind = probe.doc["probe"]
-            response = {RESPONSE_MARKER: 1, "probe": kind, "editor": self.editor.name, "generated": generated or "", "edit": handle.stats}
+            response = self._response(probe, handle, generated)
             if kind in LOCALITY_KINDS:
                 pre_forward, pre_generated = pre[probe.index]
                 response["score"] = self._locality(kind, pre_forward, forward)
@@ -262,9 +262,14 @@ class CaseEvaluator:
 
     def _unscored(self, probes, handle, results: list) -> None:
         for probe in probes:
-            response = {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name, "generated": "",
-                        "edit": handle.stats, "score": float("nan"), "unscored": "sequential_gap: too few edits after it"}
+            response = {**self._response(probe, handle, None), "score": float("nan"),
+                        "unscored": "sequential_gap: too few edits after it"}
             results[probe.index] = json.dumps(response, default=str)
+
+    def _response(self, probe: ProbeRequest, handle, generated: str | None) -> dict[str, Any]:
+        """The fields every probe response carries; the score is added by the caller."""
+        return {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name,
+                "generated": generated or "", "edit": handle.stats}
 
     def _locality(self, kind: str, pre: ForwardResult, post: ForwardResult) -> float:
         k = self.protocol.i_loc_k if kind == I_LOC else self.protocol.t_loc_k

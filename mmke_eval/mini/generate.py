@@ -161,12 +161,7 @@ def _entity_record(world: W.World, e: W.Entity, rng: random.Random, base: str) -
         "image": f"{base}.png",
         "image_rephrase": f"{base}_rephrase.png",
     }
-    for n, fact in enumerate(facts, start=1):
-        record[f"rel_{n}"] = W.ENTITY_TEXT_Q[fact].format(name=e.name)
-        record[f"rel_{n}_ans"] = new[fact]
-    for n, fact in enumerate(facts, start=1):
-        record[f"m_rel_{n}"] = W.ENTITY_IMAGE_Q[fact]
-        record[f"m_rel_{n}_ans"] = new[fact]
+    _add_relation_probes(record, facts, new, {f: W.ENTITY_TEXT_Q[f].format(name=e.name) for f in facts}, W.ENTITY_IMAGE_Q)
     record["port_new"] = [{"port_type": "1-hop", "Q&A": {"Question": W.ENTITY_PORT_Q, "Answer": world.city_country[new_city]}}]
     record[EXTRA_KEY] = {
         "subject": {"name": e.name, "shape": e.shape, "colour": e.colour, "pattern": e.pattern, **original},
@@ -178,6 +173,16 @@ def _entity_record(world: W.World, e: W.Entity, rng: random.Random, base: str) -
         },
     }
     return record
+
+
+def _add_relation_probes(record: dict, facts, new: dict, text_q: dict, image_q: dict) -> None:
+    """rel_1/rel_2 (text) then m_rel_1/m_rel_2 (image) questions about ``facts``, answered with ``new``."""
+    for n, fact in enumerate(facts, start=1):
+        record[f"rel_{n}"] = text_q[fact]
+        record[f"rel_{n}_ans"] = new[fact]
+    for n, fact in enumerate(facts, start=1):
+        record[f"m_rel_{n}"] = image_q[fact]
+        record[f"m_rel_{n}_ans"] = new[fact]
 
 
 def _sign_record(world: W.World, s: W.Sign, rng: random.Random, base: str) -> dict:
@@ -220,12 +225,7 @@ def _item_record(world: W.World, it: W.Item, rng: random.Random, base: str) -> d
         "image": f"{base}.png",
         "image_rephrase": f"{base}_rephrase.png",
     }
-    for n, fact in enumerate(facts, start=1):
-        record[f"rel_{n}"] = W.ITEM_TEXT_Q[fact].format(desc=it.desc)
-        record[f"rel_{n}_ans"] = new[fact]
-    for n, fact in enumerate(facts, start=1):
-        record[f"m_rel_{n}"] = W.ITEM_IMAGE_Q[fact]
-        record[f"m_rel_{n}_ans"] = new[fact]
+    _add_relation_probes(record, facts, new, {f: W.ITEM_TEXT_Q[f].format(desc=it.desc) for f in facts}, W.ITEM_IMAGE_Q)
     record["one_hop_img"] = f"{base}_onehop.png"
     record["port_new"] = [{"port_type": "1-hop", "Q&A": {"Question": W.ITEM_PORT_Q, "Answer": world.users[new["owner"]].city}}]
     record[EXTRA_KEY] = {
