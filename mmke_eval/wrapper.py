@@ -28,7 +28,8 @@ from tqdm import tqdm
 from mmke_eval import metrics, registry
 from mmke_eval.adapters.base import ForwardResult, Query
 from mmke_eval.data.images import load_optional_image
-from mmke_eval.data.schema import I_LOC, LOCALITY_KINDS, RESPONSE_MARKER, ProbeDoc
+from mmke_eval.data.schema import I_LOC, KNOWLEDGE_TYPES, LOCALITY_KINDS, PORT, RESPONSE_MARKER, ProbeDoc
+from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 from editors.base import EditRequest
 
 logger = logging.getLogger("mmke_eval")
@@ -52,16 +53,37 @@ class Protocol:
     # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
     # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
     sequential_gap: int = 0
+    # Image of the portability question: "data" (the image the data names for it: the edit image
+    # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
+    # editor's reference: IKE asks user-type portability on the edit image).
+    port_image: str = "auto"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
             raise ValueError("sequential_gap must be >= 0")
         if self.sequential_gap and not self.sequential:
             raise ValueError("sequential_gap needs sequential=true")
-        if self.loc_span not in ("auto", "sequence", "answer"):
+        if self.loc_span not in LOC_SPANS:
             raise ValueError(f"loc_span must be auto, sequence or answer, not {self.loc_span!r}")
         if self.t_loc_k < 1 or self.i_loc_k < 1:
             raise ValueError("t_loc_k and i_loc_k must be >= 1")
+        if self.port_image not in PORT_IMAGES:
+            raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
+
+
+PORT_IMAGES = ("auto", "data", "edit")
+LOC_SPANS = ("auto", "sequence", "answer")
+PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image")
+
+
+def _refuse_misspelt_options(base_args: dict[str, Any]) -> None:
+    """Unknown keys go to the base backend, but one that looks like a protocol option is a typo."""
+    import difflib
+
+    for key in base_args:
+        close = difflib.get_close_matches(key, PROTOCOL_OPTIONS, n=1, cutoff=0.8)
+        if close:
+            raise OptionError(f"unknown option {key!r}; did you mean {close[0]!r}? (protocol options: {', '.join(PROTOCOL_OPTIONS)})")
 
 
 def _split_args(kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -103,13 +125,28 @@ class EditedLMM(lmms):
         generate: bool = True,
         sequential: bool = False,
         sequential_gap: int = 0,
+        port_image: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__()
         from lmms_eval.models import get_model
 
+        from mmke_eval.data import source
+
         editor_args, adapter_args, base_args = _split_args(kwargs)
-        self.protocol = Protocol(int(t_loc_k), int(i_loc_k), str(loc_span), bool(generate), bool(sequential), int(sequential_gap))
+        _refuse_misspelt_options(base_args)
+        self.protocol = Protocol(
+            t_loc_k=parse_int("t_loc_k", t_loc_k, minimum=1),
+            i_loc_k=parse_int("i_loc_k", i_loc_k, minimum=1),
+            loc_span=parse_choice("loc_span", loc_span, LOC_SPANS),
+            generate=parse_bool("generate", generate),
+            sequential=parse_bool("sequential", sequential),
+            sequential_gap=parse_int("sequential_gap", sequential_gap, minimum=0),
+            port_image=parse_choice("port_image", port_image, PORT_IMAGES),
+        )
+        # Tasks are loaded after the model: with --cases N, the loader adds the G cases VLKEB
+        # edits after the N scored ones (sequential_gap=G).
+        source.set_edit_only_tail(self.protocol.sequential_gap if self.protocol.sequential else 0)
         adapter_cls = registry.adapter_class(base)  # fail on an unknown base before loading weights
         if device is not None:
             base_args["device"] = device
@@ -132,8 +169,14 @@ class EditedLMM(lmms):
             "base": self.base_name,
             "editor": self.editor.describe(),
             "adapter": self.adapter.describe(),
-            "protocol": {**asdict(self.protocol), "loc_span_resolved": self.evaluator.locality_span,
-                         **({"unscored_cases": dict(self.evaluator.unscored_cases)} if self.protocol.sequential_gap else {})},
+            "protocol": {
+                **asdict(self.protocol),
+                "loc_span_resolved": self.evaluator.locality_span,
+                "port_image_resolved": {kt: self.evaluator.port_image_for(kt) for kt in KNOWLEDGE_TYPES},
+                **({"unscored_cases": dict(self.evaluator.unscored_cases),
+                    "edit_only_cases": dict(self.evaluator.edit_only_cases)} if self.protocol.sequential_gap else {}),
+            },
+            "editor_report": dict(self.evaluator.editor_reports),
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
         }
 
@@ -181,11 +224,18 @@ class CaseEvaluator:
     def __init__(self, adapter, editor, protocol: Protocol):
         self.adapter, self.editor, self.protocol = adapter, editor, protocol
         self.unscored_cases: dict[str, int] = {}  # per task label: sequential tail left unscored
+        self.edit_only_cases: dict[str, int] = {}  # per task label: edited after the scored ones (--cases N, gap G)
+        self.editor_reports: dict[str, dict] = {}  # per task label: the editor's summary of its edits
 
     @property
     def locality_span(self) -> str:
         span = self.protocol.loc_span
         return self.editor.reference_locality_span if span == "auto" else span
+
+    def port_image_for(self, knowledge_type: str) -> str:
+        """"edit" or "data": which image the portability question of this knowledge type is asked on."""
+        choice = self.protocol.port_image
+        return self.editor.reference_port_images.get(knowledge_type, "data") if choice == "auto" else choice
 
     def answer_cases(self, cases: list[list[ProbeRequest]], results: list, progress: bool = True, label: str = "") -> None:
         """Fill ``results[probe.index]`` with the JSON response of every probe of every case.
@@ -193,31 +243,54 @@ class CaseEvaluator:
         With ``protocol.sequential`` the edits of all ``cases`` pile up, in order.
         """
         desc = f"{self.editor.name} edits" + (f" ({label})" if label else "")
+        stats: list[dict] = []
         if not self.protocol.sequential:
             for probes in tqdm(cases, desc=desc, disable=not progress):
+                if _edit_only(probes):
+                    raise ValueError(f"case {probes[0].doc['case_id']} is marked edit-only, which needs sequential=true")
                 pre = self._pre_edit(probes)
-                with self.editor.editing(self.adapter, self._edit_request(probes[0].doc)) as handle:
-                    self._post_edit(probes, pre, handle, results)
+                request = self._edit_request(probes[0].doc)
+                with self.editor.editing(self.adapter, request) as handle:
+                    self._post_edit(probes, pre, handle, request, results)
+                    stats.append(dict(handle.stats))
+            self.editor_reports[label] = self.editor.summarize(stats)
             return
         # Sequential editing: every pre-edit output comes from the unedited model; edits pile up
         # and each case is scored ``gap`` edits after its own; all edits are undone at the end.
-        pres = [self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=not progress)]
+        # Edit-only cases (VLKEB: the ``gap`` cases after the N scored ones) are edited, never scored.
+        pres = [{} if _edit_only(probes) else self._pre_edit(probes) for probes in tqdm(cases, desc="pre-edit", disable=not progress)]
         gap = self.protocol.sequential_gap
+        scored = sum(not _edit_only(probes) for probes in cases)
         if gap and len(cases) <= gap:
             logger.warning("sequential_gap=%d with %d cases%s: no case is scored", gap, len(cases), f" in {label}" if label else "")
         handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
-                handles.append(self.editor.apply(self.adapter, self._edit_request(probes[0].doc)))
-                waiting.append((probes, pre, handles[-1]))
+                request = self._edit_request(probes[0].doc)
+                handles.append(self.editor.apply(self.adapter, request))
+                stats.append(dict(handles[-1].stats))
+                waiting.append((probes, pre, handles[-1], request))
                 if len(waiting) > gap:
-                    self._post_edit(*waiting.popleft(), results)
-            for probes, _, handle in waiting:  # fewer than ``gap`` edits came after them
-                self._unscored(probes, handle, results)
-            self.unscored_cases[label] = self.unscored_cases.get(label, 0) + len(waiting)
+                    self._score_when_due(*waiting.popleft(), results)
+            tail = 0
+            for probes, _, handle, _ in waiting:  # fewer than ``gap`` edits came after them
+                if _edit_only(probes):
+                    self._unscored(probes, handle, results, EDIT_ONLY_REASON)
+                else:
+                    self._unscored(probes, handle, results, "sequential_gap: too few edits after it")
+                    tail += 1
+            self.unscored_cases[label] = self.unscored_cases.get(label, 0) + tail
+            self.edit_only_cases[label] = self.edit_only_cases.get(label, 0) + len(cases) - scored
         finally:
             for handle in reversed(handles):
                 self.editor.restore(self.adapter, handle)
+        self.editor_reports[label] = self.editor.summarize(stats)
+
+    def _score_when_due(self, probes, pre, handle, request, results: list) -> None:
+        if _edit_only(probes):
+            self._unscored(probes, handle, results, EDIT_ONLY_REASON)
+        else:
+            self._post_edit(probes, pre, handle, request, results)
 
     @staticmethod
     def _edit_request(doc: dict) -> EditRequest:
@@ -234,23 +307,35 @@ class CaseEvaluator:
             train_file=doc["train_file"],
         )
 
+    def _forwards(self, probes: list[ProbeRequest], queries: list[Query]) -> list[tuple[ForwardResult, str | None]]:
+        """Teacher-forced outputs (top-k for locality) and greedy generations of ``queries``."""
+        k = max(self.protocol.t_loc_k, self.protocol.i_loc_k)
+        forwards = self.adapter.teacher_forced(queries, k=k)
+        generations = self._generate(probes, queries) if self.protocol.generate else [None] * len(probes)
+        return list(zip(forwards, generations))
+
     def _pre_edit(self, probes: list[ProbeRequest]) -> dict[int, tuple[ForwardResult, str | None]]:
         """Teacher-forced top-k (and generations) of the unedited model on the locality probes."""
         local = [p for p in probes if p.doc["probe"] in LOCALITY_KINDS]
         if not local:
             return {}
-        k = max(self.protocol.t_loc_k, self.protocol.i_loc_k)
-        forwards = self.adapter.teacher_forced([p.query for p in local], k=k)
-        generations = self._generate(local, prefix="") if self.protocol.generate else [None] * len(local)
-        return {p.index: (f, g) for p, f, g in zip(local, forwards, generations)}
+        return {p.index: out for p, out in zip(local, self._forwards(local, [p.query for p in local]))}
 
-    def _post_edit(self, probes, pre, handle, results: list) -> None:
-        queries = [replace(p.query, prefix=handle.prefix) for p in probes]
-        k = max(self.protocol.t_loc_k, self.protocol.i_loc_k)
-        forwards = self.adapter.teacher_forced(queries, k=k)
-        generations = self._generate(probes, prefix=handle.prefix) if self.protocol.generate else [None] * len(probes)
-        for probe, forward, generated in zip(probes, forwards, generations):
+    def _post_edit(self, probes, pre, handle, request: EditRequest, results: list) -> None:
+        # Locality probes go through exactly the batches of the pre-edit pass (the same queries in
+        # the same order, apart from an editor's prefix), the other probes through their own:
+        # padding and batch shapes change half-precision rounding, which can flip near-tied top-k
+        # orders, so an unchanged model must see bit-identical inputs before and after.
+        local = [p for p in probes if p.doc["probe"] in LOCALITY_KINDS]
+        others = [p for p in probes if p.doc["probe"] not in LOCALITY_KINDS]
+        outputs: dict[int, tuple[ForwardResult, str | None]] = {}
+        for group in (local, others):
+            if group:
+                queries = [self._post_edit_query(p, handle, request) for p in group]
+                outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries)))
+        for probe in probes:
             kind = probe.doc["probe"]
+            forward, generated = outputs[probe.index]
             response = self._response(probe, handle, generated)
             if kind in LOCALITY_KINDS:
                 pre_forward, pre_generated = pre[probe.index]
@@ -258,12 +343,19 @@ class CaseEvaluator:
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
+            if kind == PORT:
+                response["port_image"] = self.port_image_for(probe.doc["knowledge_type"])
             results[probe.index] = json.dumps(response, default=str)
 
-    def _unscored(self, probes, handle, results: list) -> None:
+    def _post_edit_query(self, probe: ProbeRequest, handle, request: EditRequest) -> Query:
+        query = replace(probe.query, prefix=handle.prefix)
+        if probe.doc["probe"] == PORT and self.port_image_for(probe.doc["knowledge_type"]) == "edit":
+            query = replace(query, image=request.image)
+        return query
+
+    def _unscored(self, probes, handle, results: list, reason: str) -> None:
         for probe in probes:
-            response = {**self._response(probe, handle, None), "score": float("nan"),
-                        "unscored": "sequential_gap: too few edits after it"}
+            response = {**self._response(probe, handle, None), "score": None, "unscored": reason}
             results[probe.index] = json.dumps(response, default=str)
 
     def _response(self, probe: ProbeRequest, handle, generated: str | None) -> dict[str, Any]:
@@ -277,8 +369,8 @@ class CaseEvaluator:
             return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
         return metrics.topk_agreement(pre.topk, post.topk, k)
 
-    def _generate(self, probes: list[ProbeRequest], prefix: str) -> list[str]:
-        """Greedy generations, batched per distinct generation setting (normally one)."""
+    def _generate(self, probes: list[ProbeRequest], queries: list[Query]) -> list[str]:
+        """Greedy generations of ``queries``, batched per distinct generation setting (normally one)."""
         outputs: list[str] = [""] * len(probes)
         by_setting: dict[str, list[int]] = {}
         for i, probe in enumerate(probes):
@@ -287,10 +379,17 @@ class CaseEvaluator:
             gen_kwargs = probes[members[0]].gen_kwargs
             until = gen_kwargs.get("until") or []
             texts = self.adapter.generate(
-                [replace(probes[i].query, prefix=prefix, target="") for i in members],
+                [replace(queries[i], target="") for i in members],
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
                 until=[until] if isinstance(until, str) else list(until),
             )
             for i, text in zip(members, texts):
                 outputs[i] = text
         return outputs
+
+
+EDIT_ONLY_REASON = "edit-only: edited after the scored cases (--cases N with sequential_gap G), as VLKEB does"
+
+
+def _edit_only(probes: list[ProbeRequest]) -> bool:
+    return bool(probes[0].doc.get("edit_only"))

@@ -228,6 +228,15 @@ def test_empty_port_list_is_a_skip(data_root):
     assert report.skipped == {"no 1-hop portability question": ["mmke/visual_knowledge/train/1"]}
 
 
+def test_record_without_port_new_is_skipped_and_counted(data_root):
+    """The reference's hop filter drops such records; one of them must not fail the whole split."""
+    rewrite_records(data_root, "entity", "eval", lambda records: records[1].pop("port_new"))
+    cases, report = load_cases(data_root, ENTITY, "eval")
+    assert [c.case_id for c in cases] == ["mmke/entity_level/eval/0", "mmke/entity_level/eval/2"]
+    assert report.skipped == {"no port_new field": ["mmke/entity_level/eval/1"]}
+    assert report.summary() == "1 of 3 cases skipped: 1 no port_new field"
+
+
 # --- malformed data -------------------------------------------------------------------------------
 
 
@@ -253,7 +262,6 @@ def _set_port_question(value):
         (_delete("rel_1"), "'rel_1'", "missing required field"),
         (_delete("rel_1_ans"), "'rel_ans_1'", "also accepted: rel_1_ans"),
         (_delete("m_loc"), "'m_loc'", "missing required field"),
-        (_delete("port_new"), "'port_new'", "missing required field"),
         (_set("rel_2", 42), "'rel_2'", "expected a string, got int"),
         (_set("src", None), "'src'", "expected a string, got NoneType"),
         (_set("image", ""), "'image'", "empty image path"),

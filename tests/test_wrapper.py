@@ -24,9 +24,11 @@ class FakeAdapter:
     def __init__(self):
         self.edits: list[str] = []
         self.calls: list[tuple[str, int, tuple[str, ...]]] = []  # (what, live edits, prefixes)
+        self.queries: list[tuple[str, list]] = []  # (what, the queries of the call)
 
     def teacher_forced(self, queries, k=10):
         self.calls.append(("tf", len(self.edits), tuple(q.prefix for q in queries)))
+        self.queries.append(("tf", list(queries)))
         results = []
         for q in queries:
             acc = 1.0 if q.target in self.edits else 0.0
@@ -37,6 +39,7 @@ class FakeAdapter:
 
     def generate(self, queries, max_new_tokens=32, until=None):
         self.calls.append(("gen", len(self.edits), tuple(q.prefix for q in queries)))
+        self.queries.append(("gen", list(queries)))
         return [q.prompt.upper() if not self.edits else "EDITED" for q in queries]
 
 
@@ -58,25 +61,26 @@ class FakeEditor(Editor):
         self.log.append("restore")
 
 
-def probe_docs(case: str, target: str) -> list[dict]:
+def probe_docs(case: str, target: str, kinds=("t_rel", "t_loc", "i_loc"), edit_only=False, **fields) -> list[dict]:
     base = dict(
         case_id=case, knowledge_type="entity_level", question="", answer=target, image="",
         edit_prompt="Who is this?", edit_target=target, edit_original="orig", edit_image="",
-        rephrase_prompt="", rephrase_image="", train_file="",
+        rephrase_prompt="", rephrase_image="", train_file="", edit_only=edit_only,
     )
+    base.update(fields)
     docs = []
-    for kind in ("t_rel", "t_loc", "i_loc"):
+    for kind in kinds:
         answer = target if kind == "t_rel" else "unrelated"
         docs.append({**base, "probe": kind, "probe_id": f"{kind}_1", "question": f"{kind} q of {case}", "answer": answer})
     assert set(docs[0]) == set(ProbeDoc.__dataclass_fields__)
     return docs
 
 
-def make_requests(docs_by_task, extra_plain=()):
+def make_requests(docs_by_task, extra_plain=(), visual=lambda d: []):
     requests = []
     for task, docs in docs_by_task.items():
         for doc_id, doc in enumerate(docs):
-            args = (doc["question"], {"max_new_tokens": 8, "until": ["\n"]}, lambda d: [], doc_id, task, "eval")
+            args = (doc["question"], {"max_new_tokens": 8, "until": ["\n"]}, visual, doc_id, task, "eval")
             requests.append(Instance("generate_until", args, idx=0, metadata={"task": task, "doc_id": doc_id, "repeats": 1}))
     return requests
 
@@ -110,7 +114,7 @@ def test_each_case_is_edited_once_scored_and_restored():
     by_kind = {(docs[i]["case_id"], o["probe"]): o for i, o in enumerate(outputs)}
     assert by_kind[("c1", "t_rel")]["score"] == 1.0  # the edit took
     # pre-edit locality ran on the unedited model for both cases (restore came before case 2)
-    pre_calls = [c for c in lm.adapter.calls if c[0] == "tf" and c[2] == ("", "")]
+    pre_calls = [c for c in lm.adapter.calls if c[0] == "tf" and c[1] == 0]
     assert [c[1] for c in pre_calls] == [0, 0]
     # whole sequence (weight editor default): only the first of 3 positions agrees
     assert by_kind[("c1", "t_loc")]["score"] == pytest.approx(1 / 3)
@@ -155,7 +159,7 @@ def test_sequential_edits_pile_up_and_are_all_undone():
     assert lm.adapter.edits == []
     # case 2 was scored with both edits live against a pre-edit baseline of the unedited model
     live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
-    assert live == [0, 0, 1, 2]
+    assert live == [0, 0, 1, 1, 2, 2]  # post-edit: the locality batch, then the others
     assert outputs[3]["probe"] == "t_rel" and outputs[3]["score"] == 1.0
 
 
@@ -170,7 +174,7 @@ def test_sequential_gap_scores_each_case_after_gap_more_edits_and_leaves_the_tai
     assert editor.log == ["apply c1", "apply c2", "apply c3", "restore", "restore", "restore"]
     # three unedited pre-edit passes, then c1 scored with 2 edits live, c2 with 3; c3 never
     live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
-    assert live == [0, 0, 0, 2, 3]
+    assert live == [0, 0, 0, 2, 2, 3, 3]
     scores = [metrics.probe_scores(doc["probe"], doc["answer"], out) for doc, out in zip(docs, outputs)]
     assert scores[0]["t_rel"] == 1.0 and all(v != v for v in scores[6].values())  # c3: NaN everywhere
     t_rel = [{"case": d["case_id"], "score": sc["t_rel"]} for d, sc in zip(docs, scores) if d["probe"] == "t_rel"]
@@ -225,3 +229,76 @@ def test_protocol_rejects_bad_values():
         Protocol(loc_span="prompt")
     with pytest.raises(ValueError):
         Protocol(t_loc_k=0)
+
+
+def test_post_edit_locality_inputs_go_through_the_pre_edit_batches():
+    """Same queries, same order, same batch: an unchanged model gives bit-identical outputs."""
+    lm = make_lmm(FakeEditor())
+    docs = probe_docs("c1", "Rome", kinds=("t_rel", "t_loc", "i_rel", "i_loc", "port"))
+    lm.task_dict["t"] = {"eval": docs}
+    lm.generate_until(make_requests({"t": docs}))
+    for what in ("tf", "gen"):
+        calls = [[q.prompt for q in queries] for kind, queries in lm.adapter.queries if kind == what]
+        pre, post_local, post_others = calls
+        assert pre == post_local == ["t_loc q of c1", "i_loc q of c1"]
+        assert post_others == ["t_rel q of c1", "i_rel q of c1", "port q of c1"]
+
+
+def test_sequential_cases_n_with_gap_g_scores_n_cases_after_g_more_edits():
+    """VLKEB: case i is scored after edits 0..i+G; the G edit-only cases after the N are edited, not scored."""
+    n, gap = 3, 2
+    editor = FakeEditor()
+    lm = make_lmm(editor, Protocol(sequential=True, sequential_gap=gap))
+    docs = []
+    for i in range(n + gap):
+        docs += probe_docs(f"c{i}", f"T{i}", edit_only=i >= n)
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"t": docs}))]
+    scored = {doc["case_id"] for doc, out in zip(docs, outputs) if out.get("score") is not None}
+    assert scored == {"c0", "c1", "c2"}
+    # the live edits at each post-edit call (the adapter counts them)
+    post = [c for c in lm.adapter.calls if c[0] == "tf" and c[1] > 0]
+    assert [c[1] for c in post] == [3, 3, 4, 4, 5, 5]  # c0 after 3 edits, c1 after 4, c2 after all 5
+    assert editor.log[: n + gap] == [f"apply c{i}" for i in range(n + gap)] and lm.adapter.edits == []
+    unscored = {doc["case_id"] for doc, out in zip(docs, outputs) if out.get("unscored")}
+    assert unscored == {"c3", "c4"}
+    assert all("edit-only" in out["unscored"] for out in outputs if out.get("unscored"))
+    protocol = lm.describe()["protocol"]
+    assert protocol["unscored_cases"] == {"t": 0} and protocol["edit_only_cases"] == {"t": 2}
+    # no pre-edit pass was spent on the edit-only cases
+    assert len([c for c in lm.adapter.calls if c[0] == "tf" and c[1] == 0]) == n
+
+
+def test_edit_only_cases_need_sequential_editing():
+    lm = make_lmm(FakeEditor())
+    docs = probe_docs("c0", "T", edit_only=True)
+    lm.task_dict["t"] = {"eval": docs}
+    with pytest.raises(ValueError, match="edit-only"):
+        lm.generate_until(make_requests({"t": docs}))
+
+
+@pytest.mark.parametrize(
+    "editor_images, port_image, expected",
+    [({}, "auto", "one_hop"), ({"user_specific": "edit"}, "auto", "edit"), ({"user_specific": "edit"}, "data", "one_hop"),
+     ({}, "edit", "edit")],
+)
+def test_portability_image_follows_the_option_and_the_editors_reference(tmp_path, editor_images, port_image, expected):
+    from PIL import Image
+
+    paths = {}
+    for name, colour in (("edit", (255, 0, 0)), ("one_hop", (0, 0, 255))):
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.new("RGB", (4, 4), colour).save(paths[name])
+    editor = FakeEditor()
+    editor.reference_port_images = editor_images
+    lm = make_lmm(editor, Protocol(port_image=port_image))
+    docs = probe_docs("c1", "Rome", kinds=("t_rel", "port"), knowledge_type="user_specific", edit_image=paths["edit"])
+    docs[1]["image"] = paths["one_hop"]
+    lm.task_dict["t"] = {"eval": docs}
+    visual = lambda doc: [Image.open(doc["image"]).convert("RGB")] if doc["image"] else []  # noqa: E731
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"t": docs}, visual=visual))]
+    port_queries = [q for kind, queries in lm.adapter.queries if kind == "tf" for q in queries if q.prompt.startswith("port")]
+    colour = {(255, 0, 0): "edit", (0, 0, 255): "one_hop"}[port_queries[0].image.getpixel((0, 0))]
+    assert colour == expected
+    assert outputs[1]["port_image"] == ("edit" if expected == "edit" else "data")
+    assert lm.describe()["protocol"]["port_image_resolved"]["user_specific"] == outputs[1]["port_image"]

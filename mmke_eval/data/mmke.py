@@ -17,7 +17,8 @@ Probes per record (shared docs, reference-benchmarks.md 1.3):
   (entity_level) or ``one_hop_img`` (user_specific, visual_knowledge).
 
 Records the protocol leaves out are skipped and reported (``SkipReport``), not errors: an empty
-``alt`` (EasyEdit skips those) and no 1-hop ``port_new`` entry (MMKE runs ``--hop=1``). Anything else
+``alt`` (EasyEdit skips those), no ``port_new`` field or no 1-hop entry in it (MMKE runs
+``--hop=1``, which keeps only records with one). Anything else
 malformed raises ``DataError`` naming the file, the case and the field.
 """
 
@@ -45,6 +46,7 @@ from mmke_eval.data.schema import (
 SPLITS = ("train", "eval")
 SKIP_EMPTY_ALT = "empty alt"
 SKIP_NO_ONE_HOP = "no 1-hop portability question"
+SKIP_NO_PORT_NEW = "no port_new field"
 
 # Where the portability question is asked: the edit image for entities, a dedicated image otherwise.
 PORT_IMAGE_FIELD = {"entity_level": "image", "user_specific": "one_hop_img", "visual_knowledge": "one_hop_img"}
@@ -176,6 +178,8 @@ def protocol_skip_reason(reader: RecordReader) -> str:
     """Why the reference protocol leaves this record out, or "" to keep it."""
     if reader.text("alt") == "":
         return SKIP_EMPTY_ALT
+    if not reader.has("port_new"):  # the reference's hop filter drops such records too
+        return SKIP_NO_PORT_NEW
     if one_hop_port(reader) is None:
         return SKIP_NO_ONE_HOP
     return ""

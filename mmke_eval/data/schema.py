@@ -68,9 +68,12 @@ class ProbeDoc:
     rephrase_prompt: str
     rephrase_image: str
     train_file: str
+    # Sequential runs with --cases N and sequential_gap G: one of the G cases edited after the N
+    # scored ones (VLKEB), never scored itself.
+    edit_only: bool = False
 
     @staticmethod
-    def rows(case: EditCase) -> list[dict]:
+    def rows(case: EditCase, edit_only: bool = False) -> list[dict]:
         return [
             asdict(
                 ProbeDoc(
@@ -88,6 +91,7 @@ class ProbeDoc:
                     rephrase_prompt=case.rephrase_prompt,
                     rephrase_image=case.rephrase_image,
                     train_file=case.train_file,
+                    edit_only=edit_only,
                 )
             )
             for p in case.probes
@@ -101,6 +105,7 @@ class SkipReport:
     total: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> case ids
     first_n: int | None = None  # only the first N kept cases were used (mmke-eval --cases N)
+    edit_only: int = 0  # cases after the first N loaded to be edited, not scored (sequential_gap)
 
     def skip(self, reason: str, case_id: str) -> None:
         self.skipped.setdefault(reason, []).append(case_id)
@@ -117,6 +122,8 @@ class SkipReport:
             text = f"{self.n_skipped} of {self.total} cases skipped: " + "; ".join(parts)
         if self.first_n is not None and self.first_n < self.total - self.n_skipped:
             text += f"; the first {self.first_n} used (--cases)"
+        if self.edit_only:
+            text += f", {self.edit_only} more edited after them without scoring (sequential_gap)"
         return text
 
 

@@ -65,14 +65,27 @@ def load_probe_docs(card: dict) -> list[dict]:
     root = resolve_root(card)
     cases, report = load_cases(root, knowledge_type, split, benchmark=benchmark)
     first_n = max_cases()
+    edit_only: list = []
     if first_n is not None:
-        cases, report.first_n = cases[:first_n], first_n
+        # VLKEB's sequential protocol scores the first N cases and keeps editing G more after them.
+        edit_only = cases[first_n : first_n + _edit_only_tail]
+        cases, report.first_n, report.edit_only = cases[:first_n], first_n, len(edit_only)
     _last_skip_reports[key] = report
     logger.info("%s/%s/%s from %s: %s", benchmark, knowledge_type, split, root, report.summary())
-    return [row for case in cases for row in ProbeDoc.rows(case)]
+    return [row for case in cases for row in ProbeDoc.rows(case)] + [
+        row for case in edit_only for row in ProbeDoc.rows(case, edit_only=True)
+    ]
 
 
 MAX_CASES_ENV = "MMKE_MAX_CASES"
+# How many cases after the first N (--cases N) to load for editing only: the sequential gap of the
+# `edited` model built in this process (it is built before the tasks are loaded).
+_edit_only_tail = 0
+
+
+def set_edit_only_tail(gap: int) -> None:
+    global _edit_only_tail
+    _edit_only_tail = max(int(gap), 0)
 
 
 def max_cases() -> int | None:
