@@ -80,7 +80,7 @@ def drive_loss_down(adapter, group: str, query: Query, lr: float, steps: int) ->
         loss_t = adapter.target_loss(query)
         loss_t.backward()
         optimizer.step()
-        loss = float(loss_t)
+        loss = float(loss_t.detach())
         if loss < 0.02:
             break
     adapter.model.zero_grad(set_to_none=True)

@@ -43,13 +43,23 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "make-mini":
-        return _make_mini(argv[1:])
-    if argv and argv[0] == "list":
-        return _list()
-    args, passthrough = _run_parser().parse_known_args(argv)
     try:
+        if argv and argv[0] == "make-mini":
+            return _make_mini(argv[1:])
+        if argv and argv[0] == "list":
+            return _list()
+        args, passthrough = _run_parser().parse_known_args(argv)
         return _run(args, passthrough)
+    except KeyboardInterrupt:
+        from mmke_eval.journal import saved_cases
+
+        saved = saved_cases()
+        if saved:
+            where = "; ".join(f"{n} in {path}" for path, n in saved)
+            print(f"mmke-eval: interrupted. Finished cases are saved ({where}); run the same command again to resume.", file=sys.stderr)
+        else:
+            print("mmke-eval: interrupted. No case was saved (pass --output_path to keep finished cases and resume).", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - every failure must end in a message and a non-zero exit
         if os.environ.get("MMKE_VERBOSITY", "").upper() == "DEBUG":
             traceback.print_exc()
@@ -58,7 +68,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# lmms-eval options that would give wrong numbers with edit cases, and what to use instead.
+REFUSED_OPTIONS = {
+    "--use_cache": "lmms-eval's response cache is keyed by the prompt text only (not the case's answers, images or "
+    "edit), so it serves stale scores; finished cases are kept under --output_path and a rerun resumes from them",
+    "--limit": "it counts probe documents and would split an edit case; use --cases N (the first N edit cases of each task)",
+}
+
+
+def _check_passthrough(passthrough: list[str]) -> None:
+    for arg in passthrough:
+        name = arg.split("=", 1)[0]
+        if name in REFUSED_OPTIONS:
+            raise runner.EvaluationError(f"{name} is not supported by mmke-eval: {REFUSED_OPTIONS[name]}")
+    for path in runner._include_paths(passthrough):
+        if not Path(path).expanduser().is_dir():
+            raise FileNotFoundError(f"--include_path {path}: no such folder")
+
+
 def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
+    _check_passthrough(passthrough)
     if args.data:
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():
@@ -100,7 +129,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
 def _write_table(out: Path, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "mmke_table.md").write_text(report.format_table(rows) + "\n")
-    (out / "mmke_table.json").write_text(json.dumps(rows, indent=2))
+    (out / "mmke_table.json").write_text(json.dumps(rows, indent=2, allow_nan=False))
 
 
 def _make_mini(argv: list[str]) -> int:
@@ -110,7 +139,10 @@ def _make_mini(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from mmke_eval.mini.generate import generate
 
-    root = generate(Path(args.out), seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {args.out}: exists and is not a folder")
+    root = generate(out, seed=args.seed)
     print(f"mmke_mini written to {root}")
     return 0
 

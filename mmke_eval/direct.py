@@ -35,11 +35,14 @@ def probe_requests(cases: list[EditCase], template: str = "mmke/probe.jinja") ->
     return grouped
 
 
-def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Protocol()) -> dict[str, float]:
-    """Per-column task numbers (percent): t_rel ... port, plus *_em / *_contains."""
+def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Protocol(), journal=None) -> dict[str, float]:
+    """Per-column task numbers (percent): t_rel ... port, plus *_em / *_contains.
+
+    ``journal``: a ``mmke_eval.journal.CaseJournal`` that finished cases are written to and
+    answered from (resume)."""
     grouped = probe_requests(cases)
     results: list = [None] * sum(len(g) for g in grouped)
-    CaseEvaluator(adapter, editor, protocol).answer_cases(grouped, results, progress=False)
+    CaseEvaluator(adapter, editor, protocol, journal=journal).answer_cases(grouped, results, progress=False)
     columns: dict[str, list[dict]] = {}
     for probe in (p for g in grouped for p in g):
         for name, score in metrics.probe_scores(probe.doc["probe"], probe.doc["answer"], results[probe.index]).items():

@@ -35,12 +35,14 @@ def parse_int(name: str, value: Any, minimum: int | None = None) -> int:
         raise OptionError(f"option {name}={value!r}: expected a whole number")
     if isinstance(value, int):
         number = value
+    elif isinstance(value, float) and value.is_integer():  # lmms-eval reads "-2" as -2.0
+        number = int(value)
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         number = int(value.strip())
     else:
         raise OptionError(f"option {name}={value!r}: expected a whole number")
     if minimum is not None and number < minimum:
-        raise OptionError(f"option {name}={value!r}: must be >= {minimum}")
+        raise OptionError(f"option {name}={number}: must be >= {minimum}")
     return number
 
 

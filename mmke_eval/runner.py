@@ -47,6 +47,9 @@ class EvaluationError(RuntimeError):
     pass
 
 
+JOURNAL_NAME = "cases.jsonl"
+
+
 @dataclass
 class RunSpec:
     tasks: str = DEFAULT_TASKS
@@ -57,11 +60,18 @@ class RunSpec:
     output_path: str | None = None
     lmms_eval_args: list[str] = field(default_factory=list)  # passed through verbatim
 
+    @property
+    def journal(self) -> Path | None:
+        """Where finished cases are written as they finish (a rerun resumes from it)."""
+        return Path(self.output_path) / JOURNAL_NAME if self.output_path else None
+
     def wrapper_model_args(self) -> str:
         parts = [f"base={self.model}", f"editor={self.editor}"]
         if self.model_args:
             parts.append(self.model_args)
         parts += [f"editor.{key}={value}" for key, value in self.editor_args.items()]
+        if self.journal is not None and not any(p.strip().startswith("journal=") for p in self.model_args.split(",")):
+            parts.append(f"journal={self.journal}")
         return ",".join(parts)
 
     def argv(self) -> list[str]:
@@ -123,7 +133,7 @@ def editor_args_for(editors: list[str], values: dict[str, str]) -> dict[str, dic
 def root_cause(err: BaseException) -> BaseException:
     """The error behind lmms-eval's retry wrappers (tenacity.RetryError) and re-raises."""
     seen = set()
-    while id(err) not in seen:
+    while id(err) not in seen and not getattr(err, "is_root_cause", False):
         seen.add(id(err))
         last_attempt = getattr(err, "last_attempt", None)  # tenacity.RetryError
         if last_attempt is not None and last_attempt.exception() is not None:
@@ -162,6 +172,8 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
         "model_args": spec.wrapper_model_args(),
         **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
         "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},
+        "data": {"/".join(key): record for key, record in source.last_data_records().items()},
+        "provenance": provenance(),
     }
     for task, summary in results["mmke"].get("editor_report", {}).items():
         if summary.get("note"):
@@ -184,11 +196,52 @@ def _parse_lmms_args(lmms_main, argv: list[str]):
 
 
 def _add_to_results_file(output_path: Path, since: float, section: dict) -> None:
-    """lmms-eval has already written <output>/<model>/<date>_results.json: add our section."""
+    """lmms-eval has already written <output>/<model>/<date>_results.json: add our section, and
+    make the file valid JSON (lmms-eval writes NaN for a metric no case scored)."""
     candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= since - 1]
     if not candidates:
         raise EvaluationError(f"no results file was written under {output_path}")
     path = max(candidates, key=lambda p: p.stat().st_mtime)
     data = json.loads(path.read_text())
     data["mmke"] = section
-    path.write_text(json.dumps(data, indent=2, default=str))
+    nulls: dict[str, str] = {}
+    data = without_nan(data, nulls)
+    if nulls:
+        data["mmke"]["nulls"] = nulls
+    path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
+
+
+def without_nan(value: Any, nulls: dict[str, str], where: str = "") -> Any:
+    """``value`` with every NaN/inf number replaced by None; ``nulls`` gets each one's path and reason."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        nulls[where] = "no value: no case of the task was scored for this metric" if value != value else f"{value}"
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item, nulls, f"{where}/{key}" if where else str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item, nulls, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def provenance() -> dict[str, Any]:
+    """Package versions, and the git revision when mmke-eval runs from a checkout."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("mmke-eval", "lmms-eval", "torch", "transformers", "datasets", "sentence-transformers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    record: dict[str, Any] = {"versions": versions, "python": sys.version.split()[0]}
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / ".git").exists():
+        def git(*args: str) -> str:
+            done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=20)
+            return done.stdout.strip() if done.returncode == 0 else ""
+
+        revision = git("rev-parse", "HEAD")
+        if revision:
+            record["git"] = {"revision": revision, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return record

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -29,6 +30,8 @@ from mmke_eval import metrics, registry
 from mmke_eval.adapters.base import ForwardResult, Query
 from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import I_LOC, KNOWLEDGE_TYPES, LOCALITY_KINDS, PORT, RESPONSE_MARKER, ProbeDoc
+from mmke_eval.journal import CaseJournal, file_digest, model_identity
+from mmke_eval.journal import digest as journal_digest
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 from editors.base import EditRequest
 
@@ -71,9 +74,70 @@ class Protocol:
             raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
 
 
+class BackendError(RuntimeError):
+    """A base backend failed on other tasks' requests; the message says which and why."""
+
+    is_root_cause = True  # the CLI shows this message, not the exception it wraps
+
+
+def check_pretrained(value: Any) -> None:
+    """A ``pretrained=`` that names a missing folder fails as such (the backend would report a Hub
+    "repo id" error). Something shaped like a Hub id (``owner/name``) is left to the backend,
+    unless the Hub is offline and the local cache lacks it."""
+    if not isinstance(value, str) or not value:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") != 1 or path.exists()
+    if looks_like_path:
+        raise FileNotFoundError(f"pretrained={value}: no such folder")
+    import huggingface_hub
+
+    if huggingface_hub.is_offline_mode() and not isinstance(huggingface_hub.try_to_load_from_cache(value, "config.json"), str):
+        raise FileNotFoundError(
+            f"pretrained={value}: no such folder, and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+        )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _bypass_response_cache() -> None:
+    """Turn lmms-eval's --use_cache off for the ``edited`` model.
+
+    Its key hashes only the prompt text, not the case's answers, images or edit, so it would serve
+    scores computed for other inputs; finished cases are kept by the journal instead.
+    """
+    from lmms_eval.caching.response_cache import ResponseCache
+
+    if getattr(ResponseCache.execute, "_mmke_bypass", False):
+        return
+    original = ResponseCache.execute
+
+    def execute(self, lm, reqtype, requests, *args, **kwargs):
+        if isinstance(lm, EditedLMM):
+            if not execute.warned:
+                logger.warning("lmms-eval's --use_cache is off for the edited model (its key lacks the case content); "
+                               "finished cases are resumed from the journal (journal=PATH) instead")
+                execute.warned = True
+            return getattr(lm, reqtype)(requests)
+        return original(self, lm, reqtype, requests, *args, **kwargs)
+
+    execute._mmke_bypass = True
+    execute.warned = False
+    ResponseCache.execute = execute
+
+
 PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "answer")
-PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image")
+PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image", "journal")
 
 
 def _refuse_misspelt_options(base_args: dict[str, Any]) -> None:
@@ -126,6 +190,7 @@ class EditedLMM(lmms):
         sequential: bool = False,
         sequential_gap: int = 0,
         port_image: str = "auto",
+        journal: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -150,6 +215,7 @@ class EditedLMM(lmms):
         adapter_cls = registry.adapter_class(base)  # fail on an unknown base before loading weights
         if device is not None:
             base_args["device"] = device
+        check_pretrained(base_args.get("pretrained"))
         self.base = get_model(base, force_simple=True)(batch_size=batch_size, **base_args)
         self.base.task_dict = self.task_dict  # the evaluator fills this dict in place
         self._rank, self._world_size = self.base.rank, self.base.world_size
@@ -157,8 +223,16 @@ class EditedLMM(lmms):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
         self.editor = registry.build_editor(editor, family=self.adapter.family, overrides=editor_args)
-        self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol)
         self.base_name = base
+        self.journal_path = str(journal) if journal else None
+        self.run_key = journal_digest({
+            "mmke_eval": _version("mmke-eval"), "base": base, "base_args": {**base_args, "batch_size": batch_size},
+            "model": model_identity(self.adapter.model), "adapter": self.adapter.describe(),
+            "editor": {"name": editor, **self.editor.config.to_dict()}, "protocol": asdict(self.protocol),
+        })
+        case_journal = CaseJournal(self.journal_path, self.run_key) if self.journal_path else None
+        self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol, journal=case_journal)
+        _bypass_response_cache()
         LAST_PROTOCOL.clear()
         LAST_PROTOCOL.update(self.describe())
         logger.info("mmke-eval protocol: %s", json.dumps(LAST_PROTOCOL))
@@ -177,6 +251,8 @@ class EditedLMM(lmms):
                     "edit_only_cases": dict(self.evaluator.edit_only_cases)} if self.protocol.sequential_gap else {}),
             },
             "editor_report": dict(self.evaluator.editor_reports),
+            "resume": {"journal": self.journal_path, "run_key": self.run_key,
+                       "resumed_cases": dict(self.evaluator.resumed_cases)},
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
         }
 
@@ -185,10 +261,12 @@ class EditedLMM(lmms):
         results: list[Any] = [None] * len(requests)
         cases: OrderedDict[tuple[str, str], list[ProbeRequest]] = OrderedDict()
         plain: list[int] = []
+        sharded = self.world_size > 1  # each rank sees part of a case and edits it itself
         for index, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             if request.metadata and request.metadata.get("__padding_only__"):
                 results[index] = ""  # thrown away by the harness; never worth an edit
+                sharded = True
                 continue
             doc = self.task_dict[task][split][doc_id]
             if not is_probe_doc(doc):
@@ -197,8 +275,10 @@ class EditedLMM(lmms):
             visuals = doc_to_visual(doc)
             query = Query(prompt=context, image=visuals[0] if visuals else None, target=doc["answer"])
             cases.setdefault((task, doc["case_id"]), []).append(ProbeRequest(index, doc, query, dict(gen_kwargs)))
+        if not sharded:
+            self._check_whole_cases(cases, requests)
         if plain:
-            for index, output in zip(plain, self.base.generate_until([requests[i] for i in plain])):
+            for index, output in zip(plain, self._base_generate([requests[i] for i in plain])):
                 results[index] = output
         # One task at a time: sequential edits pile up within a benchmark split, as in the
         # reference (one run per data type), never across the tasks of a group.
@@ -211,6 +291,45 @@ class EditedLMM(lmms):
             LAST_PROTOCOL.update(self.describe())  # editors report what they really used (IKE's retriever)
         return results
 
+    def _base_generate(self, requests) -> list:
+        """The base backend's answers to other tasks' requests. lmms-eval backends log a failed
+        request and answer "" (scored 0, exit code 0): any error they log here is raised instead."""
+        from loguru import logger as eval_logger
+
+        errors: list[str] = []
+        tasks = sorted({r.args[4] for r in requests})
+        sink = eval_logger.add(lambda message: errors.append(message.record["message"]), level="ERROR")
+        try:
+            outputs = self.base.generate_until(requests)
+        except Exception as err:
+            raise BackendError(f"the {self.base_name} backend failed on the requests of {', '.join(tasks)}: "
+                               f"{type(err).__name__}: {err}") from err
+        finally:
+            eval_logger.remove(sink)
+        if errors:
+            raise BackendError(
+                f"the {self.base_name} backend failed on {len(errors)} of {len(requests)} request(s) of "
+                f"{', '.join(tasks)}; first error: {errors[0]}"
+            )
+        return outputs
+
+    def _check_whole_cases(self, cases, requests) -> None:
+        """Every probe of a case must be asked: --limit counts documents and would split a case."""
+        from collections import Counter
+
+        counts: dict[tuple[str, str], Counter] = {}
+        for (task, case_id), probes in cases.items():
+            split = requests[probes[0].index].args[5]
+            if (task, split) not in counts:
+                docs = self.task_dict[task][split]
+                counts[(task, split)] = Counter(docs["case_id"] if hasattr(docs, "column_names") else [d["case_id"] for d in docs])
+            expected = counts[(task, split)][case_id]
+            if len(probes) != expected:
+                raise ValueError(
+                    f"{task}: only {len(probes)} of the {expected} probes of case {case_id} were requested "
+                    "(--limit counts probe documents and splits edit cases); use mmke-eval --cases N or MMKE_MAX_CASES=N"
+                )
+
     def loglikelihood(self, requests) -> list:
         return self.base.loglikelihood(requests)
 
@@ -219,10 +338,15 @@ class EditedLMM(lmms):
 
 
 class CaseEvaluator:
-    """Edit once per case, answer all of the case's probes, restore. Independent of lmms-eval."""
+    """Edit once per case, answer all of the case's probes, restore. Independent of lmms-eval.
 
-    def __init__(self, adapter, editor, protocol: Protocol):
-        self.adapter, self.editor, self.protocol = adapter, editor, protocol
+    With a ``journal`` every finished case is written as it finishes, and a case already in the
+    journal under the same keys is answered from it without editing (mmke_eval/journal.py).
+    """
+
+    def __init__(self, adapter, editor, protocol: Protocol, journal: CaseJournal | None = None):
+        self.adapter, self.editor, self.protocol, self.journal = adapter, editor, protocol, journal
+        self.resumed_cases: dict[str, int] = {}  # per task label: cases answered from the journal
         self.unscored_cases: dict[str, int] = {}  # per task label: sequential tail left unscored
         self.edit_only_cases: dict[str, int] = {}  # per task label: edited after the scored ones (--cases N, gap G)
         self.editor_reports: dict[str, dict] = {}  # per task label: the editor's summary of its edits
@@ -245,14 +369,34 @@ class CaseEvaluator:
         desc = f"{self.editor.name} edits" + (f" ({label})" if label else "")
         stats: list[dict] = []
         if not self.protocol.sequential:
-            for probes in tqdm(cases, desc=desc, disable=not progress):
+            resumed = 0
+            for probes in (bar := tqdm(cases, desc=desc, disable=not progress)):
                 if _edit_only(probes):
                     raise ValueError(f"case {probes[0].doc['case_id']} is marked edit-only, which needs sequential=true")
+                key = self._case_key(probes)
+                if self._answer_from_journal(key, probes, results, stats):
+                    resumed += 1
+                    bar.set_postfix(resumed=resumed)
+                    continue
                 pre = self._pre_edit(probes)
                 request = self._edit_request(probes[0].doc)
                 with self.editor.editing(self.adapter, request) as handle:
                     self._post_edit(probes, pre, handle, request, results)
                     stats.append(dict(handle.stats))
+                self._write_journal(key, probes, results)
+            self.resumed_cases[label] = self.resumed_cases.get(label, 0) + resumed
+            self.editor_reports[label] = self.editor.summarize(stats)
+            return
+        # A sequential case's result depends on every edit before it (and, with a gap, after it):
+        # chain the keys, seeded with the task's length, and reuse only a whole identical task.
+        keys, chained = [], journal_digest({"sequential_task_cases": len(cases)})
+        for probes in cases:
+            chained = journal_digest([chained, self._case_key(probes)])
+            keys.append(chained)
+        if self.journal is not None and all(self.journal.get(key) is not None for key in keys):
+            for key, probes in zip(keys, cases):
+                self._answer_from_journal(key, probes, results, stats)
+            self.resumed_cases[label] = self.resumed_cases.get(label, 0) + len(cases)
             self.editor_reports[label] = self.editor.summarize(stats)
             return
         # Sequential editing: every pre-edit output comes from the unedited model; edits pile up
@@ -284,7 +428,34 @@ class CaseEvaluator:
         finally:
             for handle in reversed(handles):
                 self.editor.restore(self.adapter, handle)
+        for key, probes in zip(keys, cases):  # only a whole task: a part of one cannot be resumed
+            self._write_journal(key, probes, results)
         self.editor_reports[label] = self.editor.summarize(stats)
+
+    # -- the journal (resume) ----------------------------------------------------------------
+    @staticmethod
+    def _case_key(probes: list[ProbeRequest]) -> str:
+        """Everything about a case that its answers depend on: documents, prompts, settings, image bytes."""
+        doc = probes[0].doc
+        images = {path for path in (doc["edit_image"], doc["rephrase_image"]) if path}
+        images |= {p.doc["image"] for p in probes if p.doc["image"]}
+        return journal_digest({
+            "probes": [[p.doc, p.query.prompt, p.query.prefix, p.query.target, p.gen_kwargs] for p in probes],
+            "images": {path: file_digest(path) for path in sorted(images)},
+        })
+
+    def _answer_from_journal(self, key: str, probes, results: list, stats: list) -> bool:
+        entry = self.journal.get(key) if self.journal is not None else None
+        if entry is None or any(p.doc["probe_id"] not in entry for p in probes):
+            return False
+        for probe in probes:
+            results[probe.index] = entry[probe.doc["probe_id"]]
+        stats.append(json.loads(entry[probes[0].doc["probe_id"]]).get("edit") or {})
+        return True
+
+    def _write_journal(self, key: str, probes, results: list) -> None:
+        if self.journal is not None:
+            self.journal.add(key, {p.doc["probe_id"]: results[p.index] for p in probes})
 
     def _score_when_due(self, probes, pre, handle, request, results: list) -> None:
         if _edit_only(probes):

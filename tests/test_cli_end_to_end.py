@@ -31,8 +31,11 @@ metric_list: [{metric: plain_answer, aggregation: mean, higher_is_better: true}]
 """
 
 PLAIN_HOOKS = """
+from PIL import Image
+
 def no_visual(doc):
-    return []
+    # lmms-eval 0.7.3's llava_hf fails on text-only requests (a bug of its simple path): give it an image
+    return [Image.new("RGB", (32, 32), (200, 30, 30))]
 
 def plain_answer(doc, results):
     # 1 when the base model's own generation came back, not an edited-model JSON response
@@ -62,9 +65,14 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| mmke_entity | none |" in result.stdout and "| mmke_entity | ft_llm |" in result.stdout
     rows = json.loads((out / "mmke_table.json").read_text())
-    assert [r["editor"] for r in rows] == ["none", "ft_llm"]
+    assert [(r["task"], r["editor"]) for r in rows] == [
+        ("mmke_entity", "none"), ("plain_probe", "none"), ("mmke_entity", "ft_llm"), ("plain_probe", "ft_llm")]
     # The unedited model agrees with itself: locality 100 by construction.
     assert rows[0]["t_loc"] == 100.0 and rows[0]["i_loc"] == 100.0
+    # the other task's metric is in the printed table and the files too
+    assert rows[1]["metrics"] == {"plain_answer,none": 1.0}
+    assert "| plain_probe | ft_llm | plain_answer,none | 1 |" in result.stdout
+    assert "| plain_probe | ft_llm | plain_answer,none | 1 |" in (out / "mmke_table.md").read_text()
     (results_file,) = (out / "ft_llm").rglob("*_results.json")
     results = json.loads(results_file.read_text())
     assert set(k.split(",")[0] for k in results["results"]["mmke_entity"]) >= {"t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port"}
@@ -74,6 +82,17 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     assert protocol["editor"]["editor"] == "ft_llm" and protocol["editor"]["steps"] == 2
     assert protocol["protocol"]["loc_span_resolved"] == "sequence" and protocol["protocol"]["i_loc_k"] == 10
     assert protocol["skipped_cases"]["mmke/entity_level/eval"]["total"] == 3
+    # traceable: the data folder, a content hash of what was read, versions, the git revision
+    data = protocol["data"]["mmke/entity_level/eval"]
+    assert data["root"] == str(mmke_fixture_root) and data["origin"] == "environment variable MMKE_DATA"
+    assert set(data["files"]) == {"data_json/entity_eval.json", "data_json/entity_train.json"}
+    assert len(data["sha256"]) == 64 and data["images"] > 0
+    versions = protocol["provenance"]["versions"]
+    assert all(versions[p] for p in ("mmke-eval", "lmms-eval", "torch", "transformers"))
+    assert len(protocol["provenance"]["git"]["revision"]) == 40
+    assert protocol["protocol"]["port_image_resolved"]["user_specific"] == "data"
+    assert protocol["resume"]["journal"] == str(out / "ft_llm" / "cases.jsonl")
+    assert len((out / "ft_llm" / "cases.jsonl").read_text().splitlines()) == 3  # one line per finished case
 
 
 @pytest.mark.slow
@@ -160,3 +179,56 @@ def test_an_editor_failing_at_run_time_keeps_the_rows_of_the_editors_before_it(t
     assert "embedding model folder '/no/such/encoder' does not exist" in result.stderr.strip().splitlines()[-1]
     assert [r["editor"] for r in json.loads((out / "mmke_table.json").read_text())] == ["none"]
     assert "| mmke_semantic | none |" in (out / "mmke_table.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_finished_cases_but_never_a_changed_one(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    """The same command again resumes from the journal; an answer changed in the data is rescored."""
+    import shutil
+
+    data = Path(shutil.copytree(mmke_fixture_root, tmp_path / "data"))
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    out = tmp_path / "out"
+    command = [BIN / "mmke-eval", "--tasks", "mmke_entity", "--model", "llava_hf", "--model_args", model_args,
+               "--editor", "ft_llm", "--editor_args", "steps=2,lr=0.05", "--data", str(data), "--output_path", str(out)]
+
+    def t_rel_and_resumed():
+        result = run(command, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (row,) = json.loads((out / "mmke_table.json").read_text())
+        results_file = max((out / "ft_llm").rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
+        resume = json.loads(results_file.read_text())["mmke"]["resume"]
+        return row["t_rel"], resume["resumed_cases"]["mmke_entity"]
+
+    first, resumed = t_rel_and_resumed()
+    assert resumed == 0
+    again, resumed = t_rel_and_resumed()
+    assert (again, resumed) == (first, 3)  # every case from the journal, the same numbers
+    eval_json = data / "data_json" / "entity_eval.json"
+    records = json.loads(eval_json.read_text())
+    for key in ("rel_ans_1", "rel_1_ans"):  # the fixture spells it both ways
+        if key in records[0]:
+            records[0][key] = "Totally different words now"
+    eval_json.write_text(json.dumps(records))
+    changed, resumed = t_rel_and_resumed()
+    assert resumed == 2  # the changed case alone was edited and scored again
+    assert changed != first
+
+
+def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    from mmke_eval import cli, journal, runner
+
+    saved = journal.CaseJournal(tmp_path / "none" / "cases.jsonl", "run")
+    saved.add("case-0", {"t_rel_1": "{}"})
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "evaluate", interrupted)
+    monkeypatch.setattr(journal, "_open_journals", [saved])
+    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: "pretrained=x")
+    code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130
+    assert err[-1] == (f"mmke-eval: interrupted. Finished cases are saved (1 in {tmp_path / 'none' / 'cases.jsonl'}); "
+                       "run the same command again to resume.")

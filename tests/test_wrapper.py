@@ -92,6 +92,7 @@ def make_lmm(editor, protocol=Protocol()):
     lm.editor = editor
     lm.base_name = "fake"
     lm.protocol = protocol
+    lm.journal_path, lm.run_key = None, "test"
     lm.evaluator = CaseEvaluator(lm.adapter, editor, protocol)
 
     class Base:

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from PIL import Image
+from contextlib import contextmanager
+
+from PIL import Image, ImageFile
 
 from mmke_eval.data.schema import DataError
 
 
 def load_image(path: str, case_id: str) -> Image.Image:
+    """The image as RGB. A truncated file is an error: lmms-eval turns on PIL's
+    LOAD_TRUNCATED_IMAGES process-wide, which would score a half-grey picture as if it were fine."""
     try:
-        with Image.open(path) as image:
+        with _truncated_images_refused(), Image.open(path) as image:
+            image.load()
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"case {case_id}: image not found: {path}") from None
-    except OSError as err:
+    except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three for broken files
         raise DataError(f"case {case_id}: cannot read image {path}: {err}") from None
+
+
+@contextmanager
+def _truncated_images_refused():
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def load_optional_image(path: str, case_id: str):

@@ -71,6 +71,7 @@ def load_probe_docs(card: dict) -> list[dict]:
         edit_only = cases[first_n : first_n + _edit_only_tail]
         cases, report.first_n, report.edit_only = cases[:first_n], first_n, len(edit_only)
     _last_skip_reports[key] = report
+    _last_data_records[key] = data_record(root, knowledge_type, split, cases + edit_only, describe_origin(card))
     logger.info("%s/%s/%s from %s: %s", benchmark, knowledge_type, split, root, report.summary())
     return [row for case in cases for row in ProbeDoc.rows(case)] + [
         row for case in edit_only for row in ProbeDoc.rows(case, edit_only=True)
@@ -101,6 +102,45 @@ def max_cases() -> int | None:
 def last_skip_reports() -> dict[tuple[str, str, str], SkipReport]:
     """The SkipReport of the last load of each (benchmark, knowledge_type, split)."""
     return dict(_last_skip_reports)
+
+
+# What the last load of each (benchmark, knowledge_type, split) read, for the results.
+_last_data_records: dict[tuple[str, str, str], dict] = {}
+
+
+def last_data_records() -> dict[tuple[str, str, str], dict]:
+    return dict(_last_data_records)
+
+
+def describe_origin(card: dict) -> str:
+    env_name = card.get("data_env")
+    if env_name and os.environ.get(env_name):
+        return f"environment variable {env_name}"
+    if card.get("generator"):
+        return f"generator {card['generator']}"
+    return f"Hugging Face dataset {card.get('hf_dataset')}"
+
+
+def data_record(root: Path, knowledge_type: str, split: str, cases: list, origin: str) -> dict:
+    """The data folder and a content hash of what was used: the split files and every image of the loaded cases."""
+    from mmke_eval.data.mmke import split_file
+    from mmke_eval.journal import digest, file_digest
+
+    files = {}
+    for name in dict.fromkeys((split, "train")):
+        path = split_file(root, knowledge_type, name)
+        if path is not None:
+            files[os.path.relpath(path, root)] = file_digest(str(path))
+    images = sorted({path for case in cases for path in (case.image, case.rephrase_image, *(p.image for p in case.probes)) if path})
+    image_hashes = [(os.path.relpath(path, root), file_digest(path)) for path in images]
+    return {
+        "root": str(root),
+        "origin": origin,
+        "files": files,
+        "images": len(image_hashes),
+        "images_sha256": digest(image_hashes),
+        "sha256": digest([files, image_hashes]),
+    }
 
 
 def card_key(card: dict) -> tuple[str, str, str]:

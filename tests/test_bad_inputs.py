@@ -1,0 +1,108 @@
+"""The bad-input catalogue: one row per kind of bad input, what the user gets, and the exit code.
+
+Every row runs the real `mmke-eval` command in a subprocess, as a user would. docs/bad-inputs.md
+summarises the table; keep both in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list, cwd: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(cwd / "hf"), **env}
+    return subprocess.run([str(a) for a in [BIN / "mmke-eval", *args]], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def tiny(tiny_llava_dir) -> list:
+    return ["--model", "llava_hf", "--model_args", f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"]
+
+
+def truncated_image_data(root: Path, tmp: Path) -> Path:
+    """The fixture with one edit image cut to half its bytes, saved as a real JPEG first."""
+    from PIL import Image
+
+    data = Path(shutil.copytree(root, tmp / "data"))
+    records = json.loads((data / "data_json" / "entity_eval.json").read_text())
+    image = data / "data_image" / records[0]["image"]
+    jpeg = image.with_suffix(".jpg")
+    Image.open(image).convert("RGB").resize((256, 256)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    records[0]["image"] = str(jpeg.relative_to(data / "data_image"))
+    (data / "data_json" / "entity_eval.json").write_text(json.dumps(records))
+    return data
+
+
+TEXT_ONLY_TASK = """
+task: text_only_probe
+dataset_path: json
+dataset_kwargs: {data_files: {test: data.jsonl}}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function hooks.no_visual
+doc_to_text: question
+doc_to_target: answer
+generation_kwargs: {max_new_tokens: 4, until: ["\\n"]}
+metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
+"""
+
+
+def text_only_task(tmp: Path) -> Path:
+    folder = tmp / "tasks"
+    folder.mkdir()
+    (folder / "text_only_probe.yaml").write_text(TEXT_ONLY_TASK)
+    (folder / "hooks.py").write_text("def no_visual(doc):\n    return []\n")
+    (folder / "data.jsonl").write_text('{"question": "What colour is the sky?", "answer": "blue"}\n')
+    return folder
+
+
+# (name, arguments given the fixtures, expected exit code, what the last line of stderr must say)
+CATALOGUE = [
+    ("boolean option not understood", lambda f: ["--cases", "1", "--model_args", "sequential=maybe"], 1,
+     "option sequential='maybe': expected a boolean"),
+    ("boolean option 'off'", lambda f: ["--cases", "1", "--model_args", "generate=off"], 1,
+     "option generate='off': expected a boolean"),
+    ("misspelt protocol option", lambda f: ["--cases", "1", "--model_args", "sequental=true"], 1,
+     "did you mean 'sequential'"),
+    ("negative number", lambda f: ["--cases", "1", "--model_args", "sequential=true,sequential_gap=-2"], 1,
+     "option sequential_gap=-2: must be >= 0"),
+    ("--use_cache (stale by design)", lambda f: ["--use_cache", str(f["tmp"] / "cache")], 1,
+     "--use_cache is not supported by mmke-eval"),
+    ("--limit (splits edit cases)", lambda f: ["--limit", "5"], 1, "use --cases N"),
+    ("missing --include_path", lambda f: ["--include_path", "/nonexistent/tasks"], 1,
+     "--include_path /nonexistent/tasks: no such folder"),
+    ("missing pretrained folder", lambda f: ["--model", "llava_hf", "--model_args", "pretrained=/nonexistent/llava"], 1,
+     "pretrained=/nonexistent/llava: no such folder"),
+    ("truncated image", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity", "--data", truncated_image_data(f["data"], f["tmp"])], 1,
+     "cannot read image"),
+    ("other task failing in the backend", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity,text_only_probe",
+                                                      "--include_path", text_only_task(f["tmp"]), "--data", f["data"]], 1,
+     "the llava_hf backend failed on 1 of 1 request(s) of text_only_probe"),
+    ("unknown editor", lambda f: ["--editor", "ft_lm"], 1, "unknown editor 'ft_lm'"),
+    ("bad editor argument value", lambda f: ["--editor", "ft_llm", "--editor_args", "steps=many"], 1,
+     "argument steps='many'"),
+    ("make-mini onto a file", lambda f: ["make-mini", "--out", f["file"]], 1, "exists and is not a folder"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, arguments, code, message", CATALOGUE, ids=[row[0] for row in CATALOGUE])
+def test_bad_input(name, arguments, code, message, tiny_llava_dir, mmke_fixture_root, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    fixtures = {"tiny": tiny_llava_dir, "data": mmke_fixture_root, "tmp": tmp_path, "file": a_file}
+    result = run(arguments(fixtures), tmp_path)
+    assert result.returncode == code, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmke-eval: error:") and message in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

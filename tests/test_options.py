@@ -1,0 +1,51 @@
+"""Strict option values: booleans, numbers and choices we own are parsed, never guessed."""
+
+import pytest
+
+from editors.base import ConfigError
+from editors.ft import FTConfig
+from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_float, parse_int
+from mmke_eval.wrapper import _refuse_misspelt_options
+
+
+@pytest.mark.parametrize("text", ["true", "TRUE", "1", "yes", "Yes", True, 1])
+def test_true_words(text):
+    assert parse_bool("sequential", text) is True
+
+
+@pytest.mark.parametrize("text", ["false", "False", "0", "no", "NO", False, 0])
+def test_false_words(text):
+    assert parse_bool("sequential", text) is False
+
+
+@pytest.mark.parametrize("text", ["off", "on", "maybe", "", "2", 2, None, "nope"])
+def test_anything_else_is_not_a_boolean_and_the_message_names_the_option(text):
+    with pytest.raises(OptionError, match="option generate=.*expected a boolean"):
+        parse_bool("generate", text)
+
+
+def test_numbers():
+    assert parse_int("k", "12") == 12 and parse_int("k", 12) == 12 and parse_int("k", -2.0) == -2
+    for bad in ("1.5", 1.5, "ten", True, None):
+        with pytest.raises(OptionError, match="option k=.*whole number"):
+            parse_int("k", bad)
+    with pytest.raises(OptionError, match="option k=-1: must be >= 0"):
+        parse_int("k", "-1", minimum=0)
+    assert parse_float("lr", "1e-4") == 1e-4
+    with pytest.raises(OptionError, match="finite"):
+        parse_float("lr", "nan")
+    assert parse_choice("loc_span", "answer", ("auto", "answer")) == "answer"
+    with pytest.raises(OptionError, match="expected one of auto, answer"):
+        parse_choice("loc_span", "prompt", ("auto", "answer"))
+
+
+def test_editor_arguments_use_the_same_rules():
+    assert FTConfig.from_dict({"steps": "5", "lr": "0.01"}, editor="ft_llm").steps == 5
+    with pytest.raises(ConfigError, match="argument steps='5.5'"):
+        FTConfig.from_dict({"steps": "5.5"}, editor="ft_llm")
+
+
+def test_a_key_close_to_a_protocol_option_is_a_typo_not_a_backend_argument():
+    with pytest.raises(OptionError, match="did you mean 'sequential_gap'"):
+        _refuse_misspelt_options({"sequential_gapp": "3"})
+    _refuse_misspelt_options({"pretrained": "x", "device_map": "cpu", "attn_implementation": "eager"})  # the backend's own
