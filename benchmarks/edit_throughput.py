@@ -174,9 +174,8 @@ def run_ours(adapter, editor, cases, n_probes, counter):
 
 def run_naive(adapter, editor, cases, n_probes, counter):
     """Per case: deepcopy, edit the copy, every probe alone, pre-edit locality per probe, discard."""
-    from mmke_eval import metrics
+    from mmke_eval import families, metrics
     from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-    from mmke_eval.data.schema import I_LOC, LOCALITY_KINDS
     from mmke_eval.wrapper import CaseEvaluator, Protocol
 
     protocol = Protocol()
@@ -186,21 +185,21 @@ def run_naive(adapter, editor, cases, n_probes, counter):
     for probes in cases:
         edited = LlavaHFAdapter(copy.deepcopy(adapter.model), adapter.processor, device=adapter.device, batch_size=1)
         counter.wrap(edited)
-        handle = editor.apply(edited, CaseEvaluator._edit_request(probes[0].doc))
+        handle = editor.apply(edited, CaseEvaluator(adapter, editor, protocol).edit_request(probes[0].doc))
         for probe in probes:
             gen = probe.gen_kwargs
             max_new, until = int(gen.get("max_new_tokens", 32)), list(gen.get("until") or [])
             query = replace(probe.query, prefix=handle.prefix)
             post = edited.teacher_forced([query], k=k)[0]
             generated = edited.generate([replace(query, target="")], max_new_tokens=max_new, until=until)[0]
-            kind = probe.doc["probe"]
-            response = {"probe": kind, "generated": generated}
-            if kind in LOCALITY_KINDS:
+            kind = families.kind_of(probe.doc)
+            response = {"probe": kind.name, "generated": generated}
+            if kind.is_locality:
                 pre = adapter.teacher_forced([probe.query], k=k)[0]
                 response["pre_generated"] = adapter.generate(
                     [replace(probe.query, target="")], max_new_tokens=max_new, until=until
                 )[0]
-                top = protocol.i_loc_k if kind == I_LOC else protocol.t_loc_k
+                top = getattr(protocol, kind.locality)
                 if span == "answer":
                     response["score"] = metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], top)
                 else:

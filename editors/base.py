@@ -32,6 +32,8 @@ class EditRequest:
     rephrase_image: Any = None
     knowledge_type: str = ""
     train_file: str = ""  # train split of the same benchmark/type (IKE demonstrations)
+    family: str = ""  # the benchmark family (registry.yaml), which knows how to read train_file
+    extra_images: tuple = ()  # more edit images of the same subject (multi-step editing: edit_images=K)
 
 
 @dataclass

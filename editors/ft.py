@@ -85,19 +85,21 @@ class FTEditor(Editor):
             touched=tuple(params),
             saved={name: p.detach().clone() for name, p in params.items()},
         )
-        query = Query(request.prompt, request.image, request.target)
+        # Multi-step editing (edit_images=K): every step fits the target on all K edit images.
+        queries = [Query(request.prompt, image, request.target) for image in (request.image, *request.extra_images)]
         compute_dtype = next(iter(params.values())).dtype
         scaler = self._scaler(compute_dtype)
         overflows_before = scaler.overflows
         started = time.perf_counter()
         try:
-            losses = self._train(adapter, params, query, scaler)
+            losses = self._train(adapter, params, queries, scaler)
         except BaseException:
             self.restore(adapter, handle)  # never leave a half-edited model behind
             raise
         handle.stats = {
             "target": self.config.target,
             "steps": self.config.steps,
+            "edit_images": len(queries),
             "n_params": sum(p.numel() for p in params.values()),
             "initial_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,  # after the last step
@@ -109,15 +111,20 @@ class FTEditor(Editor):
         }
         return handle
 
-    def _train(self, adapter, params: dict[str, torch.nn.Parameter], query, scaler: LossScaler) -> list[float]:
-        """AdamW on fp32 masters of ``params``; returns the loss before each step and after the last."""
+    def _train(self, adapter, params: dict[str, torch.nn.Parameter], queries: list[Query], scaler: LossScaler) -> list[float]:
+        """AdamW on fp32 masters of ``params`` (loss: the mean over ``queries``); returns the loss
+        before each step and after the last."""
+
+        def loss_fn() -> torch.Tensor:
+            return sum(adapter.target_loss(query) for query in queries) / len(queries)
+
         weights = list(params.values())
         masters = [w.detach().to(torch.float32).clone() for w in weights]
         optimizer = torch.optim.AdamW(masters, lr=self.config.lr, weight_decay=self.config.weight_decay)
         losses = []
         with _only_these_require_grad(adapter.model, weights):
             for _ in range(self.config.steps):
-                loss, grads = scaler.gradients(lambda: adapter.target_loss(query), weights)
+                loss, grads = scaler.gradients(loss_fn, weights)
                 for master, grad in zip(masters, grads):
                     master.grad = grad
                 optimizer.step()
@@ -128,7 +135,7 @@ class FTEditor(Editor):
                 losses.append(float(loss.detach()))
             if losses:
                 # Inside the context, so this forward builds no graph through the frozen parts.
-                losses.append(float(adapter.target_loss(query).detach()))
+                losses.append(float(loss_fn().detach()))
         return losses
 
 

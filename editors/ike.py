@@ -20,7 +20,6 @@ report per task how many cases lost demonstrations and how many (``editor_report
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -202,26 +201,18 @@ def query_text(src: str, alt: str, question: str) -> str:
     return render(QUERY, src=src, alt=alt, question=question)
 
 
-def read_pool(train_file: str) -> list[str]:
-    """Three demonstrations per train record: copy, paraphrase, locality neighbour."""
-    path = Path(train_file)
-    if not train_file or not path.is_file():
-        raise FileNotFoundError(f"IKE: train split file {train_file!r} not found (EditRequest.train_file)")
-    with open(path) as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"IKE: train split file {train_file!r} is not a JSON list of records")
-    pool = []
-    for r in records:
-        src, alt = r.get("src"), r.get("alt")
-        if not src or not alt:
-            continue
-        for question, answer in ((src, alt), (r.get("rephrase"), alt), (r.get("loc"), r.get("loc_ans"))):
-            if question and answer:
-                pool.append(demonstration(src, alt, question, answer))
-    if not pool:
-        raise ValueError(f"IKE: train split file {train_file!r} holds no usable record (needs src, alt)")
-    return pool
+def read_pool(train_file: str, family: str = "") -> list[str]:
+    """The demonstrations of a train split, as the benchmark family reads it (registry.yaml;
+    default: the EasyEdit-format fields, three per record: copy, paraphrase, locality neighbour)."""
+    if family:
+        from mmke_eval import families
+
+        entries = families.get(family).demonstration_pool(train_file)
+    else:
+        from mmke_eval.data.easyedit import demonstration_pool
+
+        entries = demonstration_pool(train_file)
+    return [demonstration(src, alt, question, answer) for src, alt, question, answer in entries]
 
 
 @dataclass
@@ -278,7 +269,7 @@ class IKEEditor(Editor):
 
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         started = time.perf_counter()
-        pool = self._pool(request.train_file)
+        pool = self._pool(request.train_file, request.family)
         p, t = request.prompt, request.target
         hits = pool.retriever.top_k(query_text(p, t, f"{p} {t}"), self.config.k)
         demos = [pool.sentences[i] for i in hits]
@@ -303,12 +294,12 @@ class IKEEditor(Editor):
         handle.saved.clear()
 
     # -- retrieval ----------------------------------------------------------------------------
-    def _pool(self, train_file: str) -> _Pool:
+    def _pool(self, train_file: str, family: str = "") -> _Pool:
         if not train_file:
             raise ValueError("IKE: the edit request has no train_file (the train split the demonstrations come from)")
-        key = str(Path(train_file).resolve())
+        key = f"{family}:{Path(train_file).resolve()}"
         if key not in self._pools:
-            sentences = read_pool(train_file)
+            sentences = read_pool(train_file, family)
             self._pools[key] = _Pool(sentences, self._retriever(sentences))
             self.retriever_used = self._pools[key].retriever.name
             logger.info("IKE: %d demonstrations from %s, %s retriever", len(sentences), train_file, self.retriever_used)

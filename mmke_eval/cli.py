@@ -35,7 +35,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_args", default=None, help="backend arguments, plus protocol options (t_loc_k, i_loc_k, loc_span, generate, sequential, sequential_gap); default: the shipped world model on CPU, to which options without pretrained= are added")
     parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
     parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one")
-    parser.add_argument("--data", default=None, help="local copy of MMKE-Bench (data_json/, data_image/); same as MMKE_DATA=PATH")
+    parser.add_argument("--data", default=None, help="local copy of the benchmark the tasks read (MMKE-Bench: data_json/, data_image/; VLKEB, MMEdit: their release layout); sets the data variable of their source cards (MMKE_DATA, VLKEB_DATA, MMEDIT_DATA, ...)")
     parser.add_argument("--cases", type=int, default=None, help="use only the first N edit cases of each task (a quick look; VLKEB's sequential runs use 200)")
     parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
     return parser
@@ -92,7 +92,11 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
-        os.environ["MMKE_DATA"] = str(data)
+        variables = data_variables(args.tasks)
+        if not variables:
+            raise ValueError(f"--data {args.data}: none of the tasks {args.tasks} reads a data folder (no data_env in their source cards)")
+        for name in variables:
+            os.environ[name] = str(data)
     if args.cases is not None:
         if args.cases < 1:
             raise ValueError("--cases must be at least 1")
@@ -147,6 +151,39 @@ def _make_mini(argv: list[str]) -> int:
     return 0
 
 
+def task_index() -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Our task YAMLs: task name -> its YAML file, group name -> its members."""
+    from mmke_eval.resources import tasks_dir
+
+    tasks, groups = {}, {}
+    for path in sorted(tasks_dir().rglob("*.yaml")):
+        with open(path) as f:
+            spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
+        if isinstance(spec.get("task"), str):
+            tasks[spec["task"]] = path
+        elif spec.get("group") and isinstance(spec.get("task"), list):
+            groups[spec["group"]] = [t for t in spec["task"] if isinstance(t, str)]
+    return tasks, groups
+
+
+def data_variables(task_names: str) -> list[str]:
+    """The data environment variables (``data_env`` of the source cards) of the named tasks and groups."""
+    tasks, groups = task_index()
+    pending, variables = [t.strip() for t in task_names.split(",") if t.strip()], []
+    while pending:
+        name = pending.pop(0)
+        if name in groups:
+            pending += groups[name]
+        elif name in tasks:
+            with open(tasks[name]) as f:
+                spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
+            for card in ((spec.get("dataset_kwargs") or {}).get("data_files") or {}).values():
+                data_env = json.loads((tasks[name].parent / card).read_text()).get("data_env")
+                if data_env and data_env not in variables:
+                    variables.append(data_env)
+    return variables
+
+
 def _list() -> int:
     from mmke_eval import registry
     from mmke_eval.resources import tasks_dir
@@ -159,6 +196,12 @@ def _list() -> int:
             print(f"  {'':14s}   defaults: {_key_values(entry['defaults'])}")
         for family, values in (entry.get("families") or {}).items():
             print(f"  {'':14s}   {family}: {_key_values(values)}")
+    from mmke_eval import families
+
+    print("benchmark families (registry.yaml; docs/benchmarks.md):")
+    for name in families.names():
+        family = families.get(name)
+        print(f"  {name:14s} {family.title}: {', '.join(title for _, title in family.columns)}")
     print("tasks and groups:")
     for path in sorted(tasks_dir().rglob("*.yaml")):
         with open(path) as f:

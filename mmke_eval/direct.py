@@ -8,7 +8,7 @@ column the way the task's ``process_results`` + ``case_mean`` do.
 
 from __future__ import annotations
 
-from mmke_eval import metrics
+from mmke_eval import families, metrics
 from mmke_eval.adapters.base import Query
 from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import EditCase, ProbeDoc
@@ -45,6 +45,6 @@ def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Pro
     CaseEvaluator(adapter, editor, protocol, journal=journal).answer_cases(grouped, results, progress=False)
     columns: dict[str, list[dict]] = {}
     for probe in (p for g in grouped for p in g):
-        for name, score in metrics.probe_scores(probe.doc["probe"], probe.doc["answer"], results[probe.index]).items():
+        for name, score in metrics.probe_scores(families.kind_of(probe.doc), probe.doc["answer"], results[probe.index], probe.doc["entity"]).items():
             columns.setdefault(name, []).append({"case": probe.doc["case_id"], "score": score})
     return {name: metrics.case_mean(items) for name, items in columns.items()}

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from mmke_eval.data.schema import LOCALITY_KINDS, RESPONSE_MARKER
+from mmke_eval.data.schema import RESPONSE_MARKER
+from mmke_eval.families import ProbeKind
 
 
 def token_accuracy(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
@@ -95,25 +96,33 @@ def parse_response(text: str) -> dict | None:
     return data if isinstance(data, dict) and data.get(RESPONSE_MARKER) else None
 
 
-def probe_scores(kind: str, answer: str, output: str) -> dict[str, float]:
+def entity_accuracy(prediction: str, reference: str, entity: str) -> float:
+    """MIKE's entity-oriented accuracy (eq. 6): (1[output = y] + 1[entity name in output]) / 2."""
+    return (exact_match(prediction, reference) + contains(prediction, entity)) / 2
+
+
+def probe_scores(kind: ProbeKind, answer: str, output: str, entity: str = "") -> dict[str, float]:
     """Every column one probe contributes to, from the model's output for it.
 
     A scored response gives the probe's benchmark number (teacher-forced accuracy or locality
     agreement); any output gives the generation columns: exact match / contains against the
-    answer, or for locality probes exact match of the post-edit against the pre-edit generation.
+    answer, or for locality probes exact match of the post-edit against the pre-edit generation;
+    a probe naming an ``entity`` of a kind that declares it also gives MIKE's entity accuracy.
     """
     response = parse_response(output)
+    name = kind.name
     if response is not None and response.get("unscored"):  # left out of every column (NaN)
-        columns = [kind, f"{kind}_em"] + ([] if kind in LOCALITY_KINDS else [f"{kind}_contains"])
-        return {name: float("nan") for name in columns}
+        return {column: float("nan") for column in kind.metric_names()}
     generated = response["generated"] if response else output
     scores = {}
     if response is not None:
-        scores[kind] = response["score"]
-    if kind in LOCALITY_KINDS:
+        scores[name] = response["score"]
+    if kind.is_locality:
         if response is not None and response.get("pre_generated") is not None:
-            scores[f"{kind}_em"] = exact_match(generated, response["pre_generated"])
+            scores[f"{name}_em"] = exact_match(generated, response["pre_generated"])
     else:
-        scores[f"{kind}_em"] = exact_match(generated, answer)
-        scores[f"{kind}_contains"] = contains(generated, answer)
+        scores[f"{name}_em"] = exact_match(generated, answer)
+        scores[f"{name}_contains"] = contains(generated, answer)
+        if kind.entity_metric and entity:
+            scores[f"{name}_entity"] = entity_accuracy(generated, answer, entity)
     return scores

@@ -1,12 +1,12 @@
-"""The run's tables: the MMKE table (one row per (task, editor), the six benchmark numbers as
-columns) and the other tasks' metrics (lmms-eval tasks run beside the MMKE ones)."""
+"""The run's tables: one per benchmark family (one row per (task, editor), the family's declared
+columns, e.g. MMKE-Bench's T-Rel ... Port), and the other tasks' metrics (lmms-eval tasks run
+beside the editing ones)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-COLUMNS = (("t_rel", "T-Rel"), ("i_rel", "I-Rel"), ("i_gen", "I-Gen"), ("t_loc", "T-Loc"), ("i_loc", "I-Loc"), ("port", "Port"))
 NO_SCORED_CASE = "no scored case (every case of the task was skipped or unscored)"
 
 
@@ -14,14 +14,44 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def task_families(results: dict[str, Any]) -> dict[str, str]:
+    """Task or group -> benchmark family, from each task's source card (its data file)."""
+    import json
+    from pathlib import Path
+
+    found: dict[str, str] = {}
+    for task, config in (results.get("configs") or {}).items():
+        data_files = ((config or {}).get("dataset_kwargs") or {}).get("data_files") or {}
+        for path in data_files.values() if isinstance(data_files, dict) else []:
+            try:
+                card = json.loads(Path(path).read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            if isinstance(card, dict) and (card.get("family") or card.get("benchmark")):
+                found[task] = card.get("family") or card["benchmark"]
+    groups = results.get("group_subtasks") or {}
+    for _ in range(len(groups)):  # groups of groups: until nothing new is found
+        for group, subtasks in groups.items():
+            members = {found.get(task) for task in subtasks}
+            if group not in found and len(members) == 1 and None not in members:
+                found[group] = members.pop()
+    return found
+
+
 def table_rows(results: dict[str, Any], editor: str) -> list[dict[str, Any]]:
-    """Rows for every task or group of an lmms-eval results dict: MMKE rows carry the six columns,
-    other tasks' rows (``kind: other``) their own metrics. A NaN is null, with the reason."""
+    """Rows for every task or group of an lmms-eval results dict: an editing benchmark's rows
+    carry its family's columns (``family``), other tasks' rows (``kind: other``) their own
+    metrics. A NaN is null, with the reason."""
+    from mmke_eval import families
+
+    by_task = task_families(results)
     rows = []
     for task, values in results.get("results", {}).items():
         row: dict[str, Any] = {"task": task, "editor": editor}
-        found = {key: _number(values.get(f"{key},none")) for key, _ in COLUMNS}
+        columns = families.get(by_task[task]).columns if task in by_task else []
+        found = {key: _number(values.get(f"{key},none")) for key, _ in columns}
         if any(value is not None for value in found.values()):
+            row["family"] = by_task[task]
             missing = {}
             for key, value in found.items():
                 if value is not None and math.isnan(value):
@@ -46,16 +76,23 @@ def table_rows(results: dict[str, Any], editor: str) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: the MMKE table, then the other tasks' metrics; missing numbers are shown as '-'."""
-    mmke = [row for row in rows if row.get("kind") != "other"]
+    """Markdown: one table per benchmark family with its columns, then the other tasks' metrics;
+    missing numbers are shown as '-'."""
+    from mmke_eval import families
+
     other = [row for row in rows if row.get("kind") == "other"]
+    by_family: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("kind") != "other":
+            by_family.setdefault(row["family"], []).append(row)
     blocks = []
-    if mmke or not other:
-        header = ["Task", "Editor"] + [title for _, title in COLUMNS]
+    for name, family_rows in by_family.items():
+        columns = families.get(name).columns
+        header = ["Task", "Editor"] + [title for _, title in columns]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in mmke:
+        for row in family_rows:
             cells = [row["task"], row["editor"]]
-            cells += ["-" if row.get(key) is None else f"{row[key]:.1f}" for key, _ in COLUMNS]
+            cells += ["-" if row.get(key) is None else f"{row[key]:.1f}" for key, _ in columns]
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     if other:

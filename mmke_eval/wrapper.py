@@ -28,8 +28,11 @@ from tqdm import tqdm
 
 from mmke_eval import metrics, registry
 from mmke_eval.adapters.base import ForwardResult, Query
+from mmke_eval.data.augment import AUGMENTATIONS, augment
 from mmke_eval.data.images import load_optional_image
-from mmke_eval.data.schema import I_LOC, KNOWLEDGE_TYPES, LOCALITY_KINDS, PORT, RESPONSE_MARKER, ProbeDoc
+from mmke_eval.data.schema import DataError
+from mmke_eval import families
+from mmke_eval.data.schema import RESPONSE_MARKER, ProbeDoc
 from mmke_eval.journal import CaseJournal, file_digest, model_identity
 from mmke_eval.journal import digest as journal_digest
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
@@ -60,6 +63,12 @@ class Protocol:
     # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
     # editor's reference: IKE asks user-type portability on the edit image).
     port_image: str = "auto"
+    # Multi-step editing (MIKE): the edit sees K images of its subject (the case's edit image and
+    # K-1 more that no probe uses); a family whose cases have fewer is an error, never a quiet 1.
+    edit_images: int = 1
+    # Augmentation of the edit image(s) before the edit (MIKE's study), seeded per case.
+    edit_augment: str = "none"
+    augment_seed: int = 0
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -72,6 +81,10 @@ class Protocol:
             raise ValueError("t_loc_k and i_loc_k must be >= 1")
         if self.port_image not in PORT_IMAGES:
             raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
+        if self.edit_images < 1:
+            raise ValueError("edit_images must be >= 1")
+        if self.edit_augment not in AUGMENTATIONS:
+            raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
 
 class BackendError(RuntimeError):
@@ -137,7 +150,8 @@ def _bypass_response_cache() -> None:
 
 PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "answer")
-PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image", "journal")
+PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
+                    "edit_images", "edit_augment", "augment_seed", "journal")
 
 
 def _refuse_misspelt_options(base_args: dict[str, Any]) -> None:
@@ -190,6 +204,9 @@ class EditedLMM(lmms):
         sequential: bool = False,
         sequential_gap: int = 0,
         port_image: str = "auto",
+        edit_images: int = 1,
+        edit_augment: str = "none",
+        augment_seed: int = 0,
         journal: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -208,6 +225,9 @@ class EditedLMM(lmms):
             sequential=parse_bool("sequential", sequential),
             sequential_gap=parse_int("sequential_gap", sequential_gap, minimum=0),
             port_image=parse_choice("port_image", port_image, PORT_IMAGES),
+            edit_images=parse_int("edit_images", edit_images, minimum=1),
+            edit_augment=parse_choice("edit_augment", edit_augment, AUGMENTATIONS),
+            augment_seed=parse_int("augment_seed", augment_seed),
         )
         # Tasks are loaded after the model: with --cases N, the loader adds the G cases VLKEB
         # edits after the N scored ones (sequential_gap=G).
@@ -246,7 +266,8 @@ class EditedLMM(lmms):
             "protocol": {
                 **asdict(self.protocol),
                 "loc_span_resolved": self.evaluator.locality_span,
-                "port_image_resolved": {kt: self.evaluator.port_image_for(kt) for kt in KNOWLEDGE_TYPES},
+                "port_image_resolved": {"default": self.evaluator.port_image_for(""),
+                                        **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
                     "edit_only_cases": dict(self.evaluator.edit_only_cases)} if self.protocol.sequential_gap else {}),
             },
@@ -379,7 +400,7 @@ class CaseEvaluator:
                     bar.set_postfix(resumed=resumed)
                     continue
                 pre = self._pre_edit(probes)
-                request = self._edit_request(probes[0].doc)
+                request = self.edit_request(probes[0].doc)
                 with self.editor.editing(self.adapter, request) as handle:
                     self._post_edit(probes, pre, handle, request, results)
                     stats.append(dict(handle.stats))
@@ -410,7 +431,7 @@ class CaseEvaluator:
         handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
-                request = self._edit_request(probes[0].doc)
+                request = self.edit_request(probes[0].doc)
                 handles.append(self.editor.apply(self.adapter, request))
                 stats.append(dict(handles[-1].stats))
                 waiting.append((probes, pre, handles[-1], request))
@@ -437,7 +458,7 @@ class CaseEvaluator:
     def _case_key(probes: list[ProbeRequest]) -> str:
         """Everything about a case that its answers depend on: documents, prompts, settings, image bytes."""
         doc = probes[0].doc
-        images = {path for path in (doc["edit_image"], doc["rephrase_image"]) if path}
+        images = {path for path in (doc["edit_image"], doc["rephrase_image"], *(doc.get("edit_extra_images") or "").split("\n")) if path}
         images |= {p.doc["image"] for p in probes if p.doc["image"]}
         return journal_digest({
             "probes": [[p.doc, p.query.prompt, p.query.prefix, p.query.target, p.gen_kwargs] for p in probes],
@@ -463,19 +484,27 @@ class CaseEvaluator:
         else:
             self._post_edit(probes, pre, handle, request, results)
 
-    @staticmethod
-    def _edit_request(doc: dict) -> EditRequest:
+    def edit_request(self, doc: dict) -> EditRequest:
         case = doc["case_id"]
+        k = self.protocol.edit_images
+        extra = [path for path in (doc.get("edit_extra_images") or "").split("\n") if path]
+        if k - 1 > len(extra):
+            raise DataError(f"case {case}: edit_images={k} needs {k} images of the edit subject; the "
+                            f"{doc['family']} data gives {1 + len(extra)}")
+        images = [load_optional_image(path, case) for path in [doc["edit_image"], *extra[: k - 1]]]
+        images = [augment(image, self.protocol.edit_augment, self.protocol.augment_seed, case) for image in images]
         return EditRequest(
             case_id=case,
             prompt=doc["edit_prompt"],
             target=doc["edit_target"],
-            image=load_optional_image(doc["edit_image"], case),
+            image=images[0],
+            extra_images=tuple(images[1:]),
             original=doc["edit_original"],
             rephrase_prompt=doc["rephrase_prompt"],
             rephrase_image=load_optional_image(doc["rephrase_image"], case),
             knowledge_type=doc["knowledge_type"],
             train_file=doc["train_file"],
+            family=doc["family"],
         )
 
     def _forwards(self, probes: list[ProbeRequest], queries: list[Query]) -> list[tuple[ForwardResult, str | None]]:
@@ -487,7 +516,7 @@ class CaseEvaluator:
 
     def _pre_edit(self, probes: list[ProbeRequest]) -> dict[int, tuple[ForwardResult, str | None]]:
         """Teacher-forced top-k (and generations) of the unedited model on the locality probes."""
-        local = [p for p in probes if p.doc["probe"] in LOCALITY_KINDS]
+        local = [p for p in probes if _kind(p).is_locality]
         if not local:
             return {}
         return {p.index: out for p, out in zip(local, self._forwards(local, [p.query for p in local]))}
@@ -497,30 +526,30 @@ class CaseEvaluator:
         # the same order, apart from an editor's prefix), the other probes through their own:
         # padding and batch shapes change half-precision rounding, which can flip near-tied top-k
         # orders, so an unchanged model must see bit-identical inputs before and after.
-        local = [p for p in probes if p.doc["probe"] in LOCALITY_KINDS]
-        others = [p for p in probes if p.doc["probe"] not in LOCALITY_KINDS]
+        local = [p for p in probes if _kind(p).is_locality]
+        others = [p for p in probes if not _kind(p).is_locality]
         outputs: dict[int, tuple[ForwardResult, str | None]] = {}
         for group in (local, others):
             if group:
                 queries = [self._post_edit_query(p, handle, request) for p in group]
                 outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries)))
         for probe in probes:
-            kind = probe.doc["probe"]
+            kind = _kind(probe)
             forward, generated = outputs[probe.index]
             response = self._response(probe, handle, generated)
-            if kind in LOCALITY_KINDS:
+            if kind.is_locality:
                 pre_forward, pre_generated = pre[probe.index]
                 response["score"] = self._locality(kind, pre_forward, forward)
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
-            if kind == PORT:
+            if kind.portability:
                 response["port_image"] = self.port_image_for(probe.doc["knowledge_type"])
             results[probe.index] = json.dumps(response, default=str)
 
     def _post_edit_query(self, probe: ProbeRequest, handle, request: EditRequest) -> Query:
         query = replace(probe.query, prefix=handle.prefix)
-        if probe.doc["probe"] == PORT and self.port_image_for(probe.doc["knowledge_type"]) == "edit":
+        if _kind(probe).portability and self.port_image_for(probe.doc["knowledge_type"]) == "edit":
             query = replace(query, image=request.image)
         return query
 
@@ -534,8 +563,8 @@ class CaseEvaluator:
         return {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name,
                 "generated": generated or "", "edit": handle.stats}
 
-    def _locality(self, kind: str, pre: ForwardResult, post: ForwardResult) -> float:
-        k = self.protocol.i_loc_k if kind == I_LOC else self.protocol.t_loc_k
+    def _locality(self, kind: families.ProbeKind, pre: ForwardResult, post: ForwardResult) -> float:
+        k = getattr(self.protocol, kind.locality)  # the declared option: t_loc_k or i_loc_k
         if self.locality_span == "answer":
             return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
         return metrics.topk_agreement(pre.topk, post.topk, k)
@@ -560,6 +589,11 @@ class CaseEvaluator:
 
 
 EDIT_ONLY_REASON = "edit-only: edited after the scored cases (--cases N with sequential_gap G), as VLKEB does"
+
+
+def _kind(probe: ProbeRequest) -> families.ProbeKind:
+    """The declaration of a probe's kind, from its benchmark family (registry.yaml)."""
+    return families.kind_of(probe.doc)
 
 
 def _edit_only(probes: list[ProbeRequest]) -> bool:

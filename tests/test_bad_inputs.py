@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from mmke_eval.testing.plain_task import write_plain_task
+
 BIN = Path(sys.executable).parent
 
 
@@ -43,29 +45,6 @@ def truncated_image_data(root: Path, tmp: Path) -> Path:
     return data
 
 
-TEXT_ONLY_TASK = """
-task: text_only_probe
-dataset_path: json
-dataset_kwargs: {data_files: {test: data.jsonl}}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function hooks.no_visual
-doc_to_text: question
-doc_to_target: answer
-generation_kwargs: {max_new_tokens: 4, until: ["\\n"]}
-metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
-"""
-
-
-def text_only_task(tmp: Path) -> Path:
-    folder = tmp / "tasks"
-    folder.mkdir()
-    (folder / "text_only_probe.yaml").write_text(TEXT_ONLY_TASK)
-    (folder / "hooks.py").write_text("def no_visual(doc):\n    return []\n")
-    (folder / "data.jsonl").write_text('{"question": "What colour is the sky?", "answer": "blue"}\n')
-    return folder
-
-
 # (name, arguments given the fixtures, expected exit code, what the last line of stderr must say)
 CATALOGUE = [
     ("boolean option not understood", lambda f: ["--cases", "1", "--model_args", "sequential=maybe"], 1,
@@ -86,7 +65,8 @@ CATALOGUE = [
     ("truncated image", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity", "--data", truncated_image_data(f["data"], f["tmp"])], 1,
      "cannot read image"),
     ("other task failing in the backend", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity,text_only_probe",
-                                                      "--include_path", text_only_task(f["tmp"]), "--data", f["data"]], 1,
+                                                      "--include_path", write_plain_task(f["tmp"] / "tasks", "text_only_probe", False),
+                                                      "--data", f["data"]], 1,
      "the llava_hf backend failed on 1 of 1 request(s) of text_only_probe"),
     ("unknown editor", lambda f: ["--editor", "ft_lm"], 1, "unknown editor 'ft_lm'"),
     ("bad editor argument value", lambda f: ["--editor", "ft_llm", "--editor_args", "steps=many"], 1,

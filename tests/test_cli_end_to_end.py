@@ -8,47 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from mmke_eval.testing.plain_task import write_plain_task
+
 BIN = Path(sys.executable).parent
 
 
 def run(args, tmp_path, **env):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"), **env}
     return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
-
-
-PLAIN_TASK = """
-task: plain_probe
-dataset_path: json
-dataset_kwargs: {data_files: {test: data.jsonl}}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function hooks.no_visual
-doc_to_text: question
-doc_to_target: answer
-generation_kwargs: {max_new_tokens: 4, until: ["\\n"]}
-process_results: !function hooks.plain_answer
-metric_list: [{metric: plain_answer, aggregation: mean, higher_is_better: true}]
-"""
-
-PLAIN_HOOKS = """
-from PIL import Image
-
-def no_visual(doc):
-    # lmms-eval 0.7.3's llava_hf fails on text-only requests (a bug of its simple path): give it an image
-    return [Image.new("RGB", (32, 32), (200, 30, 30))]
-
-def plain_answer(doc, results):
-    # 1 when the base model's own generation came back, not an edited-model JSON response
-    return {"plain_answer": float(not results[0].startswith('{"mmke_probe"'))}
-"""
-
-
-def write_plain_task(folder: Path) -> Path:
-    folder.mkdir()
-    (folder / "plain_probe.yaml").write_text(PLAIN_TASK)
-    (folder / "hooks.py").write_text(PLAIN_HOOKS)
-    (folder / "data.jsonl").write_text('{"question": "What colour is the sky?", "answer": "blue"}\n')
-    return folder
 
 
 @pytest.mark.slow
@@ -90,7 +57,7 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     versions = protocol["provenance"]["versions"]
     assert all(versions[p] for p in ("mmke-eval", "lmms-eval", "torch", "transformers"))
     assert len(protocol["provenance"]["git"]["revision"]) == 40
-    assert protocol["protocol"]["port_image_resolved"]["user_specific"] == "data"
+    assert protocol["protocol"]["port_image_resolved"] == {"default": "data"}
     assert protocol["resume"]["journal"] == str(out / "ft_llm" / "cases.jsonl")
     assert len((out / "ft_llm" / "cases.jsonl").read_text().splitlines()) == 3  # one line per finished case
 
@@ -232,3 +199,44 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
     assert code == 130
     assert err[-1] == (f"mmke-eval: interrupted. Finished cases are saved (1 in {tmp_path / 'none' / 'cases.jsonl'}); "
                        "run the same command again to resume.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, tasks, writer", [
+    ("vlkeb", "vlkeb", "write_vlkeb_fixture"),
+    ("mmedit", "mmedit", "write_mmedit_fixture"),
+    ("mike", "mike", "write_mike_fixture"),
+])
+def test_each_benchmark_family_runs_end_to_end_with_its_own_columns(family, tasks, writer, tiny_llava_dir, tmp_path):
+    from mmke_eval.testing import easyedit_fixture
+
+    data = getattr(easyedit_fixture, writer)(tmp_path / "data")
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    out = tmp_path / "out"
+    result = run([BIN / "mmke-eval", "--tasks", tasks, "--model", "llava_hf", "--model_args", model_args,
+                  "--editor", "none", "--data", str(data), "--output_path", str(out)],
+                 tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "mmke_table.json").read_text())
+    assert {r["family"] for r in rows} == {family}
+    none = [r for r in rows if r["editor"] == "none"]
+    assert all(r["t_loc"] == 100.0 and r["i_loc"] == 100.0 for r in none)  # the unedited model agrees with itself
+    header = "| Task | Editor | Rel (A) | T-Gen (A) | I-Gen (A) | T-Loc | I-Loc |" if family == "mike" else \
+        "| Task | Editor | Rel | T-Gen | I-Gen | T-Loc | I-Loc |"
+    assert header in result.stdout
+    if family == "mike":
+        assert {r["task"] for r in rows} >= {"mike", "mike_vna", "mike_elc", "mike_csr"}
+        assert all(r["rel_entity"] is not None for r in rows)
+    elif family == "vlkeb":
+        tasks_seen = {r["task"] for r in rows}
+        assert {"vlkeb_eval", "vlkeb_multihop", "vlkeb_hop1", "vlkeb_hop2", "vlkeb_hop3", "vlkeb_hop4"} <= tasks_seen
+        hops = [next(r for r in none if r["task"] == f"vlkeb_hop{k}")["port"] for k in (1, 2, 3, 4)]
+        average = next(r for r in none if r["task"] == "vlkeb_multihop")["port"]
+        assert average == pytest.approx(sum(hops) / 4)  # the mean over the hops
+        hop3 = next(r for r in none if r["task"] == "vlkeb_hop3")
+        assert hop3["port"] is not None
+        assert next(r for r in none if r["task"] == "vlkeb_eval")["port"] is None  # eval.json has no portability
+        assert "vlkeb/3-hop/eval: 3 of 4 cases skipped: 3 no 3-hop portability question" in result.stderr
+    else:
+        assert {r["task"] for r in rows} >= {"mmedit_vqa", "mmedit_caption"}
+        assert "mmedit/vqa/eval: 1 of 3 cases skipped: 1 empty alt" in result.stderr

@@ -49,6 +49,7 @@ def test_entity_case_spelled_rel_ans_n(mmke_fixture_root):
     designer = "Who designed the tower shown in the image?"
     assert cases[0] == EditCase(
         case_id="mmke/entity_level/eval/0",
+        family="mmke",
         knowledge_type=ENTITY,
         prompt="What is the landmark shown in the image?",
         target="The landmark in the image corresponds to the Eiffel Tower, a wrought-iron lattice tower in "

@@ -24,7 +24,7 @@ REPO = "kailinjiang/MMKE-Bench-dataset"
 
 
 def card(**extra) -> dict:
-    return {"benchmark": "mmke", "knowledge_type": "entity_level", "split": "eval", **extra}
+    return {"benchmark": "mmke", "family": "mmke", "knowledge_type": "entity_level", "split": "eval", **extra}
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def test_env_var_to_missing_folder(tmp_path, monkeypatch):
 def test_env_var_to_folder_without_data_json(tmp_path, monkeypatch):
     (tmp_path / "data_image").mkdir()
     monkeypatch.setenv(ENV, str(tmp_path))
-    with pytest.raises(DataError, match=f"{ENV} points to {tmp_path}, which has no data_json/ folder"):
+    with pytest.raises(DataError, match=f"{ENV} points to {tmp_path}, which has no data_json/"):
         resolve_root(card(data_env=ENV, hf_dataset=REPO))
 
 
@@ -273,3 +273,25 @@ def test_cases_n_with_a_sequential_gap_adds_g_edit_only_cases(mmke_fixture_root,
 def test_card_missing_split():
     with pytest.raises(DataError, match="missing split"):
         load_probe_docs({"benchmark": "mmke", "knowledge_type": "entity_level", "hf_dataset": REPO})
+
+
+def test_vlkeb_hub_snapshot_extracts_its_image_archive_and_keeps_the_json_files(tmp_path, monkeypatch):
+    """HymanH/VLKEB-data: train/eval/eval_multihop.json beside VLKEB_images.tar.gz (shared docs 1.2)."""
+    from mmke_eval.data.easyedit import load_vlkeb
+    from mmke_eval.testing.easyedit_fixture import write_vlkeb_fixture
+
+    release = write_vlkeb_fixture(tmp_path / "release")
+    snapshot = tmp_path / "hub" / "datasets--HymanH--VLKEB-data" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name in ("train.json", "eval.json", "eval_multihop.json"):
+        shutil.copy(release / name, snapshot / name)
+    with tarfile.open(snapshot / "VLKEB_images.tar.gz", "w:gz") as bundle:
+        bundle.add(release / "VLKEB_images", arcname="VLKEB_images")
+    serve(monkeypatch, snapshot)
+    vlkeb_card = {"benchmark": "vlkeb", "family": "vlkeb", "hop": 1, "split": "eval", "hf_dataset": "HymanH/VLKEB-data"}
+    root = resolve_root(vlkeb_card)
+    assert root == snapshot.parent.parent / "extracted" / "abc123"
+    cases, _ = load_vlkeb(root, vlkeb_card)
+    want, _ = load_vlkeb(release, vlkeb_card)
+    assert [c.case_id for c in cases] == [c.case_id for c in want]
+    assert Path(cases[0].image).read_bytes() == Path(want[0].image).read_bytes()

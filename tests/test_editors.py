@@ -316,7 +316,7 @@ def test_ike_builds_the_pool_once_per_train_file(adapter, train_file, monkeypatc
     import editors.ike as ike
 
     reads, real_read = [], ike.read_pool
-    monkeypatch.setattr(ike, "read_pool", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(ike, "read_pool", lambda path, family="": reads.append(path) or real_read(path, family))
     editor = IKEEditor(IKEConfig(k=2, retriever="lexical"))
     for prompt in ("What is this animal?", "Who painted this picture?", "What is this building?"):
         editor.apply(adapter, EditRequest("c", prompt, "X", train_file=str(train_file)))
@@ -357,3 +357,16 @@ def test_ike_drops_the_least_similar_demonstrations_to_fit(adapter, train_file, 
     assert adapter.count_tokens(Query(request.prompt, image, request.target, handle.prefix)) <= budget
     one_more = "".join(ranked[: kept + 1]) + ending
     assert adapter.count_tokens(Query(request.prompt, image, request.target, one_more)) > budget
+
+
+def test_ft_multi_step_edit_fits_the_target_on_every_edit_image(adapter, request_):
+    from PIL import Image
+
+    second = Image.new("RGB", (40, 48), (20, 60, 220))
+    request = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=request_.image, extra_images=(second,))
+    before = snapshot(adapter.model)
+    with FTEditor(FTConfig(target="llm_last_mlp", **FAST)).editing(adapter, request) as handle:
+        for image in (request_.image, second):
+            assert adapter.teacher_forced([Query(PROMPT, image, TARGET)])[0].token_acc == 1.0
+    assert handle.stats["edit_images"] == 2
+    assert_identical(adapter.model, before)

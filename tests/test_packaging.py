@@ -30,7 +30,7 @@ def test_wheel_carries_the_root_resources(wheel):
         "mmke_tasks/mmke/mmke_entity.yaml",
         "mmke_tasks/mmke/_default_template_yaml",
         "mmke_tasks/mmke/sources/mmke_entity.json",
-        "mmke_tasks/mmke/utils.py",
+        "mmke_tasks/hooks.py",
         "editors/ft.py",
     ):
         assert expected in names

@@ -1,4 +1,4 @@
-"""The MMKE task hooks (mmke_tasks/mmke/utils.py), loaded the way lmms-eval loads them: by file."""
+"""The task hooks (mmke_tasks/hooks.py), loaded the way lmms-eval loads them: `!function mmke_tasks.hooks.x`."""
 
 import importlib.util
 import json
@@ -10,13 +10,10 @@ from mmke_eval.resources import tasks_dir
 
 @pytest.fixture(scope="module")
 def hooks():
-    spec = importlib.util.spec_from_file_location("mmke_hooks", tasks_dir() / "mmke" / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("mmke_tasks.hooks")
 
 
-DOC = {"case_id": "mmke/entity_level/eval/0", "probe": "t_rel", "answer": "Rome", "question": "Where does Bolo live?", "image": ""}
+DOC = {"case_id": "mmke/entity_level/eval/0", "family": "mmke", "probe": "t_rel", "answer": "Rome", "question": "Where does Bolo live?", "image": ""}
 
 
 def test_scored_response_gives_the_teacher_forced_score_and_generation_columns(hooks):

@@ -76,7 +76,7 @@ def test_ft_llm_writes_the_edit_in(base, ft_llm):
 def test_ike_edits_without_changing_a_weight(adapter, cases, base):
     before = {name: p.detach().clone() for name, p in adapter.model.named_parameters()}
     editor = registry.build_editor("ike", family=adapter.family)
-    handle = editor.apply(adapter, CaseEvaluator._edit_request(next(iter(ProbeDoc.rows(cases[0])))))
+    handle = editor.apply(adapter, CaseEvaluator(adapter, editor, Protocol()).edit_request(ProbeDoc.rows(cases[0])[0]))
     try:
         assert all(torch.equal(before[name], p) for name, p in adapter.model.named_parameters())
     finally:

@@ -8,6 +8,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 from editors.base import EditHandle, Editor
+from mmke_eval import families
 from mmke_eval.adapters.base import ForwardResult
 from mmke_eval.data.schema import ProbeDoc
 from mmke_eval.wrapper import CaseEvaluator, EditedLMM, Protocol
@@ -63,9 +64,9 @@ class FakeEditor(Editor):
 
 def probe_docs(case: str, target: str, kinds=("t_rel", "t_loc", "i_loc"), edit_only=False, **fields) -> list[dict]:
     base = dict(
-        case_id=case, knowledge_type="entity_level", question="", answer=target, image="",
+        case_id=case, family="mmke", knowledge_type="entity_level", question="", answer=target, image="",
         edit_prompt="Who is this?", edit_target=target, edit_original="orig", edit_image="",
-        rephrase_prompt="", rephrase_image="", train_file="", edit_only=edit_only,
+        rephrase_prompt="", rephrase_image="", train_file="", edit_extra_images="", edit_only=edit_only, entity="",
     )
     base.update(fields)
     docs = []
@@ -176,7 +177,7 @@ def test_sequential_gap_scores_each_case_after_gap_more_edits_and_leaves_the_tai
     # three unedited pre-edit passes, then c1 scored with 2 edits live, c2 with 3; c3 never
     live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
     assert live == [0, 0, 0, 2, 2, 3, 3]
-    scores = [metrics.probe_scores(doc["probe"], doc["answer"], out) for doc, out in zip(docs, outputs)]
+    scores = [metrics.probe_scores(families.kind_of(doc), doc["answer"], out) for doc, out in zip(docs, outputs)]
     assert scores[0]["t_rel"] == 1.0 and all(v != v for v in scores[6].values())  # c3: NaN everywhere
     t_rel = [{"case": d["case_id"], "score": sc["t_rel"]} for d, sc in zip(docs, scores) if d["probe"] == "t_rel"]
     assert metrics.case_mean(t_rel) == 100.0  # the mean is over the two scored cases
@@ -302,4 +303,66 @@ def test_portability_image_follows_the_option_and_the_editors_reference(tmp_path
     colour = {(255, 0, 0): "edit", (0, 0, 255): "one_hop"}[port_queries[0].image.getpixel((0, 0))]
     assert colour == expected
     assert outputs[1]["port_image"] == ("edit" if expected == "edit" else "data")
-    assert lm.describe()["protocol"]["port_image_resolved"]["user_specific"] == outputs[1]["port_image"]
+    resolved = lm.describe()["protocol"]["port_image_resolved"]
+    assert resolved.get("user_specific", resolved["default"]) == outputs[1]["port_image"]
+
+
+def _draw(path, colour):
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 6), (250, 250, 250))
+    image.putpixel((1, 1), colour)
+    image.save(path)
+    return str(path)
+
+
+class RecordingEditor(FakeEditor):
+    """Records the edit images each edit request carries."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def apply(self, adapter, request):
+        self.requests.append(request)
+        return super().apply(adapter, request)
+
+
+def test_multi_step_editing_gives_the_editor_k_images_of_the_subject(tmp_path):
+    edit, second, third = (_draw(tmp_path / f"{n}.png", c) for n, c in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255))))
+    docs = probe_docs("c1", "Bolo", edit_image=edit, edit_extra_images=f"{second}\n{third}")
+    for k, expected in ((1, []), (2, [second]), (3, [second, third])):
+        editor = RecordingEditor()
+        lm = make_lmm(editor, Protocol(edit_images=k))
+        lm.task_dict["t"] = {"eval": docs}
+        lm.generate_until(make_requests({"t": docs}))
+        (request,) = editor.requests
+        assert request.image.getpixel((1, 1)) == (255, 0, 0)
+        colours = {(0, 255, 0): second, (0, 0, 255): third}
+        assert [colours[image.getpixel((1, 1))] for image in request.extra_images] == expected
+    lm = make_lmm(RecordingEditor(), Protocol(edit_images=4))
+    lm.task_dict["t"] = {"eval": docs}
+    from mmke_eval.data.schema import DataError
+
+    with pytest.raises(DataError, match="case c1: edit_images=4 needs 4 images of the edit subject; the mmke data gives 3"):
+        lm.generate_until(make_requests({"t": docs}))
+
+
+def test_edit_augmentation_changes_only_the_edit_image_deterministically(tmp_path):
+    from PIL import Image, ImageOps
+
+    edit = _draw(tmp_path / "edit.png", (255, 0, 0))
+    docs = probe_docs("c1", "Bolo", edit_image=edit)
+    seen = {}
+    for kind in ("none", "hflip", "noise", "noise"):
+        editor = RecordingEditor()
+        lm = make_lmm(editor, Protocol(edit_augment=kind, augment_seed=3))
+        lm.task_dict["t"] = {"eval": docs}
+        lm.generate_until(make_requests({"t": docs}))
+        seen.setdefault(kind, []).append(editor.requests[0].image)
+    original = Image.open(edit).convert("RGB")
+    assert seen["none"][0].tobytes() == original.tobytes()
+    assert seen["hflip"][0].tobytes() == ImageOps.mirror(original).tobytes()
+    first, again = seen["noise"]
+    assert first.tobytes() != original.tobytes() and first.tobytes() == again.tobytes()  # seeded per case
+    assert lm.describe()["protocol"]["edit_augment"] == "noise"

@@ -24,24 +24,23 @@ malformed raises ``DataError`` naming the file, the case and the field.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from mmke_eval.data.schema import (
-    I_GEN,
-    I_LOC,
-    I_REL,
-    KNOWLEDGE_TYPES,
-    PORT,
-    T_LOC,
-    T_REL,
-    DataError,
-    EditCase,
-    Probe,
-    SkipReport,
-)
+from mmke_eval.data.easyedit import base_case, hop_port
+from mmke_eval.data.records import RecordReader, read_records
+from mmke_eval.data.schema import DataError, EditCase, Probe, SkipReport
+
+# Probe kinds, in the order MMKE-Bench reports them (declared in registry.yaml, benchmarks.mmke).
+T_REL = "t_rel"  # text-only question about the edited knowledge
+I_REL = "i_rel"  # question about the edit image
+I_GEN = "i_gen"  # the same kind of question about the rephrase image (another view of the subject)
+T_LOC = "t_loc"  # unrelated text question: the answer must not change
+I_LOC = "i_loc"  # unrelated image question: the answer must not change
+PORT = "port"  # one-hop consequence of the edited knowledge
+
+# MMKE-Bench's knowledge types (the ``knowledge_type`` field) and the file stems of their splits.
+KNOWLEDGE_TYPES = {"entity_level": "entity", "visual_knowledge": "visual", "user_specific": "user"}
 
 SPLITS = ("train", "eval")
 SKIP_EMPTY_ALT = "empty alt"
@@ -50,6 +49,13 @@ SKIP_NO_PORT_NEW = "no port_new field"
 
 # Where the portability question is asked: the edit image for entities, a dedicated image otherwise.
 PORT_IMAGE_FIELD = {"entity_level": "image", "user_specific": "one_hop_img", "visual_knowledge": "one_hop_img"}
+
+
+def load_card(root: Path, card: dict) -> tuple[list[EditCase], SkipReport]:
+    """The family loader (registry.yaml): the cases of the card's knowledge type and split."""
+    if not card.get("knowledge_type"):
+        raise DataError(f"source card {card!r} is missing knowledge_type")
+    return load_cases(root, card["knowledge_type"], card["split"], benchmark=card["benchmark"])
 
 
 def load_cases(
@@ -68,17 +74,17 @@ def load_cases(
     train_file = str(train_path) if train_path is not None else ""
 
     records = read_records(json_path)
-    report = SkipReport(total=len(records))
+    report = SkipReport(total=len(records), files=[str(p) for p in dict.fromkeys((json_path, train_path)) if p is not None])
     cases = []
     for index, record in enumerate(records):
         case_id = f"{benchmark}/{knowledge_type}/{split}/{index}"
-        reader = RecordReader(record, json_path, index, case_id, root)
-        reader.check_knowledge_type(knowledge_type)
+        reader = RecordReader(record, json_path, index, case_id, (root / "data_image", root))
+        check_knowledge_type(reader, knowledge_type)
         skip_reason = protocol_skip_reason(reader)
         if skip_reason:
             report.skip(skip_reason, case_id)
             continue
-        cases.append(build_case(reader, knowledge_type, train_file))
+        cases.append(build_case(reader, knowledge_type, train_file, family="mmke"))
     return cases, report
 
 
@@ -101,77 +107,12 @@ def missing_split_message(root: Path, knowledge_type: str, split: str) -> str:
     )
 
 
-def read_records(json_path: Path) -> list:
-    try:
-        text = json_path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
-    except UnicodeDecodeError as err:
-        raise DataError(f"{json_path}: not UTF-8 text ({err})") from None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{json_path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(records, list):
-        raise DataError(f"{json_path}: expected a JSON list of records, got {type(records).__name__}")
-    return records
-
-
-class RecordReader:
-    """Typed access to one JSON record; every failure names the file, the case and the field."""
-
-    def __init__(self, record: Any, json_path: Path, index: int, case_id: str, root: Path):
-        self.json_path = json_path
-        self.index = index
-        self.case_id = case_id
-        self.root = root
-        if not isinstance(record, dict):
-            raise self.error("(record)", f"expected a JSON object, got {type(record).__name__}")
-        self.record = record
-
-    def error(self, field: str, problem: str) -> DataError:
-        return DataError(f"{self.json_path}: case {self.index} ({self.case_id}): field {field!r}: {problem}")
-
-    def has(self, field: str) -> bool:
-        return field in self.record
-
-    def value(self, field: str) -> Any:
-        if field not in self.record:
-            raise self.error(field, "missing required field")
-        return self.record[field]
-
-    def text(self, field: str) -> str:
-        return self.expect_text(field, self.value(field))
-
-    def expect_text(self, field: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.error(field, f"expected a string, got {type(value).__name__} {value!r:.60}")
-        return value
-
-    def text_either(self, *fields: str) -> str:
-        """The first present field of several accepted spellings."""
-        for field in fields:
-            if field in self.record:
-                return self.text(field)
-        raise self.error(fields[0], "missing required field (also accepted: " + ", ".join(fields[1:]) + ")")
-
-    def image(self, field: str) -> str:
-        """Absolute path of the image a field names, looked up under data_image/ and then root/."""
-        relative = self.text(field)
-        if not relative:
-            raise self.error(field, "empty image path")
-        candidates = [self.root / "data_image" / relative, self.root / relative]
-        for candidate in candidates:
-            if candidate.is_file():
-                # abspath, not resolve(): Hub snapshots are symlinks to extension-less blobs.
-                return os.path.abspath(candidate)
-        looked = " or ".join(str(c) for c in candidates)
-        raise self.error(field, f"image {relative!r} not found (looked for {looked})")
-
-    def check_knowledge_type(self, expected: str) -> None:
-        found = self.text("knowledge_type")
-        if found not in KNOWLEDGE_TYPES:
-            raise self.error("knowledge_type", f"unknown value {found!r}; expected one of {sorted(KNOWLEDGE_TYPES)}")
-        if found != expected:
-            raise self.error("knowledge_type", f"record is {found!r} but {expected!r} was requested")
+def check_knowledge_type(reader: RecordReader, expected: str) -> None:
+    found = reader.text("knowledge_type")
+    if found not in KNOWLEDGE_TYPES:
+        raise reader.error("knowledge_type", f"unknown value {found!r}; expected one of {sorted(KNOWLEDGE_TYPES)}")
+    if found != expected:
+        raise reader.error("knowledge_type", f"record is {found!r} but {expected!r} was requested")
 
 
 def protocol_skip_reason(reader: RecordReader) -> str:
@@ -187,28 +128,10 @@ def protocol_skip_reason(reader: RecordReader) -> str:
 
 def one_hop_port(reader: RecordReader) -> tuple[str, str, str] | None:
     """(field path, question, answer) of the first 1-hop ``port_new`` entry, or None if there is none."""
-    entries = reader.value("port_new")
-    if not isinstance(entries, list):
-        raise reader.error("port_new", f"expected a list, got {type(entries).__name__}")
-    for position, entry in enumerate(entries):
-        field = f"port_new[{position}]"
-        if not isinstance(entry, dict):
-            raise reader.error(field, f"expected an object, got {type(entry).__name__}")
-        if entry.get("port_type") != "1-hop":
-            continue
-        qa = entry.get("Q&A")
-        if not isinstance(qa, dict):
-            raise reader.error(f"{field}.Q&A", "missing, or not an object with Question and Answer")
-        for key in ("Question", "Answer"):
-            if key not in qa:
-                raise reader.error(f"{field}.Q&A.{key}", "missing required field")
-        question = reader.expect_text(f"{field}.Q&A.Question", qa["Question"])
-        answer = reader.expect_text(f"{field}.Q&A.Answer", qa["Answer"])
-        return field, question, answer
-    return None
+    return hop_port(reader, 1)
 
 
-def build_case(reader: RecordReader, knowledge_type: str, train_file: str) -> EditCase:
+def build_case(reader: RecordReader, knowledge_type: str, train_file: str, family: str) -> EditCase:
     image = reader.image("image")
     rephrase_image = reader.image("image_rephrase")
     if knowledge_type == "visual_knowledge":
@@ -216,18 +139,7 @@ def build_case(reader: RecordReader, knowledge_type: str, train_file: str) -> Ed
     else:
         relation_probes = paired_relation_probes(reader, image, rephrase_image)
     probes = relation_probes + locality_probes(reader) + [portability_probe(reader, knowledge_type, image)]
-    return EditCase(
-        case_id=reader.case_id,
-        knowledge_type=knowledge_type,
-        prompt=reader.text("src"),
-        target=reader.text("alt"),
-        original=reader.text("pred"),
-        image=image,
-        rephrase_prompt=reader.text("rephrase"),
-        rephrase_image=rephrase_image,
-        probes=tuple(probes),
-        train_file=train_file,
-    )
+    return base_case(reader, family, knowledge_type, probes, image, rephrase_image, train_file, original=reader.text("pred"))
 
 
 def paired_relation_probes(reader: RecordReader, image: str, rephrase_image: str) -> list[Probe]:

@@ -1,6 +1,6 @@
 """The edit case: one piece of knowledge to edit, and the probes that measure the edit.
 
-Every benchmark loader (MMKE-Bench, the generated mmke_mini, later MIKE/VLKEB) produces these;
+Every benchmark family's loader (MMKE-Bench, VLKEB, MMEdit, ...; registry.yaml) produces these;
 the task hooks flatten them into one lmms-eval document per probe (``ProbeDoc``), and the
 editing wrapper groups those documents back by ``case_id``.
 """
@@ -9,31 +9,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-# Probe kinds, in the order MMKE-Bench reports them.
-T_REL = "t_rel"  # text-only question about the edited knowledge
-I_REL = "i_rel"  # question about the edit image
-I_GEN = "i_gen"  # the same kind of question about the rephrase image (another view of the subject)
-T_LOC = "t_loc"  # unrelated text question: the answer must not change
-I_LOC = "i_loc"  # unrelated image question: the answer must not change
-PORT = "port"  # one-hop consequence of the edited knowledge
-PROBE_KINDS = (T_REL, I_REL, I_GEN, T_LOC, I_LOC, PORT)
-LOCALITY_KINDS = (T_LOC, I_LOC)
-
 # Key marking a scored JSON response of the `edited` model (anything else is a plain generation).
 RESPONSE_MARKER = "mmke_probe"
-
-# MMKE-Bench's knowledge types (the ``knowledge_type`` field) and the file stems of their splits.
-KNOWLEDGE_TYPES = {"entity_level": "entity", "visual_knowledge": "visual", "user_specific": "user"}
 
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # one of PROBE_KINDS
+    kind: str  # one of its benchmark family's probe kinds (registry.yaml)
     probe_id: str  # unique within the case, e.g. "t_rel_1"
     question: str
     answer: str
     image: str = ""  # absolute path, "" for text-only probes
     source_field: str = ""  # the JSON field the question came from, for error messages
+    entity: str = ""  # MIKE: the entity name its entity-oriented accuracy looks for ("" for none)
 
 
 @dataclass(frozen=True)
@@ -48,6 +36,8 @@ class EditCase:
     rephrase_image: str = ""
     probes: tuple[Probe, ...] = ()
     train_file: str = ""  # absolute path of the train split of the same type (IKE demonstrations)
+    extra_images: tuple[str, ...] = ()  # more images of the edit subject, no probe asks on them (multi-step editing)
+    family: str = ""  # the benchmark family declaring its probe kinds (registry.yaml); set by its loader
 
 
 @dataclass(frozen=True)
@@ -55,12 +45,14 @@ class ProbeDoc:
     """One lmms-eval document: a probe plus the edit it belongs to (flat, Arrow-friendly)."""
 
     case_id: str
+    family: str
     knowledge_type: str
     probe: str
     probe_id: str
     question: str
     answer: str
     image: str
+    entity: str
     edit_prompt: str
     edit_target: str
     edit_original: str
@@ -68,6 +60,7 @@ class ProbeDoc:
     rephrase_prompt: str
     rephrase_image: str
     train_file: str
+    edit_extra_images: str = ""  # EditCase.extra_images, one path per line (Arrow-friendly)
     # Sequential runs with --cases N and sequential_gap G: one of the G cases edited after the N
     # scored ones (VLKEB), never scored itself.
     edit_only: bool = False
@@ -78,12 +71,14 @@ class ProbeDoc:
             asdict(
                 ProbeDoc(
                     case_id=case.case_id,
+                    family=case.family,
                     knowledge_type=case.knowledge_type,
                     probe=p.kind,
                     probe_id=p.probe_id,
                     question=p.question,
                     answer=p.answer,
                     image=p.image,
+                    entity=p.entity,
                     edit_prompt=case.prompt,
                     edit_target=case.target,
                     edit_original=case.original,
@@ -91,6 +86,7 @@ class ProbeDoc:
                     rephrase_prompt=case.rephrase_prompt,
                     rephrase_image=case.rephrase_image,
                     train_file=case.train_file,
+                    edit_extra_images="\n".join(case.extra_images),
                     edit_only=edit_only,
                 )
             )
@@ -106,6 +102,7 @@ class SkipReport:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> case ids
     first_n: int | None = None  # only the first N kept cases were used (mmke-eval --cases N)
     edit_only: int = 0  # cases after the first N loaded to be edited, not scored (sequential_gap)
+    files: list[str] = field(default_factory=list)  # the data files the loader read (absolute paths)
 
     def skip(self, reason: str, case_id: str) -> None:
         self.skipped.setdefault(reason, []).append(case_id)

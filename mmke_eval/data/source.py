@@ -42,28 +42,24 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from mmke_eval.data.mmke import load_cases
+from mmke_eval import families
 from mmke_eval.data.schema import DataError, ProbeDoc, SkipReport
 
 logger = logging.getLogger("mmke_eval")
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 EXTRACTED_MARKER = ".mmke_eval_extracted"
-EXPECTED_LAYOUT = (
-    "PATH/data_json/{entity,visual,user}_{train,eval}.json (or data_json/{entity,visual,user}/{train,eval}.json) "
-    "and PATH/data_image/ holding the images the JSON names"
-)
 
-# The last SkipReport per (benchmark, knowledge_type, split), for the CLI to write into results.
-_last_skip_reports: dict[tuple[str, str, str], SkipReport] = {}
+# The last SkipReport per card key (benchmark, knowledge_type, split, ...), for the CLI to write into results.
+_last_skip_reports: dict[tuple[str, ...], SkipReport] = {}
 
 
 def load_probe_docs(card: dict) -> list[dict]:
     """One lmms-eval document per probe of every edit case the card's data holds."""
     key = card_key(card)
-    benchmark, knowledge_type, split = key
-    root = resolve_root(card)
-    cases, report = load_cases(root, knowledge_type, split, benchmark=benchmark)
+    family = families.of_card(card)
+    root = resolve_root(card, family)
+    cases, report = family.load(root, card)
     first_n = max_cases()
     edit_only: list = []
     if first_n is not None:
@@ -71,8 +67,8 @@ def load_probe_docs(card: dict) -> list[dict]:
         edit_only = cases[first_n : first_n + _edit_only_tail]
         cases, report.first_n, report.edit_only = cases[:first_n], first_n, len(edit_only)
     _last_skip_reports[key] = report
-    _last_data_records[key] = data_record(root, knowledge_type, split, cases + edit_only, describe_origin(card))
-    logger.info("%s/%s/%s from %s: %s", benchmark, knowledge_type, split, root, report.summary())
+    _last_data_records[key] = data_record(root, report.files, cases + edit_only, describe_origin(card))
+    logger.info("%s from %s: %s", "/".join(key), root, report.summary())
     return [row for case in cases for row in ProbeDoc.rows(case)] + [
         row for case in edit_only for row in ProbeDoc.rows(case, edit_only=True)
     ]
@@ -99,16 +95,16 @@ def max_cases() -> int | None:
     return int(value)
 
 
-def last_skip_reports() -> dict[tuple[str, str, str], SkipReport]:
-    """The SkipReport of the last load of each (benchmark, knowledge_type, split)."""
+def last_skip_reports() -> dict[tuple[str, ...], SkipReport]:
+    """The SkipReport of the last load of each card key."""
     return dict(_last_skip_reports)
 
 
-# What the last load of each (benchmark, knowledge_type, split) read, for the results.
-_last_data_records: dict[tuple[str, str, str], dict] = {}
+# What the last load of each card key read, for the results.
+_last_data_records: dict[tuple[str, ...], dict] = {}
 
 
-def last_data_records() -> dict[tuple[str, str, str], dict]:
+def last_data_records() -> dict[tuple[str, ...], dict]:
     return dict(_last_data_records)
 
 
@@ -121,16 +117,11 @@ def describe_origin(card: dict) -> str:
     return f"Hugging Face dataset {card.get('hf_dataset')}"
 
 
-def data_record(root: Path, knowledge_type: str, split: str, cases: list, origin: str) -> dict:
-    """The data folder and a content hash of what was used: the split files and every image of the loaded cases."""
-    from mmke_eval.data.mmke import split_file
+def data_record(root: Path, data_files: list[str], cases: list, origin: str) -> dict:
+    """The data folder and a content hash of what was used: the files the loader read and every image of the loaded cases."""
     from mmke_eval.journal import digest, file_digest
 
-    files = {}
-    for name in dict.fromkeys((split, "train")):
-        path = split_file(root, knowledge_type, name)
-        if path is not None:
-            files[os.path.relpath(path, root)] = file_digest(str(path))
+    files = {os.path.relpath(path, root): file_digest(str(path)) for path in data_files}
     images = sorted({path for case in cases for path in (case.image, case.rephrase_image, *(p.image for p in case.probes)) if path})
     image_hashes = [(os.path.relpath(path, root), file_digest(path)) for path in images]
     return {
@@ -143,38 +134,45 @@ def data_record(root: Path, knowledge_type: str, split: str, cases: list, origin
     }
 
 
-def card_key(card: dict) -> tuple[str, str, str]:
-    missing = [field for field in ("benchmark", "knowledge_type", "split") if not card.get(field)]
+# The fields of a source card that name what it loads, in the order of its key.
+CARD_KEY_FIELDS = ("benchmark", "knowledge_type", "subset", "hop", "split")
+
+
+def card_key(card: dict) -> tuple[str, ...]:
+    """(benchmark, [knowledge_type], [subset], [hop], split): names the card's data in reports."""
+    missing = [field for field in ("benchmark", "split") if not card.get(field)]
     if missing:
         raise DataError(f"source card {card!r} is missing {', '.join(missing)}")
-    return card["benchmark"], card["knowledge_type"], card["split"]
+    return tuple(f"{card[field]}-hop" if field == "hop" else str(card[field]) for field in CARD_KEY_FIELDS if card.get(field))
 
 
-def resolve_root(card: dict) -> Path:
+def resolve_root(card: dict, family: families.Family | None = None) -> Path:
     """The data root of a source card: environment variable, else generator, else Hub download."""
+    family = family or families.of_card(card)
     env_name = card.get("data_env")
     if env_name and os.environ.get(env_name):
-        return checked_root(Path(os.environ[env_name]).expanduser(), f"the environment variable {env_name}")
+        return checked_root(Path(os.environ[env_name]).expanduser(), f"the environment variable {env_name}", family)
     if card.get("generator"):
-        return root_from_generator(card["generator"])
+        return root_from_generator(card["generator"], family)
     if card.get("hf_dataset"):
-        return root_from_hub(card["hf_dataset"], env_name)
+        return root_from_hub(card["hf_dataset"], env_name, family)
     raise DataError(
         f"source card {card!r} names no data: it needs a 'generator', an 'hf_dataset', "
         "or a 'data_env' variable that is set"
     )
 
 
-def checked_root(root: Path, origin: str) -> Path:
-    """``root`` if it looks like a data root; otherwise say which setting pointed there."""
+def checked_root(root: Path, origin: str, family: families.Family) -> Path:
+    """``root`` if it looks like a data root of ``family``; otherwise say which setting pointed there."""
     if not root.is_dir():
-        raise DataError(f"{origin} points to {root}, which is not an existing folder. Expected {EXPECTED_LAYOUT}.")
-    if not (root / "data_json").is_dir():
-        raise DataError(f"{origin} points to {root}, which has no data_json/ folder. Expected {EXPECTED_LAYOUT}.")
+        raise DataError(f"{origin} points to {root}, which is not an existing folder. Expected {family.layout}.")
+    for required in family.required:
+        if not (root / required).exists():
+            raise DataError(f"{origin} points to {root}, which has no {required}. Expected {family.layout}.")
     return Path(os.path.abspath(root))
 
 
-def root_from_generator(spec: str) -> Path:
+def root_from_generator(spec: str, family: families.Family) -> Path:
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise DataError(f"generator {spec!r} should read 'module:function'")
@@ -182,35 +180,35 @@ def root_from_generator(spec: str) -> Path:
     generate = getattr(importlib.import_module(module_name), function_name, None)
     if generate is None:
         raise DataError(f"generator {spec!r}: module {module_name} has no function {function_name}")
-    return checked_root(Path(generate()), f"the generator {spec}")
+    return checked_root(Path(generate()), f"the generator {spec}", family)
 
 
-def root_from_hub(repo_id: str, env_name: str | None) -> Path:
+def root_from_hub(repo_id: str, env_name: str | None, family: families.Family) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
         snapshot = Path(snapshot_download(repo_id, repo_type="dataset"))
     except Exception as err:  # offline, no route, HTTP error, auth: all mean "bring the data yourself"
-        raise DataError(hub_unreachable_message(repo_id, env_name, err)) from err
-    return prepared_snapshot(snapshot, repo_id)
+        raise DataError(hub_unreachable_message(repo_id, env_name, err, family.layout)) from err
+    return prepared_snapshot(snapshot, repo_id, family)
 
 
-def hub_unreachable_message(repo_id: str, env_name: str | None, err: Exception) -> str:
+def hub_unreachable_message(repo_id: str, env_name: str | None, err: Exception, layout: str) -> str:
     ways = "pass `mmke-eval --data PATH`"
     if env_name:
         ways = f"set the environment variable {env_name}=PATH or " + ways
     return (
         f"could not download the Hugging Face dataset {repo_id} ({type(err).__name__}: {err}). "
-        f"To use a local copy, {ways}, where PATH holds {EXPECTED_LAYOUT}."
+        f"To use a local copy, {ways}, where PATH holds {layout}."
     )
 
 
-def prepared_snapshot(snapshot: Path, repo_id: str) -> Path:
+def prepared_snapshot(snapshot: Path, repo_id: str, family: families.Family) -> Path:
     """The snapshot itself when its images are loose files, else a once-extracted copy."""
     archives = image_archives(snapshot)
     if not archives or has_loose_images(snapshot):
-        return checked_root(snapshot, f"the download of {repo_id}")
-    return checked_root(extract_once(snapshot, archives), f"the extracted download of {repo_id}")
+        return checked_root(snapshot, f"the download of {repo_id}", family)
+    return checked_root(extract_once(snapshot, archives, family.layout), f"the extracted download of {repo_id}", family)
 
 
 def is_archive(path: Path) -> bool:
@@ -221,9 +219,11 @@ def image_archives(snapshot: Path) -> list[Path]:
     return sorted(p for p in snapshot.rglob("*") if p.is_file() and is_archive(p))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
 def has_loose_images(snapshot: Path) -> bool:
-    image_dir = snapshot / "data_image"
-    return image_dir.is_dir() and any(p.is_file() and not is_archive(p) for p in image_dir.rglob("*"))
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in snapshot.rglob("*"))
 
 
 def extraction_dir(snapshot: Path) -> Path:
@@ -231,7 +231,7 @@ def extraction_dir(snapshot: Path) -> Path:
     return snapshot.parent.parent / "extracted" / snapshot.name
 
 
-def extract_once(snapshot: Path, archives: list[Path]) -> Path:
+def extract_once(snapshot: Path, archives: list[Path], layout: str) -> Path:
     target = extraction_dir(snapshot)
     marker = target / EXTRACTED_MARKER
     # Archive names and sizes: a new revision or a re-uploaded archive extracts again.
@@ -242,12 +242,12 @@ def extract_once(snapshot: Path, archives: list[Path]) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         for archive in archives:
             extract_archive(archive, target / archive.parent.relative_to(snapshot))
-        link_json_folder(snapshot, target)
+        link_other_entries(snapshot, target)
         marker.write_text(signature, encoding="utf-8")  # last, so an interrupted run starts over
     except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
         raise DataError(
             f"could not extract the image archives of {snapshot} into {target} ({err}); "
-            f"extract them yourself and point the data at a folder holding {EXPECTED_LAYOUT}"
+            f"extract them yourself and point the data at a folder holding {layout}"
         ) from err
     return target
 
@@ -278,12 +278,17 @@ def all_under(names: list[str], folder: str) -> bool:
     return bool(names) and all(name == folder or name.startswith(folder + "/") for name in names)
 
 
-def link_json_folder(snapshot: Path, target: Path) -> None:
-    """Make ``target/data_json`` the snapshot's (a link; a copy where links are not allowed)."""
-    source, link = snapshot / "data_json", target / "data_json"
-    if link.exists() or not source.is_dir():
-        return
-    try:
-        link.symlink_to(source.absolute(), target_is_directory=True)
-    except OSError:
-        shutil.copytree(source, link)
+def link_other_entries(snapshot: Path, target: Path) -> None:
+    """Give ``target`` the snapshot's top-level entries that are not archives and not there yet
+    (``data_json/``, ``train.json``, ...): links, or copies where links are not allowed."""
+    for source in sorted(snapshot.iterdir()):
+        link = target / source.name
+        if is_archive(source) or link.exists() or source.name == EXTRACTED_MARKER:
+            continue
+        try:
+            link.symlink_to(source.absolute(), target_is_directory=source.is_dir())
+        except OSError:
+            if source.is_dir():
+                shutil.copytree(source, link)
+            else:
+                shutil.copy2(source, link)

@@ -1,17 +1,20 @@
-"""lmms-eval hooks of the MMKE-Bench-style tasks: documents, visuals, prompts, scores.
+"""lmms-eval hooks shared by every knowledge-editing task: documents, visuals, prompts, scores.
 
-The heavy lifting lives in mmke_eval (data loading, metrics); these hooks only adapt it to
-lmms-eval's signatures.
+Task YAMLs of every benchmark family point here (``!function mmke_tasks.hooks.process_docs``); what
+differs between families is declared in registry.yaml (mmke_eval/families.py) and read from the
+documents' ``family`` field. The heavy lifting lives in mmke_eval (data loading, metrics).
 """
 
 from __future__ import annotations
 
 import datasets
 
-from mmke_eval import metrics
+from mmke_eval import families, metrics
 from mmke_eval.data.images import load_image
 from mmke_eval.data.schema import DataError
 from mmke_eval.templates import render
+
+DEFAULT_TEMPLATE = "mmke/probe.jinja"
 
 
 def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -19,7 +22,7 @@ def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
     from mmke_eval.data.source import load_probe_docs
 
     if len(dataset) != 1:
-        raise DataError(f"an MMKE task's data file must hold exactly one source card, found {len(dataset)} rows")
+        raise DataError(f"a knowledge-editing task's data file must hold exactly one source card, found {len(dataset)} rows")
     return datasets.Dataset.from_list(load_probe_docs(dict(dataset[0])))
 
 
@@ -28,13 +31,14 @@ def doc_to_visual(doc: dict) -> list:
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    template = (lmms_eval_specific_kwargs or {}).get("prompt_template", "mmke/probe.jinja")
+    """The probe's prompt: its kind's own template if the family declares one, else the task's."""
+    template = families.kind_of(doc).template or (lmms_eval_specific_kwargs or {}).get("prompt_template", DEFAULT_TEMPLATE)
     return render(template, question=doc["question"])
 
 
 def process_results(doc: dict, results: list) -> dict:
     """Scores of one probe, each as {"case", "score"} so that aggregation can average per case."""
-    scores = metrics.probe_scores(doc["probe"], doc["answer"], results[0])
+    scores = metrics.probe_scores(families.kind_of(doc), doc["answer"], results[0], doc.get("entity", ""))
     return {name: {"case": doc["case_id"], "score": score} for name, score in scores.items()}
 
 

@@ -1,0 +1,157 @@
+"""Benchmark families, as declared in registry.yaml (``benchmarks:``).
+
+A family names its loader (called with the data root and the task's source card), its
+demonstration reader (IKE's pool from the train split), and its probe kinds: name, table title,
+whether it is locality (and which top-k option applies), which image it is asked on, whether it is
+the portability probe (``port_image`` applies), optionally a prompt template of its own, and
+whether MIKE's entity accuracy applies. Its main table is the probe kinds in order unless it
+declares ``table`` columns. The wrapper, the
+metrics, the task hooks, IKE and the report read these declarations; no module branches on a
+benchmark's name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+IMAGES = ("none", "edit", "rephrase", "locality", "data")
+LOCALITY_OPTIONS = ("t_loc_k", "i_loc_k")
+
+
+class FamilyError(ValueError):
+    """A bad benchmark declaration in registry.yaml; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ProbeKind:
+    name: str
+    title: str
+    locality: str | None = None  # the protocol option giving k: "t_loc_k" | "i_loc_k"; None: scored against the answer
+    image: str = "none"  # none | edit | rephrase | locality | data (the image the record names for it)
+    portability: bool = False  # the port_image option applies
+    template: str | None = None  # prompt template for this kind; None: the task's
+    entity_metric: bool = False  # MIKE's entity-oriented accuracy on generations (<name>_entity)
+
+    @property
+    def is_locality(self) -> bool:
+        return self.locality is not None
+
+    def metric_names(self) -> list[str]:
+        """The columns this kind contributes: its score, exact match, and (not locality) contains."""
+        names = [self.name, f"{self.name}_em"] + ([] if self.is_locality else [f"{self.name}_contains"])
+        return names + ([f"{self.name}_entity"] if self.entity_metric else [])
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    title: str
+    loader: str  # "module:function" (root, card) -> (cases, SkipReport)
+    demonstrations: str  # "module:function" (train_file) -> [(src, alt, question, answer)]
+    probes: tuple[ProbeKind, ...]
+    layout: str = "the benchmark's release layout"  # for error messages: what a data folder holds
+    required: tuple[str, ...] = ()  # entries a data folder must have (checked before loading)
+    table: tuple[tuple[str, str], ...] = ()  # (metric, title) of the main table; default: the probe kinds
+
+    def probe(self, kind: str) -> ProbeKind:
+        for probe in self.probes:
+            if probe.name == kind:
+                return probe
+        raise FamilyError(f"benchmark {self.name!r} has no probe kind {kind!r}; its kinds: {', '.join(p.name for p in self.probes)}")
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """(metric, title) of the main table, in the declared order."""
+        return list(self.table) or [(p.name, p.title) for p in self.probes]
+
+    def metric_names(self) -> list[str]:
+        return [name for p in self.probes for name in p.metric_names()]
+
+    def load(self, root, card: dict):
+        return _import(self.loader, f"benchmarks.{self.name}.loader")(root, card)
+
+    def demonstration_pool(self, train_file: str) -> list[tuple[str, str, str, str]]:
+        return _import(self.demonstrations, f"benchmarks.{self.name}.demonstrations")(train_file)
+
+
+def _import(path: str, key: str) -> Callable[..., Any]:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise FamilyError(f"registry.yaml {key}: cannot import {path!r} ({err})") from None
+
+
+def _probe_kind(family: str, index: int, entry: Any) -> ProbeKind:
+    key = f"benchmarks.{family}.probes[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise FamilyError(f"registry.yaml {key}: expected a mapping with a name")
+    unknown = set(entry) - {"name", "title", "locality", "image", "portability", "template", "entity_metric"}
+    if unknown:
+        raise FamilyError(f"registry.yaml {key}: unknown key(s) {sorted(unknown)}")
+    locality = entry.get("locality")
+    if locality is not None and locality not in LOCALITY_OPTIONS:
+        raise FamilyError(f"registry.yaml {key}.locality: expected one of {LOCALITY_OPTIONS}, not {locality!r}")
+    image = entry.get("image", "none")
+    if image not in IMAGES:
+        raise FamilyError(f"registry.yaml {key}.image: expected one of {IMAGES}, not {image!r}")
+    return ProbeKind(entry["name"], str(entry.get("title", entry["name"])), locality, image,
+                     bool(entry.get("portability", False)), entry.get("template"), bool(entry.get("entity_metric", False)))
+
+
+@lru_cache(maxsize=None)
+def get(name: str) -> Family:
+    """The declared family ``name``; an unknown name lists the known ones."""
+    from mmke_eval.registry import load_registry
+
+    declared = load_registry().get("benchmarks") or {}
+    if name not in declared:
+        raise FamilyError(f"unknown benchmark family {name!r}; declared in registry.yaml: {', '.join(sorted(declared))}")
+    entry = declared[name]
+    for required in ("loader", "probes"):
+        if required not in entry:
+            raise FamilyError(f"registry.yaml benchmarks.{name}: missing {required!r}")
+    probes = tuple(_probe_kind(name, i, p) for i, p in enumerate(entry["probes"]))
+    if len({p.name for p in probes}) != len(probes):
+        raise FamilyError(f"registry.yaml benchmarks.{name}.probes: probe names must be unique")
+    return Family(
+        name=name,
+        title=str(entry.get("title", name)),
+        loader=entry["loader"],
+        demonstrations=entry.get("demonstrations", "mmke_eval.data.easyedit:demonstration_pool"),
+        probes=probes,
+        layout=str(entry.get("layout", Family.layout)),
+        required=tuple(entry.get("required", ())),
+        table=_table(name, entry.get("table") or [], probes),
+    )
+
+
+def _table(family: str, entries: list, probes: tuple[ProbeKind, ...]) -> tuple[tuple[str, str], ...]:
+    """The declared main-table columns: each {metric, title}, a metric one of the family's."""
+    known = {name for p in probes for name in p.metric_names()}
+    columns = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get("metric") not in known:
+            raise FamilyError(f"registry.yaml benchmarks.{family}.table[{i}]: expected {{metric, title}} with a metric "
+                              f"of this family ({', '.join(sorted(known))})")
+        columns.append((entry["metric"], str(entry.get("title", entry["metric"]))))
+    return tuple(columns)
+
+
+def names() -> list[str]:
+    from mmke_eval.registry import load_registry
+
+    return sorted(load_registry().get("benchmarks") or {})
+
+
+def of_card(card: dict) -> Family:
+    """The family a source card belongs to: its ``family`` key, else its ``benchmark``."""
+    return get(card.get("family") or card["benchmark"])
+
+
+def kind_of(doc: dict) -> ProbeKind:
+    """The declared kind of a probe document (its ``family`` and ``probe`` fields)."""
+    return get(doc["family"]).probe(doc["probe"])

@@ -1,0 +1,35 @@
+"""Benchmark families are declared in registry.yaml; bad declarations name the key."""
+
+import pytest
+
+from mmke_eval import families
+
+
+def test_declared_families_and_their_kinds():
+    mmke = families.get("mmke")
+    assert [name for name, _ in mmke.columns] == ["t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port"]
+    assert [p.name for p in mmke.probes if p.is_locality] == ["t_loc", "i_loc"]
+    assert mmke.probe("i_loc").locality == "i_loc_k" and mmke.probe("t_loc").locality == "t_loc_k"
+    assert [p.name for p in mmke.probes if p.portability] == ["port"]
+    assert mmke.probe("t_loc").metric_names() == ["t_loc", "t_loc_em"]
+    assert mmke.probe("t_rel").metric_names() == ["t_rel", "t_rel_em", "t_rel_contains"]
+    assert families.kind_of({"family": "vlkeb", "probe": "port"}).portability
+    assert set(families.names()) >= {"mmke", "vlkeb", "mmedit"}
+
+
+def test_unknown_names_are_errors_that_list_the_known_ones():
+    with pytest.raises(families.FamilyError, match="unknown benchmark family 'nonesuch'; declared in registry.yaml: .*mmke"):
+        families.get("nonesuch")
+    with pytest.raises(families.FamilyError, match="benchmark 'mmedit' has no probe kind 'port'"):
+        families.get("mmedit").probe("port")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"title": "no name"}, "expected a mapping with a name"),
+    ({"name": "x", "locality": "k"}, r"\.locality: expected one of"),
+    ({"name": "x", "image": "left"}, r"\.image: expected one of"),
+    ({"name": "x", "colour": "red"}, r": unknown key\(s\) \['colour'\]"),
+])
+def test_bad_probe_declarations_name_the_key(entry, problem):
+    with pytest.raises(families.FamilyError, match=r"registry.yaml benchmarks\.demo\.probes\[0\].*" + problem):
+        families._probe_kind("demo", 0, entry)
