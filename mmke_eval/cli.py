@@ -110,6 +110,9 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     for editor in editors:  # a bad name or value fails now, not after the editors before it ran
         registry.build_editor(editor, overrides=per_editor[editor])
     model_args = runner.model_args_for(args.model, args.model_args)
+    from mmke_eval.protocol import check_model_args
+
+    check_model_args(runner.parse_key_values(model_args, "--model_args"))  # fails in a second, not after loading lmms-eval
     rows = []
     for editor in editors:
         spec = runner.RunSpec(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -26,16 +25,14 @@ from typing import Any
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from mmke_eval import metrics, registry
+from mmke_eval import families, metrics, registry
 from mmke_eval.adapters.base import ForwardResult, Query
-from mmke_eval.data.augment import AUGMENTATIONS, augment
+from mmke_eval.data.augment import augment
 from mmke_eval.data.images import load_optional_image
-from mmke_eval.data.schema import DataError
-from mmke_eval import families
-from mmke_eval.data.schema import RESPONSE_MARKER, ProbeDoc
+from mmke_eval.data.schema import RESPONSE_MARKER, DataError, ProbeDoc
 from mmke_eval.journal import CaseJournal, file_digest, model_identity
 from mmke_eval.journal import digest as journal_digest
-from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
+from mmke_eval.protocol import Protocol, check_pretrained, protocol_from_options
 from editors.base import EditRequest
 
 logger = logging.getLogger("mmke_eval")
@@ -47,70 +44,10 @@ _PROBE_FIELDS = frozenset(ProbeDoc.__dataclass_fields__)
 LAST_PROTOCOL: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """Scoring choices. Defaults are the MMKE-Bench reference protocol (docs/protocol.md)."""
-
-    t_loc_k: int = 1  # text locality: top-1 agreement
-    i_loc_k: int = 10  # image locality: top-10 agreement, element-wise in rank order
-    loc_span: str = "auto"  # "sequence" | "answer" | "auto" (= the editor's reference span)
-    generate: bool = True  # greedy generations for the exact-match / contains columns
-    sequential: bool = False  # apply edits cumulatively, restore only at the end
-    # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
-    # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
-    sequential_gap: int = 0
-    # Image of the portability question: "data" (the image the data names for it: the edit image
-    # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
-    # editor's reference: IKE asks user-type portability on the edit image).
-    port_image: str = "auto"
-    # Multi-step editing (MIKE): the edit sees K images of its subject (the case's edit image and
-    # K-1 more that no probe uses); a family whose cases have fewer is an error, never a quiet 1.
-    edit_images: int = 1
-    # Augmentation of the edit image(s) before the edit (MIKE's study), seeded per case.
-    edit_augment: str = "none"
-    augment_seed: int = 0
-
-    def __post_init__(self):
-        if self.sequential_gap < 0:
-            raise ValueError("sequential_gap must be >= 0")
-        if self.sequential_gap and not self.sequential:
-            raise ValueError("sequential_gap needs sequential=true")
-        if self.loc_span not in LOC_SPANS:
-            raise ValueError(f"loc_span must be auto, sequence or answer, not {self.loc_span!r}")
-        if self.t_loc_k < 1 or self.i_loc_k < 1:
-            raise ValueError("t_loc_k and i_loc_k must be >= 1")
-        if self.port_image not in PORT_IMAGES:
-            raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
-        if self.edit_images < 1:
-            raise ValueError("edit_images must be >= 1")
-        if self.edit_augment not in AUGMENTATIONS:
-            raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
-
-
 class BackendError(RuntimeError):
     """A base backend failed on other tasks' requests; the message says which and why."""
 
     is_root_cause = True  # the CLI shows this message, not the exception it wraps
-
-
-def check_pretrained(value: Any) -> None:
-    """A ``pretrained=`` that names a missing folder fails as such (the backend would report a Hub
-    "repo id" error). Something shaped like a Hub id (``owner/name``) is left to the backend,
-    unless the Hub is offline and the local cache lacks it."""
-    if not isinstance(value, str) or not value:
-        return
-    path = Path(value).expanduser()
-    if path.is_dir():
-        return
-    looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") != 1 or path.exists()
-    if looks_like_path:
-        raise FileNotFoundError(f"pretrained={value}: no such folder")
-    import huggingface_hub
-
-    if huggingface_hub.is_offline_mode() and not isinstance(huggingface_hub.try_to_load_from_cache(value, "config.json"), str):
-        raise FileNotFoundError(
-            f"pretrained={value}: no such folder, and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
-        )
 
 
 def _version(package: str) -> str:
@@ -146,22 +83,6 @@ def _bypass_response_cache() -> None:
     execute._mmke_bypass = True
     execute.warned = False
     ResponseCache.execute = execute
-
-
-PORT_IMAGES = ("auto", "data", "edit")
-LOC_SPANS = ("auto", "sequence", "answer")
-PROTOCOL_OPTIONS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                    "edit_images", "edit_augment", "augment_seed", "journal")
-
-
-def _refuse_misspelt_options(base_args: dict[str, Any]) -> None:
-    """Unknown keys go to the base backend, but one that looks like a protocol option is a typo."""
-    import difflib
-
-    for key in base_args:
-        close = difflib.get_close_matches(key, PROTOCOL_OPTIONS, n=1, cutoff=0.8)
-        if close:
-            raise OptionError(f"unknown option {key!r}; did you mean {close[0]!r}? (protocol options: {', '.join(PROTOCOL_OPTIONS)})")
 
 
 def _split_args(kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -216,18 +137,10 @@ class EditedLMM(lmms):
         from mmke_eval.data import source
 
         editor_args, adapter_args, base_args = _split_args(kwargs)
-        _refuse_misspelt_options(base_args)
-        self.protocol = Protocol(
-            t_loc_k=parse_int("t_loc_k", t_loc_k, minimum=1),
-            i_loc_k=parse_int("i_loc_k", i_loc_k, minimum=1),
-            loc_span=parse_choice("loc_span", loc_span, LOC_SPANS),
-            generate=parse_bool("generate", generate),
-            sequential=parse_bool("sequential", sequential),
-            sequential_gap=parse_int("sequential_gap", sequential_gap, minimum=0),
-            port_image=parse_choice("port_image", port_image, PORT_IMAGES),
-            edit_images=parse_int("edit_images", edit_images, minimum=1),
-            edit_augment=parse_choice("edit_augment", edit_augment, AUGMENTATIONS),
-            augment_seed=parse_int("augment_seed", augment_seed),
+        self.protocol = protocol_from_options(
+            base_args, t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
+            sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
+            augment_seed=augment_seed,
         )
         # Tasks are loaded after the model: with --cases N, the loader adds the G cases VLKEB
         # edits after the N scored ones (sequential_gap=G).

@@ -5,7 +5,7 @@ import pytest
 from editors.base import ConfigError
 from editors.ft import FTConfig
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_float, parse_int
-from mmke_eval.wrapper import _refuse_misspelt_options
+from mmke_eval.protocol import check_model_args, refuse_misspelt_options
 
 
 @pytest.mark.parametrize("text", ["true", "TRUE", "1", "yes", "Yes", True, 1])
@@ -47,5 +47,15 @@ def test_editor_arguments_use_the_same_rules():
 
 def test_a_key_close_to_a_protocol_option_is_a_typo_not_a_backend_argument():
     with pytest.raises(OptionError, match="did you mean 'sequential_gap'"):
-        _refuse_misspelt_options({"sequential_gapp": "3"})
-    _refuse_misspelt_options({"pretrained": "x", "device_map": "cpu", "attn_implementation": "eager"})  # the backend's own
+        refuse_misspelt_options({"sequential_gapp": "3"})
+    refuse_misspelt_options({"pretrained": "x", "device_map": "cpu", "attn_implementation": "eager"})  # the backend's own
+
+
+def test_the_cli_checks_owned_options_before_loading_anything(tmp_path):
+    protocol = check_model_args({"sequential": "yes", "sequential_gap": "3", "pretrained": str(tmp_path), "device": "cpu"})
+    assert protocol.sequential is True and protocol.sequential_gap == 3
+    with pytest.raises(OptionError, match="option generate='off'"):
+        check_model_args({"generate": "off"})
+    with pytest.raises(FileNotFoundError, match="pretrained=/no/such/model: no such folder"):
+        check_model_args({"pretrained": "/no/such/model"})
+    check_model_args({"editor.steps": "5", "adapter.prompt_format": "chat", "journal": "x.jsonl"})  # owned elsewhere

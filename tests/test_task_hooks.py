@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from mmke_eval.resources import tasks_dir
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,7 @@ def test_wheel_installs_beside_an_existing_torch_and_runs_from_another_folder(tm
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HOME": str(tmp_path / "home"),
-           "MMKE_MINI_DATA": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MMKE_MINI_DATA": ""}
     env.pop("PYTHONPATH", None)
     done = run(env_dir / "bin" / "mmke-eval", "--cases", "2", "--editor", "none,ft_llm", "--output_path", "out", cwd=elsewhere, env=env)
     assert "| mmke_mini | ft_llm |" in done.stdout
