@@ -193,7 +193,7 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
 
     monkeypatch.setattr(runner, "evaluate", interrupted)
     monkeypatch.setattr(journal, "_open_journals", [saved])
-    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: "pretrained=x")
+    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130
