@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -313,9 +314,9 @@ class CaseEvaluator:
                     bar.set_postfix(resumed=resumed)
                     continue
                 pre = self._pre_edit(probes)
-                request = self.edit_request(probes[0].doc)
-                with self.editor.editing(self.adapter, request) as handle:
-                    self._post_edit(probes, pre, handle, request, results)
+                requests = self.edit_requests(probes[0].doc)
+                with self._editing(requests) as handle:
+                    self._post_edit(probes, pre, handle, requests[0], results)
                     stats.append(dict(handle.stats))
                 self._write_journal(key, probes, results)
             self.resumed_cases[label] = self.resumed_cases.get(label, 0) + resumed
@@ -344,10 +345,10 @@ class CaseEvaluator:
         handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
-                request = self.edit_request(probes[0].doc)
-                handles.append(self.editor.apply(self.adapter, request))
-                stats.append(dict(handles[-1].stats))
-                waiting.append((probes, pre, handles[-1], request))
+                requests = self.edit_requests(probes[0].doc)
+                case_handles = self._apply_all(requests, handles)
+                stats.append(dict(case_handles[0].stats))
+                waiting.append((probes, pre, case_handles[0], requests[0]))
                 if len(waiting) > gap:
                     self._score_when_due(*waiting.popleft(), results)
             tail = 0
@@ -419,6 +420,38 @@ class CaseEvaluator:
             train_file=doc["train_file"],
             family=doc["family"],
         )
+
+    def edit_requests(self, doc: dict) -> list[EditRequest]:
+        """The case's edit, then its follow-up edits (VLKEB's "edit twice": the one-hop fact),
+        each on the same edit image(s)."""
+        main = self.edit_request(doc)
+        followups = json.loads(doc["followup_edits"]) if doc.get("followup_edits") else []
+        return [main] + [
+            replace(main, case_id=f"{main.case_id}#edit{n}", prompt=prompt, target=target, original="",
+                    rephrase_prompt="", rephrase_image=None)
+            for n, (prompt, target) in enumerate(followups, 2)
+        ]
+
+    def _apply_all(self, requests: list[EditRequest], handles: list) -> list:
+        """Apply ``requests`` in order, appending each handle to ``handles`` (the caller restores them)."""
+        applied = []
+        for request in requests:
+            applied.append(self.editor.apply(self.adapter, request))
+            handles.append(applied[-1])
+        if len(applied) > 1 and any(handle.prefix for handle in applied):
+            raise ValueError(f"editor {self.editor.name!r} edits in context (a prompt prefix per edit); the follow-up "
+                             "edits of this task (VLKEB edit twice) need an editor that changes the model")
+        return applied
+
+    @contextmanager
+    def _editing(self, requests: list[EditRequest]):
+        """All of a case's edits applied, the first one's handle given; every edit restored after, in reverse."""
+        handles: list = []
+        try:
+            yield self._apply_all(requests, handles)[0]
+        finally:
+            for handle in reversed(handles):
+                self.editor.restore(self.adapter, handle)
 
     def _forwards(self, probes: list[ProbeRequest], queries: list[Query]) -> list[tuple[ForwardResult, str | None]]:
         """Teacher-forced outputs (top-k for locality) and greedy generations of ``queries``."""

@@ -237,6 +237,7 @@ def test_each_benchmark_family_runs_end_to_end_with_its_own_columns(family, task
         assert hop3["port"] is not None
         assert next(r for r in none if r["task"] == "vlkeb_eval")["port"] is None  # eval.json has no portability
         assert "vlkeb/3-hop/eval: 3 of 4 cases skipped: 3 no 3-hop portability question" in result.stderr
+        assert next(r for r in none if r["task"] == "vlkeb_edit_onehop")["port"] is not None
     else:
         assert {r["task"] for r in rows} >= {"mmedit_vqa", "mmedit_caption"}
         assert "mmedit/vqa/eval: 1 of 3 cases skipped: 1 empty alt" in result.stderr

@@ -130,3 +130,15 @@ def test_every_task_yaml_lists_its_familys_metrics():
     for name in ("mmke", "mmedit", "vlkeb", "mike"):
         spec = yaml.load((tasks_dir() / name / "_default_template_yaml").read_text(), Loader=_IgnoreTagsLoader)
         assert sorted(m["metric"] for m in spec["metric_list"]) == sorted(families.get(name).metric_names()), name
+
+
+def test_vlkeb_edit_twice_adds_the_one_hop_edit_and_asks_the_portability_question(vlkeb_root):
+    cases, report = load_vlkeb(vlkeb_root, {"benchmark": "vlkeb", "subset": "edit_onehop", "split": "eval"})
+    assert [c.case_id for c in cases] == ["vlkeb/edit_onehop/eval/0", "vlkeb/edit_onehop/eval/2"]
+    assert report.skipped == {"no edit-twice entry (port_edit_q, port_edit_a, port_q, port_a)": ["vlkeb/edit_onehop/eval/1"]}
+    assert cases[0].followup_edits == (("Who founded the entity in the image?", "Ada Berg"),)
+    port = next(p for p in cases[0].probes if p.kind == "port")
+    assert (port.question, port.answer, port.image) == ("Where was the founder of the entity in the image born?", "Bergen", cases[0].image)
+    assert cases[1].followup_edits == (("Which city is the entity in the image in?", "Tromso"),)  # found after a 2-hop entry
+    with pytest.raises(DataError, match="subset must be edit_onehop"):
+        load_vlkeb(vlkeb_root, {"benchmark": "vlkeb", "subset": "edit_onehop", "hop": 1, "split": "eval"})

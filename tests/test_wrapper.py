@@ -67,6 +67,7 @@ def probe_docs(case: str, target: str, kinds=("t_rel", "t_loc", "i_loc"), edit_o
         case_id=case, family="mmke", knowledge_type="entity_level", question="", answer=target, image="",
         edit_prompt="Who is this?", edit_target=target, edit_original="orig", edit_image="",
         rephrase_prompt="", rephrase_image="", train_file="", edit_extra_images="", edit_only=edit_only, entity="",
+        followup_edits="",
     )
     base.update(fields)
     docs = []
@@ -366,3 +367,29 @@ def test_edit_augmentation_changes_only_the_edit_image_deterministically(tmp_pat
     first, again = seen["noise"]
     assert first.tobytes() != original.tobytes() and first.tobytes() == again.tobytes()  # seeded per case
     assert lm.describe()["protocol"]["edit_augment"] == "noise"
+
+
+def test_follow_up_edits_are_applied_after_the_case_edit_and_all_restored():
+    """VLKEB's edit twice: both edits live while the case is probed, restored in reverse after."""
+    editor = FakeEditor()
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome", followup_edits=json.dumps([["Who founded Rome?", "Romulus"]]))
+    lm.task_dict["t"] = {"eval": docs}
+    lm.generate_until(make_requests({"t": docs}))
+    assert editor.log == ["apply c1", "apply c1#edit2", "restore", "restore"] and lm.adapter.edits == []
+    assert {c[1] for c in lm.adapter.calls if c[1] > 0} == {2}  # probed with both edits live
+    sequential = FakeEditor()
+    lm = make_lmm(sequential, Protocol(sequential=True))
+    lm.task_dict["t"] = {"eval": docs}
+    lm.generate_until(make_requests({"t": docs}))
+    assert sequential.log == ["apply c1", "apply c1#edit2", "restore", "restore"] and lm.adapter.edits == []
+
+
+def test_follow_up_edits_need_a_weight_editor():
+    editor = FakeEditor(prefix="New Fact: ...")
+    lm = make_lmm(editor)
+    docs = probe_docs("c1", "Rome", followup_edits=json.dumps([["Who founded Rome?", "Romulus"]]))
+    lm.task_dict["t"] = {"eval": docs}
+    with pytest.raises(ValueError, match="edits in context"):
+        lm.generate_until(make_requests({"t": docs}))
+    assert lm.adapter.edits == []  # what was applied is restored

@@ -7,6 +7,7 @@ editing wrapper groups those documents back by ``case_id``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 # Key marking a scored JSON response of the `edited` model (anything else is a plain generation).
@@ -37,6 +38,7 @@ class EditCase:
     probes: tuple[Probe, ...] = ()
     train_file: str = ""  # absolute path of the train split of the same type (IKE demonstrations)
     extra_images: tuple[str, ...] = ()  # more images of the edit subject, no probe asks on them (multi-step editing)
+    followup_edits: tuple[tuple[str, str], ...] = ()  # (prompt, target) edited after this one before probing (VLKEB edit twice)
     family: str = ""  # the benchmark family declaring its probe kinds (registry.yaml); set by its loader
 
 
@@ -61,6 +63,7 @@ class ProbeDoc:
     rephrase_image: str
     train_file: str
     edit_extra_images: str = ""  # EditCase.extra_images, one path per line (Arrow-friendly)
+    followup_edits: str = ""  # EditCase.followup_edits as a JSON list of [prompt, target] ("" for none)
     # Sequential runs with --cases N and sequential_gap G: one of the G cases edited after the N
     # scored ones (VLKEB), never scored itself.
     edit_only: bool = False
@@ -87,6 +90,7 @@ class ProbeDoc:
                     rephrase_image=case.rephrase_image,
                     train_file=case.train_file,
                     edit_extra_images="\n".join(case.extra_images),
+                    followup_edits=json.dumps([list(edit) for edit in case.followup_edits]) if case.followup_edits else "",
                     edit_only=edit_only,
                 )
             )

@@ -69,7 +69,7 @@ def port(hop: int, question: str, answer: str) -> dict:
 
 
 def write_vlkeb_fixture(root: Path) -> Path:
-    """``root/{train,eval,eval_multihop}.json`` and ``root/VLKEB_images/<mid>/google_N.jpg``."""
+    """``root/{train,eval,eval_multihop,eval_edit_onehop}.json`` and ``root/VLKEB_images/<mid>/google_N.jpg``."""
     root = Path(root)
     serial = 100
 
@@ -104,6 +104,14 @@ def write_vlkeb_fixture(root: Path) -> Path:
                                port(2, "Which river flows through its city?", "Akerselva"),
                                port(2, "A second 2-hop question, never used", "unused")]
     (root / "eval_multihop.json").write_text(json.dumps(multihop, indent=1))
+    onehop = [record() for _ in range(3)]
+    onehop[0]["port_new"] = [{"port_type": "1-hop", "port_edit_q": "Who founded the entity in the image?", "port_edit_a": "Ada Berg",
+                              "port_q": "Where was the founder of the entity in the image born?", "port_a": "Bergen"}]
+    onehop[1]["port_new"] = [port(1, "Who founded it?", "Nils Ek")]  # no edit-twice entry: skipped
+    onehop[2]["port_new"] = [port(2, "unused", "unused"),
+                             {"port_edit_q": "Which city is the entity in the image in?", "port_edit_a": "Tromso",
+                              "port_q": "Which country is the city of the entity in the image in?", "port_a": "Norway"}]
+    (root / "eval_edit_onehop.json").write_text(json.dumps(onehop, indent=1))
     return root
 
 
