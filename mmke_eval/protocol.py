@@ -17,7 +17,7 @@ from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "answer")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed")
+                   "edit_images", "edit_augment", "augment_seed", "user_number")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
 
 
@@ -51,6 +51,9 @@ class Protocol:
     # Augmentation of the edit image(s) before the edit (MIKE's study), seeded per case.
     edit_augment: str = "none"
     augment_seed: int = 0
+    # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
+    # them is scored, undone before the next group. 1: independent edits.
+    user_number: int = 1
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -65,6 +68,10 @@ class Protocol:
             raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
         if self.edit_images < 1:
             raise ValueError("edit_images must be >= 1")
+        if self.user_number < 1:
+            raise ValueError("user_number must be >= 1")
+        if self.user_number > 1 and self.sequential:
+            raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -86,6 +93,7 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         edit_images=parse_int("edit_images", values["edit_images"], minimum=1),
         edit_augment=parse_choice("edit_augment", values["edit_augment"], AUGMENTATIONS),
         augment_seed=parse_int("augment_seed", values["augment_seed"]),
+        user_number=parse_int("user_number", values["user_number"], minimum=1),
     )
 
 

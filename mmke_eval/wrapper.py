@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict, deque
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -129,6 +128,7 @@ class EditedLMM(lmms):
         edit_images: int = 1,
         edit_augment: str = "none",
         augment_seed: int = 0,
+        user_number: int = 1,
         journal: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -141,7 +141,7 @@ class EditedLMM(lmms):
         self.protocol = protocol_from_options(
             base_args, t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
             sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
-            augment_seed=augment_seed,
+            augment_seed=augment_seed, user_number=user_number,
         )
         # Tasks are loaded after the model: with --cases N, the loader adds the G cases VLKEB
         # edits after the N scored ones (sequential_gap=G).
@@ -304,21 +304,23 @@ class CaseEvaluator:
         desc = f"{self.editor.name} edits" + (f" ({label})" if label else "")
         stats: list[dict] = []
         if not self.protocol.sequential:
+            # Independent edits, or with user_number=N groups of N cases: every edit of a group is
+            # applied, then each of its cases is scored, then all are undone (MMKE-Bench's user number).
+            n = self.protocol.user_number
             resumed = 0
-            for probes in (bar := tqdm(cases, desc=desc, disable=not progress)):
-                if _edit_only(probes):
-                    raise ValueError(f"case {probes[0].doc['case_id']} is marked edit-only, which needs sequential=true")
-                key = self._case_key(probes)
-                if self._answer_from_journal(key, probes, results, stats):
-                    resumed += 1
+            for group in (bar := tqdm([cases[i : i + n] for i in range(0, len(cases), n)], desc=desc, disable=not progress)):
+                if any(_edit_only(probes) for probes in group):
+                    raise ValueError(f"case {group[0][0].doc['case_id']} is marked edit-only, which needs sequential=true")
+                keys = self._group_keys(group)
+                if self.journal is not None and all(self.journal.get(key) is not None for key in keys):
+                    for key, probes in zip(keys, group):
+                        self._answer_from_journal(key, probes, results, stats)
+                    resumed += len(group)
                     bar.set_postfix(resumed=resumed)
                     continue
-                pre = self._pre_edit(probes)
-                requests = self.edit_requests(probes[0].doc)
-                with self._editing(requests) as handle:
-                    self._post_edit(probes, pre, handle, requests[0], results)
-                    stats.append(dict(handle.stats))
-                self._write_journal(key, probes, results)
+                self._answer_group(group, results, stats)
+                for key, probes in zip(keys, group):
+                    self._write_journal(key, probes, results)
             self.resumed_cases[label] = self.resumed_cases.get(label, 0) + resumed
             self.editor_reports[label] = self.editor.summarize(stats)
             return
@@ -366,6 +368,36 @@ class CaseEvaluator:
         for key, probes in zip(keys, cases):  # only a whole task: a part of one cannot be resumed
             self._write_journal(key, probes, results)
         self.editor_reports[label] = self.editor.summarize(stats)
+
+    def _answer_group(self, group: list[list[ProbeRequest]], results: list, stats: list) -> None:
+        """Pre-edit outputs of every case, all of the group's edits, each case scored, all undone."""
+        pres = [self._pre_edit(probes) for probes in group]
+        handles: list = []
+        try:
+            firsts = []
+            for probes in group:
+                requests = self.edit_requests(probes[0].doc)
+                case_handles = self._apply_all(requests, handles)
+                firsts.append((case_handles[0], requests[0]))
+                stats.append(dict(case_handles[0].stats))
+            if len(group) > 1 and any(handle.prefix for handle in handles):
+                raise ValueError(f"editor {self.editor.name!r} edits in context (a prompt prefix per edit) and cannot hold "
+                                 "several cases' edits at once (user_number > 1)")
+            for probes, pre, (handle, request) in zip(group, pres, firsts):
+                self._post_edit(probes, pre, handle, request, results)
+        finally:
+            for handle in reversed(handles):
+                self.editor.restore(self.adapter, handle)
+
+    def _group_keys(self, group: list[list[ProbeRequest]]) -> list[str]:
+        """Journal keys: a case's own key, or with user_number > 1 keys chained over its group
+        (a case's result depends on every edit of the group)."""
+        if self.protocol.user_number == 1:
+            return [self._case_key(probes) for probes in group]
+        chained = journal_digest({"user_number": self.protocol.user_number, "group_cases": len(group)})
+        for probes in group:
+            chained = journal_digest([chained, self._case_key(probes)])
+        return [f"{chained}/{i}" for i in range(len(group))]  # every key covers the whole group
 
     # -- the journal (resume) ----------------------------------------------------------------
     @staticmethod
@@ -442,16 +474,6 @@ class CaseEvaluator:
             raise ValueError(f"editor {self.editor.name!r} edits in context (a prompt prefix per edit); the follow-up "
                              "edits of this task (VLKEB edit twice) need an editor that changes the model")
         return applied
-
-    @contextmanager
-    def _editing(self, requests: list[EditRequest]):
-        """All of a case's edits applied, the first one's handle given; every edit restored after, in reverse."""
-        handles: list = []
-        try:
-            yield self._apply_all(requests, handles)[0]
-        finally:
-            for handle in reversed(handles):
-                self.editor.restore(self.adapter, handle)
 
     def _forwards(self, probes: list[ProbeRequest], queries: list[Query]) -> list[tuple[ForwardResult, str | None]]:
         """Teacher-forced outputs (top-k for locality) and greedy generations of ``queries``."""

@@ -103,3 +103,15 @@ def test_sequential_runs_resume_whole_tasks_only(adapter, cases, tmp_path):
     assert again.applied == []
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == len(cases) and all(line["run"] == "seq" for line in lines)
+
+
+def test_user_number_groups_resume_whole_groups(adapter, cases, tmp_path):
+    path = tmp_path / "cases.jsonl"
+    protocol = Protocol(user_number=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_cases(adapter, counting_editor(interrupt_after=3), cases, protocol, journal=CaseJournal(path, "grp"))
+    assert len(path.read_text().splitlines()) == 2  # the first group finished, the second did not
+    editor = counting_editor()
+    resumed = score_cases(adapter, editor, cases, protocol, journal=CaseJournal(path, "grp"))
+    assert editor.applied == [c.case_id for c in cases[2:]]
+    assert resumed == score_cases(adapter, counting_editor(), cases, protocol)

@@ -393,3 +393,27 @@ def test_follow_up_edits_need_a_weight_editor():
     with pytest.raises(ValueError, match="edits in context"):
         lm.generate_until(make_requests({"t": docs}))
     assert lm.adapter.edits == []  # what was applied is restored
+
+
+def test_user_number_scores_each_group_of_n_cases_with_all_n_edits_live():
+    """MMKE-Bench's user number: N users' edits applied, each of them scored, undone before the next N."""
+    editor = FakeEditor()
+    lm = make_lmm(editor, Protocol(user_number=2))
+    docs = probe_docs("c1", "Rome") + probe_docs("c2", "Oslo") + probe_docs("c3", "Lima")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = [json.loads(o) for o in lm.generate_until(make_requests({"t": docs}))]
+    assert editor.log == ["apply c1", "apply c2", "restore", "restore", "apply c3", "restore"]
+    live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
+    assert live == [0, 0, 2, 2, 2, 2, 0, 1, 1]  # pre c1, pre c2, c1 and c2 with both edits, pre c3, c3 alone
+    assert all(o["score"] == 1.0 for o in outputs if o["probe"] == "t_rel") and lm.adapter.edits == []
+    with pytest.raises(ValueError, match="user_number needs sequential=false"):
+        Protocol(user_number=2, sequential=True)
+
+
+def test_user_number_refuses_in_context_editors():
+    lm = make_lmm(FakeEditor(prefix="New Fact: ..."), Protocol(user_number=2))
+    docs = probe_docs("c1", "Rome") + probe_docs("c2", "Oslo")
+    lm.task_dict["t"] = {"eval": docs}
+    with pytest.raises(ValueError, match="cannot hold several cases' edits"):
+        lm.generate_until(make_requests({"t": docs}))
+    assert lm.adapter.edits == []
