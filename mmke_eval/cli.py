@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         args, passthrough = _run_parser().parse_known_args(argv)
         return _run(args, passthrough)
+    except BrokenPipeError:  # `mmke-eval list | head`: the reader left; no traceback, the shell's SIGPIPE code
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         from mmke_eval.journal import saved_cases
 
