@@ -91,6 +91,9 @@ def _check_passthrough(passthrough: list[str]) -> None:
 
 def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     _check_passthrough(passthrough)
+    if os.path.isdir(args.tasks):  # lmms-eval would read it as a folder of task YAMLs and find none
+        raise ValueError(f"--tasks {args.tasks}: a folder of that name is in the current directory, and lmms-eval reads "
+                         "--tasks as a folder of task YAMLs when one exists; run from another folder (or rename it)")
     if args.data:
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():

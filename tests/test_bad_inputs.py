@@ -72,6 +72,8 @@ CATALOGUE = [
     ("bad editor argument value", lambda f: ["--editor", "ft_llm", "--editor_args", "steps=many"], 1,
      "argument steps='many'"),
     ("make-mini onto a file", lambda f: ["make-mini", "--out", f["file"]], 1, "exists and is not a folder"),
+    ("task name that is also a folder here", lambda f: (f["tmp"] / "mike").mkdir() or ["--tasks", "mike"], 1,
+     "--tasks mike: a folder of that name is in the current directory"),
 ]
 
 

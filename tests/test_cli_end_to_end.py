@@ -203,7 +203,7 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, tasks, writer", [
-    ("vlkeb", "vlkeb", "write_vlkeb_fixture"),
+    ("vlkeb", "vlkeb,vlkeb_edit_onehop", "write_vlkeb_fixture"),
     ("mmedit", "mmedit", "write_mmedit_fixture"),
     ("mike", "mike", "write_mike_fixture"),
 ])
