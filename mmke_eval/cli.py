@@ -194,8 +194,7 @@ def data_variables(task_names: str) -> list[str]:
 
 
 def _list() -> int:
-    from mmke_eval import registry
-    from mmke_eval.resources import tasks_dir
+    from mmke_eval import families, registry
 
     print("editors (defaults; per model family overrides):")
     for name in registry.editor_names():
@@ -205,19 +204,14 @@ def _list() -> int:
             print(f"  {'':14s}   defaults: {_key_values(entry['defaults'])}")
         for family, values in (entry.get("families") or {}).items():
             print(f"  {'':14s}   {family}: {_key_values(values)}")
-    from mmke_eval import families
-
     print("benchmark families (registry.yaml; docs/benchmarks.md):")
     for name in families.names():
         family = families.get(name)
         print(f"  {name:14s} {family.title}: {', '.join(title for _, title in family.columns)}")
     print("tasks and groups:")
-    for path in sorted(tasks_dir().rglob("*.yaml")):
-        with open(path) as f:
-            spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
-        name = spec.get("task") if isinstance(spec.get("task"), str) else spec.get("group")
-        if name:
-            print(f"  {name}")
+    tasks, groups = task_index()
+    for name in sorted({*tasks, *groups}):
+        print(f"  {name}")
     return 0
 
 

@@ -24,3 +24,13 @@ def tasks_dir() -> Path:
     import mmke_tasks
 
     return Path(mmke_tasks.__file__).resolve().parent
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

@@ -226,14 +226,11 @@ def without_nan(value: Any, nulls: dict[str, str], where: str = "") -> Any:
 def provenance() -> dict[str, Any]:
     """Package versions, and the git revision when mmke-eval runs from a checkout."""
     import subprocess
-    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
-    for package in ("mmke-eval", "lmms-eval", "torch", "transformers", "datasets", "sentence-transformers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
+    from mmke_eval.resources import package_version
+
+    versions = {package: package_version(package)
+                for package in ("mmke-eval", "lmms-eval", "torch", "transformers", "datasets", "sentence-transformers")}
     record: dict[str, Any] = {"versions": versions, "python": sys.version.split()[0]}
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / ".git").exists():

@@ -33,6 +33,7 @@ from mmke_eval.data.schema import RESPONSE_MARKER, DataError, ProbeDoc
 from mmke_eval.journal import CaseJournal, file_digest, model_identity
 from mmke_eval.journal import digest as journal_digest
 from mmke_eval.protocol import Protocol, check_pretrained, protocol_from_options
+from mmke_eval.resources import package_version
 from editors.base import EditRequest
 
 logger = logging.getLogger("mmke_eval")
@@ -48,15 +49,6 @@ class BackendError(RuntimeError):
     """A base backend failed on other tasks' requests; the message says which and why."""
 
     is_root_cause = True  # the CLI shows this message, not the exception it wraps
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _bypass_response_cache() -> None:
@@ -160,7 +152,7 @@ class EditedLMM(lmms):
         self.base_name = base
         self.journal_path = str(journal) if journal else None
         self.run_key = journal_digest({
-            "mmke_eval": _version("mmke-eval"), "base": base, "base_args": {**base_args, "batch_size": batch_size},
+            "mmke_eval": package_version("mmke-eval"), "base": base, "base_args": {**base_args, "batch_size": batch_size},
             "model": model_identity(self.adapter.model), "adapter": self.adapter.describe(),
             "editor": {"name": editor, **self.editor.config.to_dict()}, "protocol": asdict(self.protocol),
         })
@@ -312,9 +304,7 @@ class CaseEvaluator:
                 if any(_edit_only(probes) for probes in group):
                     raise ValueError(f"case {group[0][0].doc['case_id']} is marked edit-only, which needs sequential=true")
                 keys = self._group_keys(group)
-                if self.journal is not None and all(self.journal.get(key) is not None for key in keys):
-                    for key, probes in zip(keys, group):
-                        self._answer_from_journal(key, probes, results, stats)
+                if self._answer_from_journal(keys, group, results, stats):
                     resumed += len(group)
                     bar.set_postfix(resumed=resumed)
                     continue
@@ -325,14 +315,9 @@ class CaseEvaluator:
             self.editor_reports[label] = self.editor.summarize(stats)
             return
         # A sequential case's result depends on every edit before it (and, with a gap, after it):
-        # chain the keys, seeded with the task's length, and reuse only a whole identical task.
-        keys, chained = [], journal_digest({"sequential_task_cases": len(cases)})
-        for probes in cases:
-            chained = journal_digest([chained, self._case_key(probes)])
-            keys.append(chained)
-        if self.journal is not None and all(self.journal.get(key) is not None for key in keys):
-            for key, probes in zip(keys, cases):
-                self._answer_from_journal(key, probes, results, stats)
+        # the keys cover the whole task, so only a whole identical task is reused.
+        keys = self._whole_keys(cases, {"sequential_task_cases": len(cases)})
+        if self._answer_from_journal(keys, cases, results, stats):
             self.resumed_cases[label] = self.resumed_cases.get(label, 0) + len(cases)
             self.editor_reports[label] = self.editor.summarize(stats)
             return
@@ -347,10 +332,7 @@ class CaseEvaluator:
         handles, waiting = [], deque()
         try:
             for probes, pre in tqdm(list(zip(cases, pres)), desc=desc, disable=not progress):
-                requests = self.edit_requests(probes[0].doc)
-                case_handles = self._apply_all(requests, handles)
-                stats.append(dict(case_handles[0].stats))
-                waiting.append((probes, pre, case_handles[0], requests[0]))
+                waiting.append((probes, pre, *self._apply_case(probes, handles, stats)))
                 if len(waiting) > gap:
                     self._score_when_due(*waiting.popleft(), results)
             tail = 0
@@ -374,12 +356,7 @@ class CaseEvaluator:
         pres = [self._pre_edit(probes) for probes in group]
         handles: list = []
         try:
-            firsts = []
-            for probes in group:
-                requests = self.edit_requests(probes[0].doc)
-                case_handles = self._apply_all(requests, handles)
-                firsts.append((case_handles[0], requests[0]))
-                stats.append(dict(case_handles[0].stats))
+            firsts = [self._apply_case(probes, handles, stats) for probes in group]
             if len(group) > 1 and any(handle.prefix for handle in handles):
                 raise ValueError(f"editor {self.editor.name!r} edits in context (a prompt prefix per edit) and cannot hold "
                                  "several cases' edits at once (user_number > 1)")
@@ -389,15 +366,26 @@ class CaseEvaluator:
             for handle in reversed(handles):
                 self.editor.restore(self.adapter, handle)
 
+    def _apply_case(self, probes: list[ProbeRequest], handles: list, stats: list) -> tuple:
+        """Apply a case's edits (appending their handles to ``handles``); its first edit's (handle, request)."""
+        requests = self.edit_requests(probes[0].doc)
+        case_handles = self._apply_all(requests, handles)
+        stats.append(dict(case_handles[0].stats))
+        return case_handles[0], requests[0]
+
     def _group_keys(self, group: list[list[ProbeRequest]]) -> list[str]:
-        """Journal keys: a case's own key, or with user_number > 1 keys chained over its group
+        """Journal keys: a case's own key, or with user_number > 1 keys covering its whole group
         (a case's result depends on every edit of the group)."""
         if self.protocol.user_number == 1:
             return [self._case_key(probes) for probes in group]
-        chained = journal_digest({"user_number": self.protocol.user_number, "group_cases": len(group)})
-        for probes in group:
+        return self._whole_keys(group, {"user_number": self.protocol.user_number, "group_cases": len(group)})
+
+    def _whole_keys(self, cases: list[list[ProbeRequest]], seed: dict) -> list[str]:
+        """One key per case, each covering ``seed`` and every case of ``cases`` (reused only all together)."""
+        chained = journal_digest(seed)
+        for probes in cases:
             chained = journal_digest([chained, self._case_key(probes)])
-        return [f"{chained}/{i}" for i in range(len(group))]  # every key covers the whole group
+        return [f"{chained}/{i}" for i in range(len(cases))]
 
     # -- the journal (resume) ----------------------------------------------------------------
     @staticmethod
@@ -411,13 +399,17 @@ class CaseEvaluator:
             "images": {path: file_digest(path) for path in sorted(images)},
         })
 
-    def _answer_from_journal(self, key: str, probes, results: list, stats: list) -> bool:
-        entry = self.journal.get(key) if self.journal is not None else None
-        if entry is None or any(p.doc["probe_id"] not in entry for p in probes):
+    def _answer_from_journal(self, keys: list[str], cases: list[list[ProbeRequest]], results: list, stats: list) -> bool:
+        """Answer ``cases`` from the journal if it holds every one of them under ``keys``; else nothing."""
+        if self.journal is None:
             return False
-        for probe in probes:
-            results[probe.index] = entry[probe.doc["probe_id"]]
-        stats.append(json.loads(entry[probes[0].doc["probe_id"]]).get("edit") or {})
+        entries = [self.journal.get(key) for key in keys]
+        if any(entry is None or any(p.doc["probe_id"] not in entry for p in probes) for entry, probes in zip(entries, cases)):
+            return False
+        for entry, probes in zip(entries, cases):
+            for probe in probes:
+                results[probe.index] = entry[probe.doc["probe_id"]]
+            stats.append(json.loads(entry[probes[0].doc["probe_id"]]).get("edit") or {})
         return True
 
     def _write_journal(self, key: str, probes, results: list) -> None:

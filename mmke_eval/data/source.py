@@ -122,7 +122,8 @@ def data_record(root: Path, data_files: list[str], cases: list, origin: str) -> 
     from mmke_eval.journal import digest, file_digest
 
     files = {os.path.relpath(path, root): file_digest(str(path)) for path in data_files}
-    images = sorted({path for case in cases for path in (case.image, case.rephrase_image, *(p.image for p in case.probes)) if path})
+    images = sorted({path for case in cases
+                     for path in (case.image, case.rephrase_image, *case.extra_images, *(p.image for p in case.probes)) if path})
     image_hashes = [(os.path.relpath(path, root), file_digest(path)) for path in images]
     return {
         "root": str(root),
