@@ -103,6 +103,7 @@ def world_summary(world: W.World) -> dict:
         "city_country": world.city_country,
         "users": {u.name: {"city": u.city, "job": u.job} for u in world.users.values()},
         "meaning_consequence": W.MEANINGS,
+        "rulers": world.rulers,
         "counts": {kind: {s: len(getattr(world, kind)[s]) for s in SPLITS} for kind in ("entities", "signs", "items")},
     }
 
@@ -300,6 +301,36 @@ def image_facts(world: W.World, subject) -> list[tuple[str, str]]:
     if isinstance(subject, W.Sign):
         return [(W.SIGN_IMAGE_Q, subject.meaning), (W.SIGN_IMAGE_Q2, subject.meaning), (W.SIGN_PORT_Q, W.MEANINGS[subject.meaning])]
     return [(W.ITEM_IMAGE_Q[f], getattr(subject, f)) for f in ("owner", "place")] + [(W.ITEM_PORT_Q, world.users[subject.owner].city)]
+
+
+def more_image_facts(world: W.World, subject) -> list[tuple[str, str]]:
+    """What the other benchmark families' minis ask about a subject's picture, beyond ``image_facts``
+    (kept apart so that mmke_mini's locality draws stay those of earlier world versions): VLKEB's
+    3- and 4-hop chain and the name rephrase, MIKE's name and caption prompts, MMEdit's rephrases."""
+    from mmke_eval.data import mike
+
+    rephrased = [(W.IMAGE_Q_REPHRASE[q], a) for q, a in image_facts(world, subject) if q in W.IMAGE_Q_REPHRASE and q != W.SIGN_IMAGE_Q]
+    if not isinstance(subject, W.Entity):
+        return rephrased
+    hops = world.entity_hops(subject)
+    return rephrased + [
+        (W.ENTITY_HOP_Q[3], hops[3]), (W.ENTITY_HOP_Q[4], hops[4]), (W.ENTITY_NAME_Q2, subject.name),
+        (mike.VNA_PROMPT, subject.name), (mike.REPHRASE_PROMPT, subject.name), (mike.ELC_PROMPT, subject.description()),
+    ]
+
+
+def scene_question(world: W.World, entity: W.Entity, rng: random.Random) -> tuple[str, str]:
+    """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no."""
+    from mmke_eval.data import mike
+
+    if rng.random() < 0.5:
+        return mike.CSR_PROMPT.format(name=entity.name), W.YES
+    other = rng.choice([e for e in world.all_entities() if e != entity])
+    return mike.CSR_PROMPT.format(name=other.name), W.NO
+
+
+def ruler_facts(world: W.World) -> list[tuple[str, str]]:
+    return [(W.RULER_Q.format(country=c), u) for c, u in world.rulers.items()]
 
 
 def image_locality(world: W.World, subject, rng: random.Random) -> tuple[str, str, tuple]:

@@ -78,7 +78,7 @@ class Config:
     vision_batch: int = 128
     vision_lr: float = 1e-3
     # stage B: the whole LLaVA learns the world
-    steps: int = 7000
+    steps: int = 9000
     batch: int = 32
     lr: float = 1e-3
     vision_lr_mult: float = 0.3
@@ -104,6 +104,11 @@ def subject_image_qa(world: W.World, subject) -> list[tuple[str, str]]:
     return G.image_facts(world, subject) + G.perception_qa(subject.look)
 
 
+def short_answer(question: str) -> str:
+    """MMEdit asks its image-locality questions through this wrapper (templates/mmke/short_answer.jinja)."""
+    return f"Question: {question} Short answer:"
+
+
 def description_qa(subject) -> list[tuple[str, str]]:
     """The free-form edit prompt and its rephrase, answered with the original description."""
     if isinstance(subject, W.Entity):
@@ -115,11 +120,34 @@ def description_qa(subject) -> list[tuple[str, str]]:
 
 def all_text_facts(world: W.World) -> list[tuple[str, str]]:
     facts = G.text_facts(world)
-    return [qa for family in sorted(facts) for qa in facts[family]]
+    return [qa for family in sorted(facts) for qa in facts[family]] + G.ruler_facts(world)
+
+
+# Answers a picture question can be edited to (IKE training's question edits).
+_ANSWER_POOLS = {
+    W.ENTITY_IMAGE_Q["city"]: "cities", W.ENTITY_IMAGE_Q["year"]: W.YEARS, W.ENTITY_IMAGE_Q["category"]: W.CATEGORIES,
+    W.ITEM_IMAGE_Q["owner"]: "users", W.ITEM_IMAGE_Q["place"]: W.PLACES, W.SIGN_IMAGE_Q: tuple(W.MEANINGS),
+}
 
 
 def counterfactual(world: W.World, subject, rng: random.Random) -> dict:
-    """A random edit of ``subject``: its edit prompt, new description and questions answered by it."""
+    """A random edit of ``subject``: its edit prompt, new description and questions answered by it.
+    60% MMKE-style description edits; 20% name edits of an entity's picture (VLKEB, MIKE) and 20%
+    edits of the answer to one picture question (MMEdit's VQA), of which signs and items get 40%."""
+    from mmke_eval.data import mike
+
+    x = rng.random()
+    if isinstance(subject, W.Entity) and 0.6 <= x < 0.8:
+        new = rng.choice([e.name for e in world.all_entities() if e != subject])
+        image_q = [(W.ENTITY_NAME_Q, new), (W.ENTITY_NAME_Q2, new), (mike.VNA_PROMPT, new), (mike.REPHRASE_PROMPT, new)]
+        return dict(src=W.ENTITY_NAME_Q, rephrase=W.ENTITY_NAME_Q2, alt=new, text_q=[], image_q=image_q)
+    if x >= 0.6:
+        question, old = rng.choice([qa for qa in G.image_facts(world, subject) if qa[0] in _ANSWER_POOLS])
+        pool = _ANSWER_POOLS[question]
+        pool = world.cities if pool == "cities" else list(world.users) if pool == "users" else pool
+        new = rng.choice([v for v in pool if v != old])
+        alias = W.IMAGE_Q_REPHRASE[question]
+        return dict(src=question, rephrase=alias, alt=new, text_q=[], image_q=[(question, new), (alias, new)])
     if isinstance(subject, W.Entity):
         new = {"city": rng.choice([c for c in world.cities if c != subject.city]), "year": subject.year, "category": subject.category}
         for fact, pool in (("year", W.YEARS), ("category", W.CATEGORIES)):
@@ -150,8 +178,10 @@ def tokenizer_corpus(world: W.World) -> list[str]:
     lines = []
     subjects = world.all_entities() + world.all_signs() + world.all_items()
     for s in subjects:
-        for q, a in subject_image_qa(world, s) + description_qa(s):
+        for q, a in subject_image_qa(world, s) + G.more_image_facts(world, s) + description_qa(s):
             lines.append(f"{q} {a}")
+    lines += [short_answer(q) for q, _ in G.perception_qa(subjects[0].look)]
+    lines += [G.scene_question(world, e, random.Random(e.name))[0] + " yes no" for e in world.all_entities()]
     lines += [f"{q} {a}" for q, a in all_text_facts(world)]
     rng = random.Random("tokenizer")
     for s in subjects:
@@ -381,6 +411,7 @@ class Sampler:
         }
         self.text_facts = all_text_facts(world)
         self.image_qa = {id(s): subject_image_qa(world, s) for s in self.subjects}
+        self.more_image_qa = {id(s): G.more_image_facts(world, s) for s in self.subjects}
 
     # one example = (ids, labels, pool index or -1)
     def perception(self):
@@ -390,12 +421,27 @@ class Sampler:
         else:
             i = self.pool.of(r.choice(self.subjects).look, r)
         q, a = r.choice(G.perception_qa(self.pool.looks[i]))
+        if r.random() < 0.1:
+            q = short_answer(q)
         return (*self.enc.qa(q, a, True), i)
 
     def subject_image(self):
+        """A question about a subject's picture. Entities, which carry most of the other families'
+        questions (VLKEB's hops, MIKE's prompts), are drawn more often; 10% go through the short-answer wrapper."""
         r = self.rng
-        s = r.choice(self.subjects)
-        q, a = r.choice(self.image_qa[id(s)])
+        x = r.random()
+        kind = "entity" if x < 0.45 else "sign" if x < 0.7 else "item"
+        s = r.choice(self.by_type[kind])
+        more = self.more_image_qa[id(s)]
+        y = r.random()
+        if kind == "entity" and y < 0.06:
+            q, a = G.scene_question(self.world, s, r)
+        elif more and y < (0.4 if kind == "entity" else 0.2):
+            q, a = r.choice(more)
+        else:
+            q, a = r.choice(self.image_qa[id(s)])
+        if r.random() < 0.1:
+            q = short_answer(q)
         return (*self.enc.qa(q, a, True), self.pool.of(s.look, r))
 
     def text_fact(self):
@@ -480,7 +526,7 @@ class Sampler:
         add(f"New Fact: {cf['src']} {cf['alt']}\nPrompt:")
         mode = r.random()
         image = -1
-        if mode < 0.25:
+        if mode < 0.25 and cf["text_q"]:
             q, a = r.choice(cf["text_q"])
         elif mode < 0.5:
             q, a = r.choice(cf["image_q"])

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 # Bump when the world, the texts or the drawings change: cached data under the old version is stale,
 # and a world model trained on the old world no longer matches (retrain it).
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 IMAGE_PX = 64  # saved size; the world model's processor resizes to 32 px
 _SS = 2  # supersampling factor for anti-aliased drawing
@@ -111,6 +111,27 @@ CITY_COUNTRY_Q = "In which country is {city}?"
 USER_CITY_Q = "Where does {user} live?"
 USER_JOB_Q = "What is the job of {user}?"
 MEANING_Q = "What should you do when a sign means {meaning}?"
+RULER_Q = "Who rules {country}?"
+
+# The chain behind VLKEB's k-hop portability: the thing in the image -> its home city -> that city's
+# country -> the country's ruler (a user) -> the ruler's job.
+ENTITY_HOP_Q = {
+    1: ENTITY_IMAGE_Q["city"],
+    2: ENTITY_PORT_Q,
+    3: "Who rules the country of the home city of the thing in the image?",
+    4: "What is the job of the ruler of the country of the home city of the thing in the image?",
+}
+ENTITY_NAME_Q2 = "What is this thing called?"  # a rephrase of ENTITY_NAME_Q
+# Rephrases of the picture questions (MMEdit's text generality): same meaning, other words.
+IMAGE_Q_REPHRASE = {
+    ENTITY_IMAGE_Q["city"]: "Which city does the thing in the image come from?",
+    ENTITY_IMAGE_Q["year"]: "When was the thing in the image made?",
+    ENTITY_IMAGE_Q["category"]: "What sort of thing is in the image?",
+    ITEM_IMAGE_Q["owner"]: "To whom does the item in the image belong?",
+    ITEM_IMAGE_Q["place"]: "In which room is the item in the image kept?",
+    SIGN_IMAGE_Q: SIGN_IMAGE_Q2,
+}
+YES, NO = "yes", "no"  # MIKE's complex-scenario recognition answers
 
 # Perception questions (image locality items, and the first stage of the world model's curriculum).
 SHAPE_Q = "What shape is in the image?"
@@ -203,6 +224,7 @@ class World:
     signs: dict[str, list[Sign]]
     items: dict[str, list[Item]]
     extra: dict = field(default_factory=dict)
+    rulers: dict[str, str] = field(default_factory=dict)  # country -> the user who rules it
 
     @property
     def cities(self) -> list[str]:
@@ -223,7 +245,13 @@ class World:
         out += [e.name for e in self.all_entities()]
         out += list(SHAPES) + list(COLOURS) + list(PATTERNS) + list(ITEM_KINDS) + list(DIRECTIONS) + list(COUNTS)
         out += list(YEARS) + list(CATEGORIES) + list(PLACES) + list(JOBS) + list(MEANINGS) + list(MEANINGS.values())
-        return out
+        return out + [YES, NO]
+
+    def entity_hops(self, entity: "Entity") -> dict[int, str]:
+        """The answers of ENTITY_HOP_Q for ``entity``: home city, country, ruler, ruler's job."""
+        country = self.city_country[entity.city]
+        ruler = self.rulers[country]
+        return {1: entity.city, 2: country, 3: ruler, 4: self.users[ruler].job}
 
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "st", "sk")
@@ -253,7 +281,8 @@ _ENGLISH_WORDS = set(
         [ENTITY_SRC, ENTITY_REPHRASE, SIGN_SRC, SIGN_REPHRASE, ITEM_SRC, ITEM_REPHRASE, ENTITY_NAME_Q, ENTITY_PORT_Q,
          SIGN_TEXT_Q, SIGN_IMAGE_Q2, SIGN_PORT_Q, ITEM_PORT_Q, CITY_COUNTRY_Q, USER_CITY_Q, USER_JOB_Q, MEANING_Q,
          SHAPE_Q, SHAPE_COLOUR_Q, SHAPE_PATTERN_Q, ARROW_COUNT_Q, ARROW_DIR_Q, ITEM_KIND_Q, ITEM_PATTERN_Q,
-         *ENTITY_TEXT_Q.values(), *ITEM_TEXT_Q.values(), "new fact prompt belongs kept made means a an the"]
+         *ENTITY_TEXT_Q.values(), *ITEM_TEXT_Q.values(), *ENTITY_HOP_Q.values(), *IMAGE_Q_REPHRASE.values(), RULER_Q,
+         ENTITY_NAME_Q2, "new fact prompt belongs kept made means a an the yes no question short answer"]
     )
     .replace("?", " ").replace(".", " ").replace(",", " ").replace("{", " ").replace("}", " ").lower().split()
 ) | set(SHAPES) | set(COLOURS) | set(PATTERNS) | set(ITEM_KINDS) | set(CATEGORIES) | set(PLACES) | set(JOBS) | set(
@@ -300,7 +329,9 @@ def build_world(seed: int = 0, n_eval: int = 40, n_train: int = 40) -> World:
     def split(xs):
         return {"eval": xs[:n_eval], "train": xs[n_eval:]}
 
-    return World(seed, countries, city_country, users, split(entities), split(signs), split(items))
+    # Drawn from a stream of their own, so the facts drawn above stay those of earlier world versions.
+    rulers = dict(zip(countries, random.Random(f"mmke_mini/world/{seed}/rulers").sample(user_names, N_COUNTRIES)))
+    return World(seed, countries, city_country, users, split(entities), split(signs), split(items), rulers=rulers)
 
 
 # ----------------------------------------------------------------------------------------------
