@@ -4,7 +4,7 @@
     mmke-eval --editor none,ft_llm,ft_alignment,ike
     mmke-eval --tasks mmke_entity --model llava_hf \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf --editor ft_llm --output_path out/ --data /data/MMKE
-    mmke-eval make-mini --out DIR               # write the generated benchmark
+    mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike)
     mmke-eval list                              # editors and tasks
 
 Any other option is passed to lmms-eval unchanged (--limit, --log_samples, --use_cache, ...).
@@ -146,17 +146,20 @@ def _write_table(out: Path, rows: list[dict]) -> None:
 
 
 def _make_mini(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmke-eval make-mini", description="Write the generated mmke_mini benchmark.")
-    parser.add_argument("--out", required=True, help="output folder (data_json/, data_image/)")
+    from mmke_eval.mini.generate import FAMILIES, generate_any
+
+    parser = argparse.ArgumentParser(prog="mmke-eval make-mini", description="Write a generated mini benchmark in its release layout.")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--family", default="mmke", choices=FAMILIES,
+                        help="mmke: MMKE-Bench's data_json/, data_image/; vlkeb: train.json, eval*.json, VLKEB_images/; "
+                        "mmedit: vqa/, caption/, val2014*/; mike: mike_{train,eval}.json and images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from mmke_eval.mini.generate import generate
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {args.out}: exists and is not a folder")
-    root = generate(out, seed=args.seed)
-    print(f"mmke_mini written to {root}")
+    root = generate_any(args.family, out, seed=args.seed)
+    print(f"{args.family}_mini written to {root}")
     return 0
 
 

@@ -30,25 +30,43 @@ STEMS = {"entity_level": "entity", "visual_knowledge": "visual", "user_specific"
 SPLITS = ("train", "eval")
 
 
-def default_root(seed: int = 0) -> Path:
+FAMILIES = ("mmke", "vlkeb", "mmedit", "mike")  # mmke: this module; the others: releases.py
+
+
+def default_root(seed: int = 0, family: str = "mmke") -> Path:
     cache = Path(os.environ.get("MMKE_CACHE") or Path.home() / ".cache" / "mmke_eval").expanduser()
-    return cache / "mmke_mini" / f"v{GENERATOR_VERSION}-seed{seed}"
+    name = f"v{GENERATOR_VERSION}-seed{seed}"
+    return cache / "mmke_mini" / (name if family == "mmke" else f"{name}-{family}")
 
 
-def ensure_generated(root: Path | None = None, seed: int = 0) -> Path:
-    """The root of the generated benchmark for ``seed``; generates it if missing or stale.
+def generate_any(family: str, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
+    """Write the mini version of a benchmark family (mmke, vlkeb, mmedit, mike) under ``root``."""
+    if family == "mmke":
+        return generate(root, seed, n_eval, n_train)
+    from mmke_eval.mini import releases
+
+    releases.generate_family(family, root, seed, n_eval, n_train)
+    (Path(root) / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train, family)) + "\n")
+    return Path(root)
+
+
+def ensure_generated(root: Path | None = None, seed: int = 0, family: str = "mmke") -> Path:
+    """The root of the generated benchmark (``family``'s mini version) for ``seed``; generates it if
+    missing or stale.
 
     Idempotent and safe when several processes call it at once: the data is written to a temporary
     folder beside ``root`` and moved into place; a stamp file records the generator version and seed.
     """
-    root = Path(root) if root is not None else default_root(seed)
-    expected = _stamp(seed, 40, 40)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    root = Path(root) if root is not None else default_root(seed, family)
+    expected = _stamp(seed, 40, 40, family)
     if _read_stamp(root) == expected:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        generate(tmp, seed=seed)
+        generate_any(family, tmp, seed=seed)
         if _read_stamp(root) == expected:  # another process finished first
             return root
         if root.exists():
@@ -66,8 +84,22 @@ def ensure_generated(root: Path | None = None, seed: int = 0) -> Path:
     return root
 
 
-def _stamp(seed: int, n_eval: int, n_train: int) -> dict:
-    return {"generator": "mmke_mini", "version": GENERATOR_VERSION, "seed": seed, "n_eval": n_eval, "n_train": n_train}
+def ensure_vlkeb() -> Path:
+    """The source cards' generators (called with no arguments) of the other families' minis."""
+    return ensure_generated(family="vlkeb")
+
+
+def ensure_mmedit() -> Path:
+    return ensure_generated(family="mmedit")
+
+
+def ensure_mike() -> Path:
+    return ensure_generated(family="mike")
+
+
+def _stamp(seed: int, n_eval: int, n_train: int, family: str = "mmke") -> dict:
+    stamp = {"generator": "mmke_mini", "version": GENERATOR_VERSION, "seed": seed, "n_eval": n_eval, "n_train": n_train}
+    return stamp if family == "mmke" else {**stamp, "family": family}
 
 
 def _read_stamp(root: Path) -> dict | None:
@@ -86,13 +118,18 @@ def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> 
     for (stem, split), recs in records.items():
         text = json.dumps(recs, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
         (root / "data_json" / f"{stem}_{split}.json").write_text(text, encoding="utf-8")
-    for rel, (look, style) in sorted(images.items()):
-        path = root / "data_image" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        W.render(look, style).save(path, format="PNG", optimize=False)
+    write_images(root / "data_image", images)
     (root / "mmke_mini.json").write_text(json.dumps(world_summary(world), indent=1) + "\n", encoding="utf-8")
     (root / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train)) + "\n")
     return root
+
+
+def write_images(folder: Path, images: dict) -> None:
+    """Draw ``{relative path: (look, style)}`` under ``folder`` as PNG."""
+    for rel, (look, style) in sorted(images.items()):
+        path = Path(folder) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        W.render(look, style).save(path, format="PNG", optimize=False)
 
 
 def world_summary(world: W.World) -> dict:

@@ -852,12 +852,30 @@ def measure(model_dir: Path, data_root: Path, world: W.World, cfg: Config, log) 
     probes = fresh_render_probes(world, seed=12345)
     result["fresh_renders"] = summarise(probes, teacher_forced(model, processor, probes))
     log(f"fresh renders (all subjects): {json.dumps(result['fresh_renders'])}")
+    result["other_families"] = measure_families(model, processor, world, log)
     for k in (0, 5, 25):
         probes = ike_probes(data_root, k, seed=k)
         probes = random.Random(k).sample(probes, min(300, len(probes)))
         result[f"ike_check_{k}_demos"] = summarise(probes, teacher_forced(model, processor, probes, batch=16))
         log(f"IKE-format check, {k} demonstrations (edited answers; loc = original): {json.dumps(result[f'ike_check_{k}_demos'])}")
     log(f"measuring took {time.time() - t0:.0f}s")
+    return result
+
+
+def measure_families(model, processor, world: W.World, log) -> dict:
+    """The knowledge bar on the other families' minis (releases.py): their probes with the ORIGINAL
+    answers, per split; for MIKE, what its locality probes and edits build on (names, captions, scenes)."""
+    from mmke_eval.mini import releases
+
+    result = {}
+    with tempfile.TemporaryDirectory(prefix="mmke_mini_families_") as tmp:
+        for family in releases.FAMILIES:
+            root = releases.generate_family(family, Path(tmp) / family, seed=world.seed)
+            for split in ("eval", "train"):
+                probes = releases.knowledge_probes(family, root, split)
+                summary = summarise(probes, teacher_forced(model, processor, probes))
+                result[f"{family}_{split}"] = summary
+                log(f"{family} mini, {split} split (original knowledge): {json.dumps({k: v['all'] for k, v in summary.items()})}")
     return result
 
 
@@ -869,12 +887,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
     parser.add_argument("--measure_only", action="store_true",
                         help="no training: measure the model already in --out and print the numbers (JSON)")
+    parser.add_argument("--write_metrics", action="store_true",
+                        help="with --measure_only: also replace the measured numbers in --out/metrics.json (training facts kept)")
     args = parser.parse_args(argv)
     cfg = Config(**{k: getattr(args, k) for k in Config.__dataclass_fields__})
     if args.measure_only:
         world = W.build_world(cfg.world_seed)
         root = args.data or G.ensure_generated(seed=cfg.world_seed)
-        print(json.dumps(measure(args.out, root, world, cfg, log=lambda line: print(line, file=sys.stderr)), indent=1))
+        measured = measure(args.out, root, world, cfg, log=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(measured, indent=1))
+        if args.write_metrics:
+            path = args.out / "metrics.json"
+            metrics = json.loads(path.read_text()) if path.is_file() else {}
+            metrics.update(measured)
+            path.write_text(json.dumps(metrics, indent=1) + "\n")
         return
     train(cfg, args.out, args.data)
 
