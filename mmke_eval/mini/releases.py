@@ -12,8 +12,9 @@ kinds of pictures, drawn from seeded streams of their own) as
   rephrased by ``IMAGE_Q_REPHRASE``) and ``caption/caption_{train,eval}_edit.json`` (a new
   free-form description), images in ``val2014/`` and ``val2014_image_rephrase/``.
 * **MIKE** (``mike``): ``mike_{train,eval}.json`` in the local format of ``mmke_eval.data.mike``:
-  an entity's pictures given a NEW name (a word the world model never saw, as MIKE's
-  fine-grained entities are new to the model it edits), five pictures per entity (edit,
+  an entity's pictures given another name, that of an entity of the other split (MIKE's entities
+  are new to the model it edits, but a word the world model never saw is made of tokens it never
+  produced, which no editor could write in: docs/mmke-mini.md), five pictures per entity (edit,
   generality, three more for multi-step editing) and two framed, off-centre "scenes" (the mini's
   stand-in for MIKE's complex scenes, which show several entities).
 
@@ -158,12 +159,15 @@ def _new_answer(world: W.World, question: str, old: str, rng: random.Random) -> 
 
 
 # -- MIKE -------------------------------------------------------------------------------------
+def _cycle(items: list, n: int) -> list:
+    return [items[i % len(items)] for i in range(n)]
+
+
 def mike_files(world: W.World) -> tuple[dict, dict]:
     files, images = {}, {}
-    taken = {w.lower() for w in world.words()}
-    new_names = W._make_names(random.Random(f"mmke_mini/mike_names/{world.seed}"), len(world.all_entities()), taken)
-    names = iter(new_names)
     for split in SPLITS:
+        # An eval entity takes the name of the train entity at its index, and the other way round.
+        names = iter(e.name for e in _cycle(world.entities["train" if split == "eval" else "eval"], len(world.entities[split])))
         records = []
         for index, entity in enumerate(world.entities[split]):
             rng = _rng(world, "mike", split, index)
