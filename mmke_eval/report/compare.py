@@ -108,7 +108,8 @@ def setup_differences(a: Run, b: Run) -> list[str]:
     for task in a.data.keys() & b.data.keys():
         if a.data[task].key != b.data[task].key and not (a.entry(task) and a.entry(task).is_group):
             lines.append(f"data of {task}: {a.data[task].text} -> {b.data[task].text}")
-    return sorted(lines, key=lambda line: (not line.startswith("model"), not line.startswith("data"), line))
+    first = ("model", "editor:", "data")
+    return sorted(lines, key=lambda line: (next((i for i, p in enumerate(first) if line.startswith(p)), len(first)), line))
 
 
 def _model(run: Run) -> str:

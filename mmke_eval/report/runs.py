@@ -193,7 +193,8 @@ def _run(path: Path, results: dict) -> Run:
     run.versions = {**(provenance.get("versions") or {"lmms-eval": results.get("lmms_eval_version")}),
                     **({"git": provenance["git"].get("revision")} if provenance.get("git") else {})}
     run.cards = task_cards(results)
-    run.groups = {g: list(m) for g, m in (results.get("group_subtasks") or {}).items()}
+    # lmms-eval lists every task run on its own as a group without members
+    run.groups = {g: list(m) for g, m in (results.get("group_subtasks") or {}).items() if m}
     run.data = _data_ids(results, run.cards)
     for name in run.data:
         samples = path.with_name(f"{stamp}_samples_{name}.jsonl")
@@ -223,7 +224,7 @@ def _metric_title(name: str) -> str:
 
 
 def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
-    from mmke_eval.data.source import CARD_KEY_FIELDS
+    from mmke_eval.data.source import card_key
 
     mmke = results.get("mmke") or {}
     samples = results.get("n-samples") or {}
@@ -233,13 +234,13 @@ def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
         card = cards.get(task)
         documents = (samples.get(task) or {}).get("effective")
         if card is None:
-            if task in (results.get("group_subtasks") or {}):
+            if (results.get("group_subtasks") or {}).get(task):
                 continue  # a group: from its members, below
             version = (results.get("versions") or {}).get(task)
             text = f"lmms-eval task {task} (version {version}), {documents} documents" + (f", --limit {limit}" if limit else "")
             ids[task] = DataId(digest(["lmms-eval", task, version, documents, limit]), text)
             continue
-        key = "/".join(str(card[f]) for f in CARD_KEY_FIELDS if f in card)
+        key = "/".join(card_key(card))  # how mmke-eval keys its data records
         record, skipped = (mmke.get("data") or {}).get(key), (mmke.get("skipped_cases") or {}).get(key)
         if record and skipped is not None:
             files = digest(record.get("files"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmke_eval import metrics
+from mmke_eval.data.source import card_key
 
 MMKE_MINI = {
     "mmke_mini_entity": {"benchmark": "mmke_mini", "family": "mmke", "knowledge_type": "entity_level", "split": "eval",
@@ -77,7 +78,7 @@ def write_run(
     skipped = {}
     for task in scores:
         card = cards[task]
-        key = "/".join(str(card[f]) for f in ("benchmark", "knowledge_type", "subset", "hop", "split") if f in card)
+        key = "/".join(card_key(card))
         files = (data_files or {}).get(task, f"sha-{task}")
         data[key] = {"root": "/data", "origin": "test", "files": {f"data_json/{task}.json": files}, "images": 0,
                      "images_sha256": "x", "sha256": f"{files}-{first_n}"}
