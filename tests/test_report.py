@@ -250,6 +250,17 @@ def test_a_run_saved_twice_counts_once_the_newer(tmp_path, capsys):
     assert any(str(newer) in note for note in notes)
 
 
+def test_a_new_version_of_an_editor_is_another_row(tmp_path):
+    write_run(tmp_path / "old" / "ft_llm", SCORES["ft_llm"], editor="ft_llm", stamp="20260101_000000")
+    write_run(tmp_path / "new" / "ft_llm", SCORES["ike"], editor="ft_llm", stamp="20260102_000000", version="0.2.0")
+    runs, notes = load_runs([tmp_path])
+    assert not notes  # not a rerun of the same thing
+    entity = build_tables(runs, "task")[0]
+    assert [row.labels for row in entity.rows] == [["ft_llm [version.mmke-eval=0.1.0]"], ["ft_llm [version.mmke-eval=0.2.0]"]]
+    assert ("Versions differ: mmke-eval=0.1.0 (ft_llm [version.mmke-eval=0.1.0]); "
+            "mmke-eval=0.2.0 (ft_llm [version.mmke-eval=0.2.0])") in entity.notes
+
+
 def test_bad_inputs_fail_naming_what(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "missing")]) == 1
     assert "missing: no such file or folder" in capsys.readouterr().err

@@ -177,7 +177,7 @@ def _gaps(entries: list[Entry], labels: Labels, title: str):
 
 
 def _line_key(run: Run) -> str:
-    return digest([run.editor, run.editor_overrides, {k: v for k, v in run.protocol.items() if k != "sequential_gap"}])
+    return digest([run.editor, {k: v for k, v in run.variant_values().items() if k != "sequential_gap"}])
 
 
 def _gap_figure(first: Entry, lines: dict[str, list[Entry]], labels: Labels, title: str):

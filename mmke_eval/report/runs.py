@@ -87,12 +87,14 @@ class Run:
 
     @property
     def variant_key(self) -> str:
-        """The editor as run: name, overrides and protocol."""
-        return digest([self.editor, self.editor_overrides, self.protocol])
+        """The editor as run: name, overrides, protocol, and the code that ran it (a new version
+        of an editor is another row, never a rerun of the old one)."""
+        return digest([self.editor, self.variant_values()])
 
     def variant_values(self) -> dict[str, Any]:
-        """What a variant label may show: overrides and protocol options, flat."""
-        return {**{f"editor.{k}": v for k, v in self.editor_overrides.items()}, **self.protocol}
+        """What tells variants of an editor apart, flat: overrides, protocol options, versions."""
+        return {**{f"editor.{k}": v for k, v in self.editor_overrides.items()}, **self.protocol,
+                **{f"version.{k}": v for k, v in self.versions.items()}}
 
     def entry(self, task: str) -> Entry | None:
         return next((e for e in self.entries if e.task == task), None)
@@ -190,8 +192,9 @@ def _run(path: Path, results: dict) -> Run:
     else:
         run.model_args = {k: v for k, v in args.items() if k not in PLACEMENT_ARGS}
     provenance = mmke.get("provenance") or {}
+    git = provenance.get("git") or {}
     run.versions = {**(provenance.get("versions") or {"lmms-eval": results.get("lmms_eval_version")}),
-                    **({"git": provenance["git"].get("revision")} if provenance.get("git") else {})}
+                    **({"git": git.get("revision", "")[:12] + ("+changes" if git.get("dirty") else "")} if git else {})}
     run.cards = task_cards(results)
     # lmms-eval lists every task run on its own as a group without members
     run.groups = {g: list(m) for g, m in (results.get("group_subtasks") or {}).items() if m}

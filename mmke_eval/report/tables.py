@@ -230,13 +230,9 @@ def _notes(by: str, entries: list[Entry], runs: list[Run], labels: Labels, model
             seen.add((entry.task, entry.data.key))
             notes.append(f"Data: {entry.data.text}" if by == "task" else f"Data, {labels.of_task(entry)}: {entry.data.text}")
     edited = [run for run in runs if run.editor is not None]
-    options = sorted({k for run in edited for k in run.protocol})
-    differing = [k for k in options if len({_text(run.protocol.get(k)) for run in edited}) > 1]
+    differing = _differences(edited, lambda run: run.protocol, editor)
     if differing:
-        settings = _order(", ".join(f"{k}={_text(run.protocol.get(k))}" for k in differing) for run in edited)
-        notes.append("Mixed protocols: " + "; ".join(
-            f"{setting} ({', '.join(_order(editor[r.variant_key] for r in edited if ', '.join(f'{k}={_text(r.protocol.get(k))}' for k in differing) == setting))})"
-            for setting in settings))
+        notes.append(f"Mixed protocols: {differing}")
     elif edited:
         defaults = _defaults()
         changed = [f"{k}={_text(v)}" for k, v in sorted(edited[0].protocol.items()) if defaults.get(k, object()) != v]
@@ -248,7 +244,21 @@ def _notes(by: str, entries: list[Entry], runs: list[Run], labels: Labels, model
             notes.append(f"{option}=auto is each editor's reference: " + "; ".join(
                 f"{value} ({', '.join(_order(editor[r.variant_key] for r in auto if _text(r.resolved[resolved]) == value))})"
                 for value in values))
+    versions = _differences(runs, lambda run: run.versions, editor)
+    if versions:
+        notes.append(f"Versions differ: {versions}")
     return notes, bool(differing)
+
+
+def _differences(runs: list[Run], values, editor: dict[str, str]) -> str:
+    """``k=v, ... (rows); k=v, ... (rows)`` over the keys in which the runs' ``values`` differ; "" if none."""
+    keys = sorted({k for run in runs for k in values(run)})
+    differing = [k for k in keys if len({_text(values(run).get(k)) for run in runs}) > 1]
+    if not differing:
+        return ""
+    setting = {run: ", ".join(f"{k}={_text(values(run).get(k))}" for k in differing) for run in runs}
+    return "; ".join(f"{text} ({', '.join(_order(editor[r.variant_key] for r in runs if setting[r] == text))})"
+                     for text in _order(setting.values()))
 
 
 def _defaults() -> dict[str, Any]:

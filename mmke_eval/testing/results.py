@@ -44,6 +44,7 @@ def write_run(
     first_n: int | None = None,
     data_files: dict[str, str] | None = None,
     resolved: dict[str, Any] | None = None,
+    version: str = "0.1.0",
 ) -> Path:
     """Write one run's results (and samples) under ``out``; return the results file."""
     cards = cards or MMKE_MINI
@@ -102,7 +103,7 @@ def write_run(
             "protocol": {**protocol, **(resolved or {"loc_span_resolved": "answer" if editor == "ike" else "sequence",
                                                      "port_image_resolved": {"default": "data"}})},
             "cards": {task: cards[task] for task in scores}, "skipped_cases": skipped, "data": data,
-            "provenance": {"versions": {"mmke-eval": "0.1.0", "lmms-eval": "0.7.3"}},
+            "provenance": {"versions": {"mmke-eval": version, "lmms-eval": "0.7.3"}},
         }
     path = folder / f"{stamp}_results.json"
     path.write_text(json.dumps(document, indent=2))
