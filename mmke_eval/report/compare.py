@@ -46,13 +46,13 @@ def case_scores(path: Path) -> dict[str, dict[str, float]]:
     (NaN left out), as the tasks aggregate them (metrics.case_mean)."""
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
             except ValueError as err:
-                raise ReportError(f"{path}, line {number}: not JSON ({err})") from None
+                raise ReportError(f"{path}, line {line_number}: not JSON ({err})") from None
             for metric, item in doc.items():
                 if isinstance(item, dict) and "case" in item and isinstance(item.get("score"), (int, float)):
                     if item["score"] == item["score"]:  # NaN: no answer tokens, left out
@@ -172,7 +172,6 @@ def _signed(value: float | None) -> str:
 
 
 def _compare_task(a: Entry, b: Entry) -> tuple[list[str], list[CaseDelta]]:
-    metrics = [key for key, _ in a.columns]
     notes: list[str] = []
     per_case = None
     if a.is_group or b.is_group:

@@ -18,7 +18,6 @@ def task_cards(results: dict[str, Any]) -> dict[str, dict]:
     """Task -> its source card: as recorded in the results (``mmke.cards``, written by mmke-eval),
     else read from the card file the task config names, else (results made on another machine)
     the card of that file name in the installed task folder."""
-    import json
     from pathlib import Path
 
     recorded = (results.get("mmke") or {}).get("cards") or {}

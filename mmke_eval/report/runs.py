@@ -15,7 +15,6 @@ identified by name and document count only, and never share a row with recorded 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,10 @@ def _run(path: Path, results: dict) -> Run:
 
     config = results["config"]
     mmke = results.get("mmke") or {}
-    args = parse_key_values(str(mmke.get("model_args") or config.get("model_args") or ""), f"{path}: model_args")
+    given = mmke.get("model_args") or config.get("model_args") or ""
+    if isinstance(given, dict):  # lmms-eval's Python API takes a dict
+        given = ",".join(f"{k}={v}" for k, v in given.items())
+    args = parse_key_values(str(given), f"{path}: model_args")
     edited = config.get("model") == "edited"
     stamp = path.name[: -len(RESULTS_SUFFIX)] if path.name.endswith(RESULTS_SUFFIX) else ""
     run = Run(path=path, backend=args.get("base", "") if edited else str(config.get("model")), model_args={},
@@ -261,7 +263,3 @@ def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
     for task in results["results"]:
         ids.setdefault(task, DataId(digest(["unknown", task]), f"{task}: data unknown"))
     return ids
-
-
-def finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
