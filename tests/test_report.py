@@ -227,6 +227,13 @@ def test_plain_lmms_eval_results_are_read_but_kept_apart_from_recorded_data(tmp_
         "higher_is_better": {"mme": {"mme_perception_score": True, "mme_cognition_score": True}},
         "n-samples": {"mme": {"original": 2374, "effective": 2374}}, "versions": {"mme": "Yaml"}, "configs": {"mme": {}},
     }))
+    # another model's run of mme that reports one more metric: every metric gets a column
+    (tmp_path / "mme" / "qwen").mkdir()
+    (tmp_path / "mme" / "qwen" / "20260107_000000_results.json").write_text(json.dumps({
+        "results": {"mme": {"alias": "mme", "mme_perception_score,none": 1600.0, "mme_total,none": 2000.0}},
+        "config": {"model": "qwen2_vl", "model_args": {"pretrained": "Qwen/Qwen2-VL-2B"}},  # a dict: the Python API
+        "n-samples": {"mme": {"original": 2374, "effective": 2374}}, "versions": {"mme": "Yaml"}, "configs": {"mme": {}},
+    }))
     runs, _ = load_runs([tmp_path])
     native = next(r for r in runs if not r.recorded and r.editor)
     assert native.editor == "ft_llm" and native.editor_overrides == {"lr": "0.001"} and native.protocol["t_loc_k"] == 5
@@ -235,10 +242,13 @@ def test_plain_lmms_eval_results_are_read_but_kept_apart_from_recorded_data(tmp_
     assert [row.labels for row in entity.rows] == [["ft_llm"]]
     assert "Data: mmke_mini/entity_level/eval: data not recorded (plain lmms-eval run), 12 probe documents" in entity.notes
     mme = tables["mme (lmms-eval task)"]
-    assert mme.label_titles == ["Editor"] and mme.rows[0].labels == ["-"]
+    assert mme.label_titles == ["Model", "Editor"] and [row.labels for row in mme.rows] == [["llava-1.5-7b-hf", "-"], ["Qwen2-VL-2B", "-"]]
+    assert [key for key, _ in mme.columns] == ["mme_perception_score,none", "mme_cognition_score,none", "mme_total,none"]
     assert mme.rows[0].values == {"mme_perception_score,none": 1510.7, "mme_cognition_score,none": 348.2}
-    assert "Model: llava-1.5-7b-hf (llava_hf; pretrained=llava-hf/llava-1.5-7b-hf)" in mme.notes  # device is not the model
-    assert "| - | 1511 | 348.2 |" in render([mme], "md")
+    assert mme.notes[0] == ("Models: llava-1.5-7b-hf (llava_hf; pretrained=llava-hf/llava-1.5-7b-hf); "  # device is not the model
+                            "Qwen2-VL-2B (qwen2_vl; pretrained=Qwen/Qwen2-VL-2B)")
+    assert "| llava-1.5-7b-hf | - | 1511 | 348.2 | - |" in render([mme], "md")
+    assert not any(row.best for row in mme.rows)  # different models are not ranked against each other
 
 
 def test_a_run_saved_twice_counts_once_the_newer(tmp_path, capsys):

@@ -250,7 +250,11 @@ def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
         if record and skipped is not None:
             files = digest(record.get("files"))
             first_n = skipped.get("first_n")
-            used = f"first {first_n} case{'s' * (first_n != 1)}" if first_n else f"all {skipped.get('total')} cases"
+            total = skipped.get("total")
+            left_out = sum(len(ids) for ids in (skipped.get("skipped") or {}).values())
+            used = (f"first {first_n} case{'s' * (first_n != 1)}" if first_n else f"all {total - left_out} cases"
+                    if isinstance(total, int) else "all cases")
+            used += f" ({left_out} of {total} skipped by the loader)" if left_out else ""
             ids[task] = DataId(digest([key, files, first_n]), f"{key}: data files {files[:12]}, {used}", files)
         else:
             ids[task] = DataId(digest(["unrecorded", key, documents]),

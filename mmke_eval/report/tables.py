@@ -160,7 +160,10 @@ def _table(by: str, entries: list[Entry], labels: Labels, block_of: Callable) ->
     several_models = len({e.run.model_key for e in entries}) > 1
     label_titles = {"task": ["Model", "Editor"] if several_models else ["Editor"],
                     "editor": ["Task"], "model": ["Task", "Editor"]}[by]
-    columns = list(first.columns) + ([AVG] if first.family and len(first.columns) > 1 else [])
+    # a benchmark's columns are declared; another task's are the metrics its runs reported, all of them
+    declared = list(first.columns) if first.family else list(_order(c for e in entries for c in e.columns))
+    higher = {k: v for e in entries for k, v in e.higher_is_better.items()}
+    columns = declared + ([AVG] if first.family and len(declared) > 1 else [])
     runs = list(_order(e.run for e in entries))
     model, editor = model_names(runs), editor_names(runs)
     rows = []
@@ -168,11 +171,11 @@ def _table(by: str, entries: list[Entry], labels: Labels, block_of: Callable) ->
         names = {"Model": model[entry.run.model_key], "Editor": editor[entry.run.variant_key], "Task": labels.of_task(entry)}
         values = dict(entry.values)
         if AVG in columns:
-            present = [values.get(key) for key, _ in first.columns]
+            present = [values.get(key) for key, _ in declared]
             values[AVG[0]] = sum(present) / len(present) if all(v is not None for v in present) else None
         rows.append(Row(names, [names[t] for t in label_titles], entry, block_of(entry), values))
     percent = first.family is not None
-    _mark_best(rows, columns, first.higher_is_better, percent)
+    _mark_best(rows, columns, higher, percent)
     notes, mixed = _notes(by, entries, runs, labels, model, editor)
     return Table(_title(by, first, labels), notes, mixed, label_titles, columns, rows, percent)
 
