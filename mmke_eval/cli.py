@@ -6,6 +6,8 @@
         --model_args pretrained=llava-hf/llava-1.5-7b-hf --editor ft_llm --output_path out/ --data /data/MMKE
     mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike)
     mmke-eval list                              # editors and tasks
+    mmke-eval report OUT1 OUT2 [--format md|latex|csv] [--by task|editor|model] [--plot DIR]
+    mmke-eval compare A B                       # what changed between two runs, per metric and case
 
 Any other option is passed to lmms-eval unchanged (--limit, --log_samples, --use_cache, ...).
 """
@@ -28,7 +30,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmke-eval",
         description="Knowledge-editing evaluation of multimodal models on lmms-eval tasks.",
-        epilog="Other options go to lmms-eval unchanged. Subcommands: make-mini, list.",
+        epilog="Other options go to lmms-eval unchanged. Subcommands: make-mini, list, report, compare.",
     )
     parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             return _make_mini(argv[1:])
         if argv and argv[0] == "list":
             return _list()
+        if argv and argv[0] == "report":
+            return _report(argv[1:])
+        if argv and argv[0] == "compare":
+            return _compare(argv[1:])
         args, passthrough = _run_parser().parse_known_args(argv)
         return _run(args, passthrough)
     except BrokenPipeError:  # `mmke-eval list | head`: the reader left; no traceback, the shell's SIGPIPE code
@@ -76,6 +82,8 @@ REFUSED_OPTIONS = {
     "--use_cache": "lmms-eval's response cache is keyed by the prompt text only (not the case's answers, images or "
     "edit), so it serves stale scores; finished cases are kept under --output_path and a rerun resumes from them",
     "--limit": "it counts probe documents and would split an edit case; use --cases N (the first N edit cases of each task)",
+    "--config": "mmke-eval does not read lmms-eval config files (their keys would be ignored); run one with "
+    "`LMMS_EVAL_PLUGINS=mmke_eval lmms-eval --config FILE` (docs/lmms-eval.md)",
 }
 
 
@@ -98,7 +106,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
-        variables = data_variables(args.tasks)
+        variables = data_variables(args.tasks, runner._include_paths(passthrough))
         if not variables:
             raise ValueError(f"--data {args.data}: none of the tasks {args.tasks} reads a data folder (no data_env in their source cards)")
         for name in variables:
@@ -163,12 +171,14 @@ def _make_mini(argv: list[str]) -> int:
     return 0
 
 
-def task_index() -> tuple[dict[str, Path], dict[str, list[str]]]:
-    """Our task YAMLs: task name -> its YAML file, group name -> its members."""
+def task_index(extra_dirs: list[str] = ()) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Our task YAMLs (and those under ``extra_dirs``, e.g. --include_path): task name -> its YAML
+    file, group name -> its members."""
     from mmke_eval.resources import tasks_dir
 
     tasks, groups = {}, {}
-    for path in sorted(tasks_dir().rglob("*.yaml")):
+    folders = [tasks_dir()] + [Path(d).expanduser() for d in extra_dirs]
+    for path in sorted(p for folder in folders for p in folder.rglob("*.yaml")):
         with open(path) as f:
             spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
         if isinstance(spec.get("task"), str):
@@ -178,9 +188,9 @@ def task_index() -> tuple[dict[str, Path], dict[str, list[str]]]:
     return tasks, groups
 
 
-def data_variables(task_names: str) -> list[str]:
+def data_variables(task_names: str, extra_dirs: list[str] = ()) -> list[str]:
     """The data environment variables (``data_env`` of the source cards) of the named tasks and groups."""
-    tasks, groups = task_index()
+    tasks, groups = task_index(extra_dirs)
     pending, variables = [t.strip() for t in task_names.split(",") if t.strip()], []
     while pending:
         name = pending.pop(0)
@@ -194,6 +204,50 @@ def data_variables(task_names: str) -> list[str]:
                 if data_env and data_env not in variables:
                     variables.append(data_env)
     return variables
+
+
+def _report(argv: list[str]) -> int:
+    from mmke_eval.report import runs, tables
+
+    parser = argparse.ArgumentParser(
+        prog="mmke-eval report",
+        description="Paper-style tables (and figures) from results folders: mmke-eval's and plain lmms-eval ones. "
+        "Runs of different models or data are never merged; protocol differences are shown above each table.",
+    )
+    parser.add_argument("results", nargs="+", help="results folders (searched for *_results.json) or results files")
+    parser.add_argument("--format", default="md", choices=tables.FORMATS, help="md (default), latex (booktabs) or csv (one line per number)")
+    parser.add_argument("--by", default="task", choices=tables.BY,
+                        help="one table per task (rows: editors; default), per editor (rows: tasks), or per model (rows: tasks x editors)")
+    parser.add_argument("--plot", metavar="DIR", help="also write radar, bar and sequential-gap figures (PNG and PDF) into DIR")
+    args = parser.parse_args(argv)
+    found, notes = runs.load_runs(args.results)
+    for note in notes:
+        print(f"mmke-eval report: note: {note}", file=sys.stderr)
+    print(tables.render(tables.build_tables(found, args.by), args.format), end="")
+    if args.plot:
+        from mmke_eval.report.plots import write_plots
+
+        written = write_plots(found, args.plot)
+        print(f"mmke-eval report: {len(written)} figure files in {args.plot}" if written else
+              "mmke-eval report: no figure (figures need benchmark tasks)", file=sys.stderr)
+        for path in written:
+            print(f"  {path}", file=sys.stderr)
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    from mmke_eval.report.compare import compare
+
+    parser = argparse.ArgumentParser(
+        prog="mmke-eval compare",
+        description="What changed between two runs (a protocol fix, a new editor version): setup, per metric, per case.",
+    )
+    parser.add_argument("a", metavar="A", help="results folder or file: the run before")
+    parser.add_argument("b", metavar="B", help="results folder or file: the run after")
+    parser.add_argument("--top", type=int, default=10, help="how many of the cases that moved most to list (default: %(default)s)")
+    args = parser.parse_args(argv)
+    print(compare(args.a, args.b, top=args.top), end="")
+    return 0
 
 
 def _list() -> int:

@@ -79,6 +79,9 @@ class RunSpec:
         argv = ["--model", "edited", "--model_args", self.wrapper_model_args(), "--tasks", self.tasks]
         if self.output_path:
             argv += ["--output_path", self.output_path]
+            # Per-case scores (lmms-eval's samples files) are what `mmke-eval compare` reads.
+            if not {"--log_samples", "--predict_only"} & set(self.lmms_eval_args):
+                argv.append("--log_samples")
         return argv + _without_include_paths(self.lmms_eval_args)
 
     def include_paths(self) -> list[str]:
@@ -152,12 +155,15 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
 
     from mmke_eval import wrapper
     from mmke_eval.data import source
+    from mmke_eval.lmms_plugin import install_fixes
+    from mmke_eval.report.rows import task_cards
 
     verbosity = os.environ.get("MMKE_VERBOSITY", "WARNING")
     eval_logger.remove()
     eval_logger.add(sys.stderr, level=verbosity)
     args = _parse_lmms_args(lmms_main, spec.argv() + ["--verbosity", verbosity])
     args.include_path = spec.include_paths()  # lmms-eval's TaskManager takes a list
+    install_fixes()  # task YAMLs elsewhere can include ours by package path (README, "Adding a task")
     started = time.time()
     try:
         outcome = lmms_main.cli_evaluate_single(args)
@@ -171,6 +177,8 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
     results["mmke"] = {
         "model_args": spec.wrapper_model_args(),
         **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
+        # the tasks' source cards, so that a report made on another machine knows each task's family and subset
+        "cards": task_cards(results),
         "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},
         "data": {"/".join(key): record for key, record in source.last_data_records().items()},
         "provenance": provenance(),

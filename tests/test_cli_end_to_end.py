@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mmke_eval.resources import tasks_dir
 from mmke_eval.testing.plain_task import write_plain_task
 
 BIN = Path(sys.executable).parent
@@ -19,7 +20,7 @@ def run(args, tmp_path, **env):
 
 
 @pytest.mark.slow
-def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir, mmke_fixture_root, tmp_path):
+def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir, mmke_fixture_root, tmp_path, capsys):
     model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
     out = tmp_path / "out"
     other_tasks = write_plain_task(tmp_path / "other_tasks")
@@ -60,11 +61,21 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     assert protocol["protocol"]["port_image_resolved"] == {"default": "data"}
     assert protocol["resume"]["journal"] == str(out / "ft_llm" / "cases.jsonl")
     assert len((out / "ft_llm" / "cases.jsonl").read_text().splitlines()) == 3  # one line per finished case
+    # the source cards, for reports made elsewhere; per-case scores (lmms-eval samples) for compare
+    assert protocol["cards"]["mmke_entity"] == json.loads((tasks_dir() / "mmke" / "sources" / "mmke_entity.json").read_text())
+    assert len(list((out / "ft_llm").rglob("*_samples_mmke_entity.jsonl"))) == 1
+    from mmke_eval import cli
+
+    assert cli.main(["compare", str(out / "none"), str(out / "ft_llm")]) == 0
+    compared = capsys.readouterr().out
+    assert "## none -> ft_llm" in compared and "| T-Loc | 100.0 |" in compared and "| 3 |" in compared  # 3 cases each
+    assert cli.main(["report", str(out)]) == 0
+    reported = capsys.readouterr().out
+    assert "### mmke_entity (mmke, entity_level)" in reported and "### plain_probe (lmms-eval task)" in reported
 
 
 @pytest.mark.slow
 def test_lmms_eval_cli_reaches_the_edited_model_through_the_entry_point(tiny_llava_dir, mmke_fixture_root, tmp_path):
-    from mmke_eval.resources import tasks_dir
 
     model_args = f"base=llava_hf,editor=none,pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
     result = run(

@@ -32,6 +32,11 @@ def test_wheel_carries_the_root_resources(wheel):
         "mmke_tasks/mmke/sources/mmke_entity.json",
         "mmke_tasks/hooks.py",
         "editors/ft.py",
+        # LMMS_EVAL_PLUGINS=mmke_eval imports mmke_eval.models and looks up mmke_eval.tasks
+        "mmke_eval/models/__init__.py",
+        "mmke_eval/models/edited.py",
+        "mmke_eval/tasks/__init__.py",
+        "mmke_eval/report/plots.py",
     ):
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

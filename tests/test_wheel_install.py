@@ -2,7 +2,9 @@
 
 Builds the wheel, makes a fresh venv that already holds torch (and torchvision), installs the
 wheel into it with the tested constraints, checks that torch and torchvision were kept, and runs
-`mmke-eval --cases 2` end to end from another folder. Slow (a real install), so it runs only when
+`mmke-eval --cases 2` end to end from another folder; then, in another folder, the README's
+"Adding a task" example exactly as written (a task YAML that includes the installed package's
+template) and `mmke-eval report --plot` on its output. Slow (a real install), so it runs only when
 MMKE_WHEEL_TEST=1.
 """
 
@@ -27,6 +29,14 @@ def run(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
+
+
+def readme_block(first_line: str) -> str:
+    """The README's bash block that starts with ``first_line``."""
+    text = (REPO / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```bash\n")[1:]]
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
 
 
 def installed(python: Path, name: str) -> str:
@@ -66,3 +76,18 @@ def test_wheel_installs_beside_an_existing_torch_and_runs_from_another_folder(tm
     # the package came from the venv, not from this checkout
     where = run(python, "-c", "import mmke_eval; print(mmke_eval.__file__)", cwd=elsewhere, env=env).stdout.strip()
     assert where.startswith(str(env_dir))
+
+    # README, "Adding a task": as written, in a folder of its own, the installed mmke-eval on PATH
+    example = tmp_path / "readme_example"
+    example.mkdir()
+    path_env = {**env, "PATH": f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"}
+    done = run("bash", "-e", "-c", readme_block("# a task of your own, in any folder"), cwd=example, env=path_env)
+    assert "| my_entity | ft_llm |" in done.stdout
+    rows = {r["editor"]: r for r in json.loads((example / "my_tasks" / "out" / "mmke_table.json").read_text())}
+    assert rows["none"]["t_loc"] == 100.0 and rows["ft_llm"]["t_rel"] > rows["none"]["t_rel"]
+    # its results folder as a paper table and figures (matplotlib comes with the install)
+    done = run(env_dir / "bin" / "mmke-eval", "report", "out", "--format", "latex", "--plot", "figs",
+               cwd=example / "my_tasks", env=env)
+    assert r"\begin{tabular}" in done.stdout and "my\\_entity (my\\_bench, entity\\_level)" in done.stdout
+    assert sorted(p.name for p in (example / "my_tasks" / "figs").iterdir()) == [
+        "bars_mmke_world_model.pdf", "bars_mmke_world_model.png", "radar_mmke_world_model.pdf", "radar_mmke_world_model.png"]

@@ -14,21 +14,47 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def task_families(results: dict[str, Any]) -> dict[str, str]:
-    """Task or group -> benchmark family, from each task's source card (its data file)."""
-    import json
+def task_cards(results: dict[str, Any]) -> dict[str, dict]:
+    """Task -> its source card: as recorded in the results (``mmke.cards``, written by mmke-eval),
+    else read from the card file the task config names, else (results made on another machine)
+    the card of that file name in the installed task folder."""
     from pathlib import Path
 
-    found: dict[str, str] = {}
+    recorded = (results.get("mmke") or {}).get("cards") or {}
+    cards: dict[str, dict] = {task: card for task, card in recorded.items() if isinstance(card, dict)}
     for task, config in (results.get("configs") or {}).items():
+        if task in cards:
+            continue
         data_files = ((config or {}).get("dataset_kwargs") or {}).get("data_files") or {}
         for path in data_files.values() if isinstance(data_files, dict) else []:
-            try:
-                card = json.loads(Path(path).read_text())
-            except (OSError, ValueError, TypeError):
-                continue
-            if isinstance(card, dict) and (card.get("family") or card.get("benchmark")):
-                found[task] = card.get("family") or card["benchmark"]
+            card = _read_card(Path(str(path))) or _installed_card(Path(str(path)).name)
+            if card is not None:
+                cards[task] = card
+                break
+    return cards
+
+
+def _read_card(path) -> dict | None:
+    import json
+
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    return card if isinstance(card, dict) and (card.get("family") or card.get("benchmark")) else None
+
+
+def _installed_card(name: str) -> dict | None:
+    from mmke_eval.resources import tasks_dir
+
+    for path in sorted(tasks_dir().glob(f"*/sources/{name}")):
+        return _read_card(path)
+    return None
+
+
+def task_families(results: dict[str, Any]) -> dict[str, str]:
+    """Task or group -> benchmark family, from each task's source card (its data file)."""
+    found = {task: card.get("family") or card["benchmark"] for task, card in task_cards(results).items()}
     groups = results.get("group_subtasks") or {}
     for _ in range(len(groups)):  # groups of groups: until nothing new is found
         for group, subtasks in groups.items():

@@ -1,0 +1,269 @@
+"""Results folders read back as runs: what was run (model, editor, protocol, data) and its numbers.
+
+A results folder is anything holding lmms-eval ``*_results.json`` files: an ``mmke-eval
+--output_path`` folder (one sub-folder per editor, each with our ``mmke`` section in the results),
+a plain ``lmms-eval --output_path`` folder (``--model edited`` or any other model), or one results
+file. What identifies a run is read from ``config.model_args`` (the same string for both: base
+backend, editor, ``editor.k=v`` overrides, protocol options) and, when mmke-eval wrote it, from the
+``mmke`` section (data hashes, cases used, resolved per-editor choices, versions).
+
+Each task of a run has a data identity: mmke-eval records the hash of the data files each task read
+and how many cases it used (``--cases``); a plain lmms-eval run records neither, so its tasks are
+identified by name and document count only, and never share a row with recorded data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmke_eval.journal import digest
+
+RESULTS_SUFFIX = "_results.json"
+# model_args that change where or how fast a model runs, not what it is
+PLACEMENT_ARGS = ("device", "device_map", "batch_size", "max_batch_size")
+# model_args the edited model owns besides the protocol options
+EDITED_ARGS = ("base", "editor", "journal")
+
+
+class ReportError(ValueError):
+    """A results folder that cannot be read as a run, or a request that cannot be met; the message names it."""
+
+
+@dataclass
+class DataId:
+    """What data a task of a run was scored on: ``key`` decides what may share a row, ``text`` says it."""
+
+    key: str
+    text: str
+    files: str | None = None  # digest of the data files read (None: not recorded)
+
+
+@dataclass(eq=False)  # compared and hashed by identity
+class Entry:
+    """One task's numbers in one run."""
+
+    run: "Run"
+    task: str
+    family: str | None  # the benchmark family; None: a task outside the editing families
+    columns: list[tuple[str, str]]  # (metric key, title), in table order
+    values: dict[str, float | None]
+    higher_is_better: dict[str, bool | None]
+
+    @property
+    def data(self) -> DataId:
+        return self.run.data[self.task]
+
+    @property
+    def is_group(self) -> bool:
+        return self.task in self.run.groups
+
+
+@dataclass(eq=False)  # compared and hashed by identity
+class Run:
+    path: Path
+    backend: str  # the lmms-eval model (the base backend of an edited run)
+    model_args: dict[str, str]  # what identifies the model: pretrained, dtype, ... (no placement)
+    editor: str | None  # None: a plain lmms-eval run of an unedited model
+    editor_overrides: dict[str, str] = field(default_factory=dict)
+    editor_config: dict[str, Any] = field(default_factory=dict)  # resolved (recorded by mmke-eval)
+    protocol: dict[str, Any] = field(default_factory=dict)  # options, defaults filled in
+    resolved: dict[str, Any] = field(default_factory=dict)  # what "auto" options resolved to
+    recorded: bool = False  # written by mmke-eval (has the mmke section)
+    cards: dict[str, dict] = field(default_factory=dict)
+    data: dict[str, DataId] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+    samples: dict[str, Path] = field(default_factory=dict)  # task -> lmms-eval samples file
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its tasks (lmms-eval's group_subtasks)
+    stamp: str = ""  # lmms-eval's date id: orders runs in time
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_key(self) -> str:
+        return digest([self.backend, self.model_args])
+
+    @property
+    def variant_key(self) -> str:
+        """The editor as run: name, overrides, protocol, and the code that ran it (a new version
+        of an editor is another row, never a rerun of the old one)."""
+        return digest([self.editor, self.variant_values()])
+
+    def variant_values(self) -> dict[str, Any]:
+        """What tells variants of an editor apart, flat: overrides, protocol options, versions."""
+        return {**{f"editor.{k}": v for k, v in self.editor_overrides.items()}, **self.protocol,
+                **{f"version.{k}": v for k, v in self.versions.items()}}
+
+    def entry(self, task: str) -> Entry | None:
+        return next((e for e in self.entries if e.task == task), None)
+
+
+def model_label(backend: str, model_args: dict[str, str]) -> str:
+    """A short name: the last part of ``pretrained`` (a folder or a Hub id), else the backend."""
+    for key in ("pretrained", "model", "model_name", "model_id", "path"):
+        if model_args.get(key):
+            return Path(str(model_args[key]).rstrip("/")).name or str(model_args[key])
+    return backend
+
+
+def card_label(card: dict | None) -> str:
+    """What subset a task is: its knowledge type, hop or subset (for legends and titles)."""
+    if not card:
+        return ""
+    if card.get("hop") is not None:
+        return f"{card['hop']}-hop"
+    return str(card.get("knowledge_type") or card.get("subset") or "")
+
+
+def find_results(path: Path) -> list[Path]:
+    if not path.exists():
+        raise ReportError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    found = sorted(p for p in path.rglob(f"*{RESULTS_SUFFIX}") if p.is_file())
+    if not found:
+        raise ReportError(f"{path}: no lmms-eval results file (*{RESULTS_SUFFIX}) in it or below it")
+    return found
+
+
+def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
+    """Every run under ``paths``, oldest first, and notes on what was left out (an entry saved
+    twice: the newer one is kept)."""
+    files: list[Path] = []
+    for path in paths:
+        for found in find_results(Path(path)):
+            if found.resolve() not in {f.resolve() for f in files}:
+                files.append(found)
+    runs = sorted((read_run(path) for path in files), key=lambda run: (run.stamp, str(run.path)))
+    notes = []
+    newest: dict[str, Entry] = {}
+    for run in runs:  # oldest first: a later entry of the same thing replaces the earlier one
+        for entry in run.entries:
+            key = digest([run.model_key, run.variant_key, entry.task, entry.data.key])
+            if key in newest:
+                notes.append(f"{entry.task} of {newest[key].run.path}: the same run is in {run.path}, which is newer and is used")
+            newest[key] = entry
+    kept = {id(entry) for entry in newest.values()}
+    for run in runs:
+        run.entries = [entry for entry in run.entries if id(entry) in kept]
+    return [run for run in runs if run.entries], notes
+
+
+def read_run(path: Path) -> Run:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: not a readable results file ({err})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("results"), dict) or not isinstance(results.get("config"), dict):
+        raise ReportError(f"{path}: not an lmms-eval results file (no 'results' and 'config')")
+    try:
+        return _run(path, results)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"{path}: {err}") from None
+
+
+def _run(path: Path, results: dict) -> Run:
+    from mmke_eval.protocol import PROTOCOL_FIELDS, protocol_from_options
+    from mmke_eval.report.rows import table_rows, task_cards
+    from mmke_eval.runner import parse_key_values
+
+    config = results["config"]
+    mmke = results.get("mmke") or {}
+    given = mmke.get("model_args") or config.get("model_args") or ""
+    if isinstance(given, dict):  # lmms-eval's Python API takes a dict
+        given = ",".join(f"{k}={v}" for k, v in given.items())
+    args = parse_key_values(str(given), f"{path}: model_args")
+    edited = config.get("model") == "edited"
+    stamp = path.name[: -len(RESULTS_SUFFIX)] if path.name.endswith(RESULTS_SUFFIX) else ""
+    run = Run(path=path, backend=args.get("base", "") if edited else str(config.get("model")), model_args={},
+              editor=args.get("editor", "none") if edited else None, recorded=bool(mmke), stamp=stamp)
+    if edited:
+        if not run.backend:
+            raise ValueError("an edited run without base= in its model_args")
+        run.editor_overrides = {k.split(".", 1)[1]: v for k, v in args.items() if k.startswith("editor.")}
+        options = {k: v for k, v in args.items() if k in PROTOCOL_FIELDS}
+        run.protocol = {**asdict(protocol_from_options(**options)),
+                        **{k: v for k, v in args.items() if k.startswith("adapter.")}}
+        owned = set(PROTOCOL_FIELDS) | set(EDITED_ARGS)
+        run.model_args = {k: v for k, v in args.items()
+                          if k not in owned and not k.startswith(("editor.", "adapter.")) and k not in PLACEMENT_ARGS}
+        recorded_protocol = mmke.get("protocol") or {}
+        run.resolved = {k: recorded_protocol[k] for k in ("loc_span_resolved", "port_image_resolved") if k in recorded_protocol}
+        run.editor_config = {k: v for k, v in (mmke.get("editor") or {}).items() if k != "editor"}
+    else:
+        run.model_args = {k: v for k, v in args.items() if k not in PLACEMENT_ARGS}
+    provenance = mmke.get("provenance") or {}
+    git = provenance.get("git") or {}
+    run.versions = {**(provenance.get("versions") or {"lmms-eval": results.get("lmms_eval_version")}),
+                    **({"git": git.get("revision", "")[:12] + ("+changes" if git.get("dirty") else "")} if git else {})}
+    run.cards = task_cards(results)
+    # lmms-eval lists every task run on its own as a group without members
+    run.groups = {g: list(m) for g, m in (results.get("group_subtasks") or {}).items() if m}
+    run.data = _data_ids(results, run.cards)
+    for name in run.data:
+        samples = path.with_name(f"{stamp}_samples_{name}.jsonl")
+        if stamp and samples.is_file():
+            run.samples[name] = samples
+    entries = [_entry(run, row, results) for row in table_rows(results, run.editor or "-")]
+    run.entries = sorted(entries, key=lambda e: e.is_group)  # a group after its tasks
+    return run
+
+
+def _entry(run: Run, row: dict, results: dict) -> Entry:
+    from mmke_eval import families
+
+    task = row["task"]
+    better = (results.get("higher_is_better") or {}).get(task) or {}
+    if row.get("kind") == "other":
+        columns = [(name, _metric_title(name)) for name in row["metrics"]]
+        return Entry(run, task, None, columns, dict(row["metrics"]),
+                     {name: better.get(name.split(",")[0]) for name in row["metrics"]})
+    columns = families.get(row["family"]).columns
+    return Entry(run, task, row["family"], columns, {key: row.get(key) for key, _ in columns}, {key: True for key, _ in columns})
+
+
+def _metric_title(name: str) -> str:
+    metric, _, filter_name = name.partition(",")
+    return metric if filter_name in ("", "none") else f"{metric} ({filter_name})"
+
+
+def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
+    from mmke_eval.data.source import card_key
+
+    mmke = results.get("mmke") or {}
+    samples = results.get("n-samples") or {}
+    limit = (results.get("config") or {}).get("limit")
+    ids: dict[str, DataId] = {}
+    for task in results["results"]:
+        card = cards.get(task)
+        documents = (samples.get(task) or {}).get("effective")
+        if card is None:
+            if (results.get("group_subtasks") or {}).get(task):
+                continue  # a group: from its members, below
+            version = (results.get("versions") or {}).get(task)
+            text = f"lmms-eval task {task} (version {version}), {documents} documents" + (f", --limit {limit}" if limit else "")
+            ids[task] = DataId(digest(["lmms-eval", task, version, documents, limit]), text)
+            continue
+        key = "/".join(card_key(card))  # how mmke-eval keys its data records
+        record, skipped = (mmke.get("data") or {}).get(key), (mmke.get("skipped_cases") or {}).get(key)
+        if record and skipped is not None:
+            files = digest(record.get("files"))
+            first_n = skipped.get("first_n")
+            total = skipped.get("total")
+            left_out = sum(len(ids) for ids in (skipped.get("skipped") or {}).values())
+            used = (f"first {first_n} case{'s' * (first_n != 1)}" if first_n else f"all {total - left_out} cases"
+                    if isinstance(total, int) else "all cases")
+            used += f" ({left_out} of {total} skipped by the loader)" if left_out else ""
+            ids[task] = DataId(digest([key, files, first_n]), f"{key}: data files {files[:12]}, {used}", files)
+        else:
+            ids[task] = DataId(digest(["unrecorded", key, documents]),
+                               f"{key}: data not recorded (plain lmms-eval run), {documents} probe documents")
+    groups = results.get("group_subtasks") or {}
+    for _ in range(len(groups)):  # groups of groups
+        for group, members in groups.items():
+            if group not in ids and members and all(m in ids for m in members):
+                ids[group] = DataId(digest([ids[m].key for m in members]), "mean of " + ", ".join(members))
+    for task in results["results"]:
+        ids.setdefault(task, DataId(digest(["unknown", task]), f"{task}: data unknown"))
+    return ids
