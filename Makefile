@@ -25,8 +25,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mmke-eval --tasks mmke_mini --editor none,ft_llm,ft_alignment,ike --output_path out/demo
 
+# Two workers, one test file each at a time (module fixtures stay shared within a file).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The non-editable install as a user gets it: build the wheel, install it into a fresh venv that
 # already holds torch and torchvision (they must be kept), run mmke-eval from another folder.
