@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from mmke_eval.adapters.base import Query
-from mmke_eval.adapters.llava_hf import LlavaHFAdapter, _cut
+from mmke_eval.adapters.hf_vlm import ParameterGroupError, cut
+from mmke_eval.adapters.llava_hf import LlavaHFAdapter
 
 PROMPTS = [
     "What is shown in the image?",
@@ -188,6 +189,19 @@ def test_parameter_groups(adapter):
     assert set(vision) == {n for n in named if n.startswith("model.vision_tower.")}
     with pytest.raises(ValueError, match="unknown parameter group"):
         adapter.parameter_group("qformer")
+    # last_k: the MLPs of the last k language-model layers
+    both = adapter.parameter_group("llm_last_mlp", last_k=2)
+    assert set(both) == {f"model.language_model.layers.{i}.mlp.{m}.weight" for i in (last - 1, last) for m in ("up_proj", "down_proj")}
+
+
+def test_a_missing_module_name_is_an_error_never_a_fallback(loaded, monkeypatch):
+    adapter = LlavaHFAdapter(*loaded)
+    # A model whose MLP has no down_proj (e.g. another naming): the group must not shrink to up_proj
+    # alone, nor grow to "all weights" as the old lookup did.
+    groups = {**LlavaHFAdapter.parameter_groups, "llm_last_mlp": LlavaHFAdapter.parameter_groups["llm_last_mlp"][:1] + (r"layers\.{last}\.mlp\.w2\.weight$",)}
+    monkeypatch.setattr(adapter, "parameter_groups", groups)
+    with pytest.raises(ParameterGroupError, match=r"LlavaForConditionalGeneration: pattern .*w2.* matches no parameter"):
+        adapter.parameter_group("llm_last_mlp")
 
 
 def test_chat_format_uses_the_template(loaded, images):
@@ -204,8 +218,8 @@ def test_chat_format_uses_the_template(loaded, images):
 
 
 def test_cut_at_first_stop_string():
-    assert _cut(" Paris. Then\n\nmore", ["\n\n", "."]) == "Paris"
-    assert _cut("  no stop  ", []) == "no stop"
+    assert cut(" Paris. Then\n\nmore", ["\n\n", "."]) == "Paris"
+    assert cut("  no stop  ", []) == "no stop"
 
 
 def test_from_lmms_shares_the_model(tiny_llava_dir, adapter, images):
