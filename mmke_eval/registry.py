@@ -65,5 +65,15 @@ def build_editor(name: str, family: str = "", overrides: dict[str, Any] | None =
     return editor
 
 
+def adapter_names() -> list[str]:
+    return sorted(load_registry()["adapters"])
+
+
 def adapter_class(base: str):
     return _import(_entry("adapters", base)["class"])
+
+
+def adapter_test_models(base: str) -> dict[str, Any]:
+    """The tiny random models an adapter is tested on (``tiny:`` in registry.yaml): name -> builder
+    returning (model, processor). Imported only when asked for."""
+    return {path.rpartition(":")[2]: _import(path) for path in _entry("adapters", base).get("tiny", [])}

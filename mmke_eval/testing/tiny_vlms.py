@@ -1,0 +1,141 @@
+"""Tiny random vision-language models of the real transformers classes, built offline.
+
+One builder per model the adapters serve (LLaVA-1.5 and OneVision are in ``tiny_llava``). Each
+returns ``(model, processor)`` in memory; ``save_tiny(name, folder)`` writes a folder that the
+lmms-eval backend of that model loads like a Hub checkpoint, where its processor can be saved.
+Everything is seeded, and the tokenizers are byte-level BPEs trained on a fixed corpus (the same
+leading-space behaviour as GPT-2/OPT and Qwen: " Paris" and "Paris" are different tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+import torch
+
+from mmke_eval.testing.tiny_llava import IMAGE_SIZE, MAX_POSITIONS, PATCH_SIZE, SEED, _corpus
+
+VOCAB_SIZE = 1000
+NUM_QUERY_TOKENS = 4  # BLIP-2 / InstructBLIP / MiniGPT-4 use 32; 4 keeps the tiny models tiny
+HIDDEN = 64
+
+
+def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str | None = None, extra: list[str] = (), add_bos: bool = True, cls=None):
+    """A byte-level BPE (``specials`` first in the vocabulary), adding ``bos`` in front when ``add_bos``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=list(specials) + list(extra),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    if bos is not None and add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    kwargs = {"bos_token": bos} if bos is not None else {}
+    return (cls or PreTrainedTokenizerFast)(
+        tokenizer_object=tok, eos_token=eos, pad_token=pad, unk_token=unk, additional_special_tokens=list(extra),
+        model_input_names=["input_ids", "attention_mask"], padding_side="right", model_max_length=MAX_POSITIONS, **kwargs,
+    )
+
+
+def _seeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    # Seed locally so that building a fixture leaves the caller's RNG state alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build().eval()
+
+
+def _without_video_processor(build: Callable[[], object]) -> object:
+    """Build a processor whose class insists on a video processor (which needs torchvision) without one.
+
+    Such a processor handles images, all the adapters need, but cannot be saved.
+    """
+    from transformers import ProcessorMixin
+
+    strict = ProcessorMixin.check_argument_for_proper_class
+
+    def allow_no_video(self, name, argument):
+        return None if (name == "video_processor" and argument is None) else strict(self, name, argument)
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", allow_no_video):
+        return build()
+
+
+# -- BLIP-2 OPT ----------------------------------------------------------------------------------
+def opt_tokenizer():
+    """OPT's conventions: "</s>" is BOS and EOS and is put in front of every text; "<pad>" pads."""
+    return bpe_tokenizer(["<s>", "<pad>", "</s>", "<unk>"], bos="</s>", eos="</s>", pad="<pad>", unk="<unk>", extra=["<image>"])
+
+
+def _blip_vision_and_qformer():
+    from transformers import Blip2QFormerConfig, Blip2VisionConfig
+
+    vision = Blip2VisionConfig(hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    qformer = Blip2QFormerConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 encoder_hidden_size=HIDDEN)
+    return vision, qformer
+
+
+def blip_image_processor():
+    from transformers import BlipImageProcessor
+
+    # BLIP-2's preprocessing: resize to a square, CLIP mean/std (the PIL backend without torchvision)
+    return BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                              image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
+def build_tiny_blip2():
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, OPTConfig
+
+    tokenizer = opt_tokenizer()
+    processor = Blip2Processor(image_processor=blip_image_processor(), tokenizer=tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    vision, qformer = _blip_vision_and_qformer()
+    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                     word_embed_proj_dim=HIDDEN, max_position_embeddings=MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    model = _seeded(lambda: Blip2ForConditionalGeneration(config))
+    return model, processor
+
+
+TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
+    "blip2": build_tiny_blip2,
+}
+
+
+def save_tiny(name: str, folder: Path) -> Path:
+    """Write tiny model ``name`` and its processor to ``folder`` (a from_pretrained folder); return it."""
+    model, processor = TINY_BUILDERS[name]()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = processor.tokenizer
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+# -- LLaVA-1.5 (the same model tiny_llava.build_tiny_llava writes) ---------------------------------
+def build_tiny_llava15():
+    from transformers import LlavaForConditionalGeneration
+
+    from mmke_eval.testing.tiny_llava import build_config, build_processor, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = _seeded(lambda: LlavaForConditionalGeneration(build_config(tokenizer)))
+    return model, processor
+
+
+TINY_BUILDERS["llava"] = build_tiny_llava15

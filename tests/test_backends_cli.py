@@ -1,0 +1,57 @@
+"""Every backend we serve, through lmms-eval's command line on the MMKE fixture data.
+
+One lmms-eval process runs a list of configurations (``--config``, one start-up for all): for each
+backend, the ``edited`` model on one MMKE-Bench case with FT-LLM and a plain task beside it, and
+our own backends (blip2_hf, ...) on the plain task on their own, reached through the entry point.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmke_eval.resources import tasks_dir
+from mmke_eval.testing.plain_task import write_plain_task
+from mmke_eval.testing.tiny_vlms import save_tiny
+
+BIN = Path(sys.executable).parent
+# backend -> (tiny model folder to write, extra model arguments)
+BACKENDS = {
+    "blip2_hf": ("blip2", "dtype=float32"),
+}
+OURS = ("blip2_hf",)  # lmms-eval has no backend for these: ours, through the entry point
+
+
+@pytest.mark.slow
+def test_every_backend_runs_the_edited_model_and_ours_run_alone(mmke_fixture_root, tmp_path):
+    plain = write_plain_task(tmp_path / "plain")
+    include = [str(tasks_dir()), str(plain)]
+    runs, folders = [], {}
+    for backend, (tiny, extra) in BACKENDS.items():
+        folders[backend] = save_tiny(tiny, tmp_path / "models" / backend)
+        model_args = f"pretrained={folders[backend]},device=cpu,{extra}"
+        runs.append({"model": "edited", "model_args": f"base={backend},editor=ft_llm,editor.steps=1,{model_args}",
+                     "tasks": "mmke_entity,plain_probe", "include_path": include, "verbosity": "DEBUG",
+                     "output_path": str(tmp_path / "out" / "edited" / backend)})
+        if backend in OURS:
+            runs.append({"model": backend, "model_args": model_args, "tasks": "plain_probe", "include_path": include,
+                         "verbosity": "DEBUG", "output_path": str(tmp_path / "out" / "alone" / backend)})
+    config = tmp_path / "runs.yaml"
+    config.write_text(yaml.safe_dump(runs))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
+           "MMKE_DATA": str(mmke_fixture_root), "MMKE_MAX_CASES": "1"}
+    result = subprocess.run([str(BIN / "lmms-eval"), "--config", str(config)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for backend in BACKENDS:
+        (results_file,) = (tmp_path / "out" / "edited" / backend).rglob("*_results.json")
+        results = json.loads(results_file.read_text())["results"]
+        assert all(isinstance(results["mmke_entity"][f"{k},none"], float) for k in ("t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port")), backend
+        assert results["plain_probe"]["plain_answer,none"] == 1.0, backend  # the base backend answered it
+        if backend in OURS:
+            (alone,) = (tmp_path / "out" / "alone" / backend).rglob("*_results.json")
+            assert json.loads(alone.read_text())["results"]["plain_probe"]["plain_answer,none"] == 1.0, backend
