@@ -8,6 +8,9 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 
 def manifests() -> list[ModelManifest]:
+    from mmke_eval.backends.no_torchvision import allow_image_only_processors
+
+    allow_image_only_processors()  # Qwen2-VL / OneVision processors on a CPU torch without torchvision
     return [
         ModelManifest(model_id="edited", simple_class_path="mmke_eval.wrapper.EditedLMM"),
         ModelManifest(model_id="blip2_hf", simple_class_path="mmke_eval.backends.blip2_hf.Blip2HF"),

@@ -20,8 +20,11 @@ from mmke_eval.testing.tiny_vlms import save_tiny
 
 BIN = Path(sys.executable).parent
 # backend -> (tiny model folder to write, extra model arguments)
+PIXELS = "min_pixels=1024,max_pixels=4096"  # the tiny Qwen models' image sizes (the backends' defaults are for 14 px patches)
 BACKENDS = {
     "blip2_hf": ("blip2", "dtype=float32"),
+    "qwen2_vl": ("qwen2_vl", f"device_map=cpu,{PIXELS}"),
+    "qwen2_5_vl": ("qwen2_5_vl", f"device_map=cpu,{PIXELS}"),
 }
 OURS = ("blip2_hf",)  # lmms-eval has no backend for these: ours, through the entry point
 

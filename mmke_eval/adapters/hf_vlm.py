@@ -7,7 +7,8 @@ A model adapter subclasses ``HFVisionLanguageAdapter`` and declares only what di
   text), ``raw_image_first`` (the image block before the BOS instead of after it),
   ``raw_image_before`` / ``raw_image_after`` (text wrapped around the image, MiniGPT-4), and
   ``_image_block`` (the unexpanded image tokens: one placeholder, or Qwen's vision wrapper);
-* ``prompt_formats``: ``raw`` always, ``chat`` where the processor has a chat template;
+* ``prompt_formats``: ``raw`` always, ``chat`` where the processor has a chat template, and
+  ``default_prompt_format``, the reference's;
 * ``parameter_groups``: per group, the parameter-name patterns (regular expressions searched in
   ``named_parameters()`` names) that make it up, as peft's per-architecture target maps do.
   ``{last}`` in a pattern stands for the index of the language model's last layer. Every pattern
@@ -118,6 +119,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
     # -- what a model adapter declares ------------------------------------------------------
     family: str = ""
     prompt_formats: ClassVar[tuple[str, ...]] = PROMPT_FORMATS
+    default_prompt_format: ClassVar[str] = "raw"
     raw_special_tokens: ClassVar[bool] = True
     raw_image_first: ClassVar[bool] = False
     raw_image_before: ClassVar[str] = ""
@@ -132,10 +134,11 @@ class HFVisionLanguageAdapter(ModelAdapter):
         model: torch.nn.Module,
         processor: Any,
         device: torch.device | str | None = None,
-        prompt_format: str = "raw",
+        prompt_format: str | None = None,
         batch_size: int = 4,
     ):
         super().__init__(model, processor, device)
+        prompt_format = self.default_prompt_format if prompt_format is None else prompt_format
         if prompt_format not in self.prompt_formats:
             raise ValueError(f"{self.label}: prompt_format must be one of {self.prompt_formats}, not {prompt_format!r}")
         if int(batch_size) < 1:

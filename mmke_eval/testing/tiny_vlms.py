@@ -108,24 +108,6 @@ def build_tiny_blip2():
     return model, processor
 
 
-TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
-    "blip2": build_tiny_blip2,
-}
-
-
-def save_tiny(name: str, folder: Path) -> Path:
-    """Write tiny model ``name`` and its processor to ``folder`` (a from_pretrained folder); return it."""
-    model, processor = TINY_BUILDERS[name]()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = processor.tokenizer
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 # -- LLaVA-1.5 (the same model tiny_llava.build_tiny_llava writes) ---------------------------------
 def build_tiny_llava15():
     from transformers import LlavaForConditionalGeneration
@@ -138,4 +120,109 @@ def build_tiny_llava15():
     return model, processor
 
 
-TINY_BUILDERS["llava"] = build_tiny_llava15
+# -- Qwen2-VL / Qwen2.5-VL -----------------------------------------------------------------------
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL's template in shape: a default system turn, ChatML turns, the image wrapped in vision tokens.
+QWEN_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# 8 px patches merged 2x2; 32x32 to 64x64 pixels: 4 to 16 image tokens, by the image's shape.
+QWEN_PIXELS = {"min_pixels": 32 * 32, "max_pixels": 64 * 64}
+
+
+def qwen_tokenizer():
+    """Qwen's conventions: no BOS, "<|endoftext|>" pads, "<|im_end|>" ends a turn."""
+    return bpe_tokenizer(QWEN_SPECIALS[:1], bos=None, eos="<|im_end|>", pad="<|endoftext|>", extra=QWEN_SPECIALS[1:])
+
+
+def qwen_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(patch_size=PATCH_SIZE, merge_size=2, temporal_patch_size=2, **QWEN_PIXELS)
+
+
+def qwen_processor(processor_class):
+    tokenizer = qwen_tokenizer()
+    return _without_video_processor(lambda: processor_class(image_processor=qwen_image_processor(), tokenizer=tokenizer,
+                                                            video_processor=None, chat_template=QWEN_CHAT_TEMPLATE))
+
+
+def _qwen_text_config(tokenizer) -> dict:
+    return dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+
+
+def _qwen_token_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+
+
+def build_tiny_qwen2_vl():
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    processor = qwen_processor(Qwen2VLProcessor)
+    tokenizer = processor.tokenizer
+    vision = dict(depth=2, embed_dim=HIDDEN, hidden_size=HIDDEN, num_heads=4, mlp_ratio=2, patch_size=PATCH_SIZE,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    config = Qwen2VLConfig(text_config=_qwen_text_config(tokenizer), vision_config=vision, tie_word_embeddings=False,
+                           **_qwen_token_ids(tokenizer))
+    return _seeded(lambda: Qwen2VLForConditionalGeneration(config)), processor
+
+
+def build_tiny_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    processor = qwen_processor(Qwen2_5_VLProcessor)
+    tokenizer = processor.tokenizer
+    # window attention over 2x2 merged patches (window_size in pixels), full attention in the last block
+    vision = dict(depth=2, hidden_size=HIDDEN, out_hidden_size=HIDDEN, intermediate_size=128, num_heads=4,
+                  patch_size=PATCH_SIZE, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
+                  fullatt_block_indexes=[1])
+    config = Qwen2_5_VLConfig(text_config=_qwen_text_config(tokenizer), vision_config=vision, tie_word_embeddings=False,
+                              **_qwen_token_ids(tokenizer))
+    return _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config)), processor
+
+
+def _save_without_video_processor(processor, folder: Path) -> None:
+    """What save_pretrained writes for these processors, less the video processor it cannot save."""
+    import json
+
+    processor.tokenizer.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}))
+    (folder / "chat_template.jinja").write_text(processor.chat_template)
+
+
+TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
+    "llava": build_tiny_llava15,
+    "blip2": build_tiny_blip2,
+    "qwen2_vl": build_tiny_qwen2_vl,
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
+}
+
+
+def save_tiny(name: str, folder: Path) -> Path:
+    """Write tiny model ``name`` and its processor to ``folder`` (a from_pretrained folder); return it."""
+    model, processor = TINY_BUILDERS[name]()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = processor.tokenizer
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    if getattr(processor, "video_processor", "absent") is None:
+        _save_without_video_processor(processor, folder)
+    else:
+        processor.save_pretrained(folder)
+    return folder
+
+
