@@ -107,3 +107,50 @@ def test_blip2_hf_backend_loads_a_folder_and_shares_its_model(tmp_path, image):
         Blip2HF(pretrained=str(folder), device="cpu", dtpye="float32")
     with pytest.raises(OptionError, match="dtype='half'"):
         Blip2HF(pretrained=str(folder), device="cpu", dtype="half")
+
+
+def test_instructblip_layout_and_qformer_instruction(tmp_path, image):
+    """Query embeddings, then BOS and the text (transformers' layout); the Q-Former reads the
+    instruction without the answer. lmms-eval's instructblip backend shares its model."""
+    from lmms_eval.models.simple.instructblip import InstructBLIP
+
+    from mmke_eval.adapters.blip2 import InstructBlipAdapter
+    from mmke_eval.testing.tiny_vlms import build_tiny_instructblip
+
+    model, processor = build_tiny_instructblip()
+    adapter = InstructBlipAdapter(model, processor)
+    prompt, target = "What is shown in the image?", "A red circle"
+    with_answer = processor(images=[image], text=[f"{prompt} {target}"], return_tensors="pt")
+    instruction = processor(images=[image], text=[prompt], return_tensors="pt")
+    ids = with_answer["input_ids"][0].tolist()
+    assert ids[: NUM_QUERY_TOKENS + 1] == [model.config.image_token_id] * NUM_QUERY_TOKENS + [processor.tokenizer.bos_token_id]
+    n_prompt = instruction["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=with_answer["input_ids"], pixel_values=with_answer["pixel_values"],
+                       qformer_input_ids=instruction["qformer_input_ids"],
+                       qformer_attention_mask=instruction["qformer_attention_mask"]).logits[0]
+    (result,) = adapter.teacher_forced([Query(prompt, image, target)], k=3)
+    assert result.answer_ids == ids[n_prompt:]
+    assert torch.equal(result.topk, logits.topk(3, dim=-1).indices)
+    assert set(adapter.parameter_group("alignment")) == {
+        n for n, _ in model.named_parameters() if n.startswith(("qformer.", "language_projection.")) or n == "query_tokens"}
+
+    model.save_pretrained(tmp_path / "ib")
+    processor.save_pretrained(tmp_path / "ib")
+    lmms = InstructBLIP(pretrained=str(tmp_path / "ib"), device="cpu")
+    shared = InstructBlipAdapter.from_lmms(lmms)
+    assert shared.model is lmms.model and shared.processor is lmms._image_processor
+    assert torch.equal(shared.teacher_forced([Query(prompt, image, target)], k=3)[0].topk, result.topk)
+
+
+def test_encoder_decoder_language_models_are_refused():
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
+
+    from mmke_eval.testing.tiny_vlms import _blip_vision_and_qformer, opt_tokenizer
+
+    vision, qformer = _blip_vision_and_qformer()
+    t5 = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    model = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                                                      text_config=t5.to_dict(), num_query_tokens=2))
+    with pytest.raises(ValueError, match="encoder-decoder language model"):
+        Blip2Adapter(model, build_tiny_blip2()[1])

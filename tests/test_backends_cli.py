@@ -19,12 +19,16 @@ from mmke_eval.testing.plain_task import write_plain_task
 from mmke_eval.testing.tiny_vlms import save_tiny
 
 BIN = Path(sys.executable).parent
-# backend -> (tiny model folder to write, extra model arguments)
+# run label -> (backend, tiny model folder to write, extra model arguments)
 PIXELS = "min_pixels=1024,max_pixels=4096"  # the tiny Qwen models' image sizes (the backends' defaults are for 14 px patches)
-BACKENDS = {
-    "blip2_hf": ("blip2", "dtype=float32"),
-    "qwen2_vl": ("qwen2_vl", f"device_map=cpu,{PIXELS}"),
-    "qwen2_5_vl": ("qwen2_5_vl", f"device_map=cpu,{PIXELS}"),
+RUNS = {
+    "blip2_hf": ("blip2_hf", "blip2", "dtype=float32"),
+    "instructblip": ("instructblip", "instructblip", ""),
+    "qwen2_vl": ("qwen2_vl", "qwen2_vl", f"device_map=cpu,{PIXELS}"),
+    "qwen2_5_vl": ("qwen2_5_vl", "qwen2_5_vl", f"device_map=cpu,{PIXELS}"),
+    # llava_hf picks the class from the checkpoint's model_type
+    "llava_next": ("llava_hf", "llava_next", "device_map=cpu,dtype=float32"),
+    "llava_onevision": ("llava_hf", "llava_onevision", "device_map=cpu,dtype=float32"),
 }
 OURS = ("blip2_hf",)  # lmms-eval has no backend for these: ours, through the entry point
 
@@ -33,16 +37,16 @@ OURS = ("blip2_hf",)  # lmms-eval has no backend for these: ours, through the en
 def test_every_backend_runs_the_edited_model_and_ours_run_alone(mmke_fixture_root, tmp_path):
     plain = write_plain_task(tmp_path / "plain")
     include = [str(tasks_dir()), str(plain)]
-    runs, folders = [], {}
-    for backend, (tiny, extra) in BACKENDS.items():
-        folders[backend] = save_tiny(tiny, tmp_path / "models" / backend)
-        model_args = f"pretrained={folders[backend]},device=cpu,{extra}"
+    runs = []
+    for label, (backend, tiny, extra) in RUNS.items():
+        folder = save_tiny(tiny, tmp_path / "models" / label)
+        model_args = f"pretrained={folder},device=cpu" + (f",{extra}" if extra else "")
         runs.append({"model": "edited", "model_args": f"base={backend},editor=ft_llm,editor.steps=1,{model_args}",
                      "tasks": "mmke_entity,plain_probe", "include_path": include, "verbosity": "DEBUG",
-                     "output_path": str(tmp_path / "out" / "edited" / backend)})
+                     "output_path": str(tmp_path / "out" / "edited" / label)})
         if backend in OURS:
             runs.append({"model": backend, "model_args": model_args, "tasks": "plain_probe", "include_path": include,
-                         "verbosity": "DEBUG", "output_path": str(tmp_path / "out" / "alone" / backend)})
+                         "verbosity": "DEBUG", "output_path": str(tmp_path / "out" / "alone" / label)})
     config = tmp_path / "runs.yaml"
     config.write_text(yaml.safe_dump(runs))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
@@ -50,11 +54,11 @@ def test_every_backend_runs_the_edited_model_and_ours_run_alone(mmke_fixture_roo
     result = subprocess.run([str(BIN / "lmms-eval"), "--config", str(config)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    for backend in BACKENDS:
-        (results_file,) = (tmp_path / "out" / "edited" / backend).rglob("*_results.json")
+    for label, (backend, _, _) in RUNS.items():
+        (results_file,) = (tmp_path / "out" / "edited" / label).rglob("*_results.json")
         results = json.loads(results_file.read_text())["results"]
-        assert all(isinstance(results["mmke_entity"][f"{k},none"], float) for k in ("t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port")), backend
-        assert results["plain_probe"]["plain_answer,none"] == 1.0, backend  # the base backend answered it
+        assert all(isinstance(results["mmke_entity"][f"{k},none"], float) for k in ("t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port")), label
+        assert results["plain_probe"]["plain_answer,none"] == 1.0, label  # the base backend answered it
         if backend in OURS:
-            (alone,) = (tmp_path / "out" / "alone" / backend).rglob("*_results.json")
-            assert json.loads(alone.read_text())["results"]["plain_probe"]["plain_answer,none"] == 1.0, backend
+            (alone,) = (tmp_path / "out" / "alone" / label).rglob("*_results.json")
+            assert json.loads(alone.read_text())["results"]["plain_probe"]["plain_answer,none"] == 1.0, label

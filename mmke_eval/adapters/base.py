@@ -71,6 +71,10 @@ class ModelAdapter(ABC):
     def from_lmms(cls, lmms_model: Any, **options: Any) -> "ModelAdapter":
         """Build the adapter from an lmms-eval backend instance (shares its model, no copy)."""
 
+    @classmethod
+    def check_backend(cls, base: str) -> None:
+        """Raise, before any weights load, when lmms-eval backend ``base`` cannot be served."""
+
     @abstractmethod
     def teacher_forced(self, queries: list[Query], k: int = 10) -> list[ForwardResult]:
         """One batched forward pass (no grad) per group of queries; see ForwardResult."""

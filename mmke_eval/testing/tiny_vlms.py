@@ -192,6 +192,71 @@ def build_tiny_qwen2_5_vl():
     return _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config)), processor
 
 
+# -- InstructBLIP (Vicuna) -----------------------------------------------------------------------
+def wordpiece_tokenizer():
+    """A BERT-style uncased WordPiece tokenizer ([CLS] text [SEP]), the Q-Former's instruction tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(_corpus(), trainer=trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"])
+
+
+def build_tiny_instructblip():
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor, LlamaConfig
+
+    from mmke_eval.testing.tiny_llava import build_tokenizer
+
+    tokenizer = build_tokenizer()  # LLaMA conventions (BOS "<s>"), with "<image>"
+    qformer_tokenizer = wordpiece_tokenizer()
+    processor = InstructBlipProcessor(image_processor=blip_image_processor(), tokenizer=tokenizer,
+                                      qformer_tokenizer=qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    vision, qformer = _blip_vision_and_qformer()
+    qformer = {**qformer.to_dict(), "vocab_size": len(qformer_tokenizer), "pad_token_id": qformer_tokenizer.pad_token_id}
+    qformer.pop("model_type", None)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=MAX_POSITIONS,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config = InstructBlipConfig(vision_config=vision.to_dict(), qformer_config=qformer, text_config=text.to_dict(),
+                                num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    return _seeded(lambda: InstructBlipForConditionalGeneration(config)), processor
+
+
+# -- LLaVA-NeXT -----------------------------------------------------------------------------------
+def build_tiny_llava_next():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from mmke_eval.testing.tiny_llava import CHAT_TEMPLATE, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=CHAT_TEMPLATE)
+    vision = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=HIDDEN)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=MAX_POSITIONS,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                             vision_feature_layer=-2, vision_feature_select_strategy="default",
+                             image_grid_pinpoints=pinpoints, tie_word_embeddings=False)
+    return _seeded(lambda: LlavaNextForConditionalGeneration(config)), processor
+
+
 def _save_without_video_processor(processor, folder: Path) -> None:
     """What save_pretrained writes for these processors, less the video processor it cannot save."""
     import json
@@ -204,7 +269,10 @@ def _save_without_video_processor(processor, folder: Path) -> None:
 
 TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
     "llava": build_tiny_llava15,
+    "llava_next": build_tiny_llava_next,
+    "llava_onevision": lambda: __import__("mmke_eval.testing.tiny_llava", fromlist=["x"]).build_tiny_onevision(),
     "blip2": build_tiny_blip2,
+    "instructblip": build_tiny_instructblip,
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
 }
