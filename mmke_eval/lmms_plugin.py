@@ -14,4 +14,5 @@ def manifests() -> list[ModelManifest]:
     return [
         ModelManifest(model_id="edited", simple_class_path="mmke_eval.wrapper.EditedLMM"),
         ModelManifest(model_id="blip2_hf", simple_class_path="mmke_eval.backends.blip2_hf.Blip2HF"),
+        ModelManifest(model_id="minigpt4", simple_class_path="mmke_eval.backends.minigpt4.MiniGPT4"),
     ]

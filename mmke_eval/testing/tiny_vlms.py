@@ -257,6 +257,106 @@ def build_tiny_llava_next():
     return _seeded(lambda: LlavaNextForConditionalGeneration(config)), processor
 
 
+# -- MiniGPT-4, as the original checkpoint files --------------------------------------------------
+def original_vision_qformer_files(blip2, folder: Path) -> tuple[Path, Path]:
+    """Write a BLIP-2's vision tower and Q-Former as the original files MiniGPT-4 loads: an EVA
+    ViT-g state dict (``eva_vit_g.pth``; EVA has no key bias, so it must be zero) and a LAVIS BLIP-2
+    checkpoint (``{"model": ...}``: ln_vision, query_tokens, Qformer.bert.*), each with parts that
+    MiniGPT-4 drops (an extra ViT block, the Q-Former's text branch, BLIP-2's T5 projection)."""
+    import re
+
+    vit, lavis = {}, {}
+    hidden = blip2.config.vision_config.hidden_size
+    for name, value in blip2.state_dict().items():
+        value = value.clone()
+        if name.startswith("vision_model."):
+            key = name[len("vision_model."):]
+            if key.endswith("self_attn.qkv.bias"):
+                block = re.search(r"layers\.(\d+)\.", key).group(1)
+                if value[hidden : 2 * hidden].abs().max() != 0:
+                    raise ValueError("EVA ViT-g has no key bias: zero it before writing")
+                vit[f"blocks.{block}.attn.q_bias"], vit[f"blocks.{block}.attn.v_bias"] = value[:hidden], value[2 * hidden:]
+                continue
+            if key.startswith("post_layernorm."):
+                lavis["ln_vision." + key.split(".")[-1]] = value
+                continue
+            key = (key.replace("embeddings.class_embedding", "cls_token").replace("embeddings.position_embedding", "pos_embed")
+                   .replace("embeddings.patch_embedding", "patch_embed.proj").replace("encoder.layers.", "blocks.")
+                   .replace("layer_norm1", "norm1").replace("layer_norm2", "norm2").replace("self_attn.qkv", "attn.qkv")
+                   .replace("self_attn.projection", "attn.proj"))
+            vit[key] = value
+        elif name.startswith("qformer."):
+            key = name[len("qformer."):]
+            key = "bert.embeddings.LayerNorm." + key.split(".")[-1] if key.startswith("layernorm.") else "bert." + key
+            lavis["Qformer." + key.replace("attention.attention.", "attention.self.")] = value
+        elif name == "query_tokens":
+            lavis[name] = value
+    layers = blip2.config.vision_config.num_hidden_layers
+    vit.update({k.replace("blocks.0.", f"blocks.{layers}."): torch.randn_like(v) for k, v in vit.items() if k.startswith("blocks.0.")})
+    q_hidden = blip2.config.qformer_config.hidden_size
+    lavis.update({"Qformer.cls.predictions.bias": torch.zeros(10), "Qformer.bert.embeddings.word_embeddings.weight": torch.zeros(10, q_hidden),
+                  "Qformer.bert.encoder.layer.0.intermediate.dense.weight": torch.zeros(4, q_hidden), "t5_proj.weight": torch.zeros(4, q_hidden)})
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(vit, folder / "eva_vit_g.pth")
+    torch.save({"model": lavis}, folder / "blip2_pretrained_flant5xxl.pth")
+    return folder / "eva_vit_g.pth", folder / "blip2_pretrained_flant5xxl.pth"
+
+
+def write_tiny_minigpt4(folder: Path) -> Path:
+    """A folder laid out as MiniGPT-4's released files (vicuna/, eva_vit_g.pth,
+    blip2_pretrained_flant5xxl.pth, pretrained_minigpt4_7b.pth) plus minigpt4_sizes.json, from a
+    tiny random BLIP-2's vision side and a tiny LLaMA; ``--model minigpt4`` loads it."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmke_eval.backends.minigpt4 import FILES, SIZES_FILE
+    from mmke_eval.testing.tiny_llava import build_tokenizer
+
+    folder = Path(folder)
+    blip2 = reference_blip2_for_minigpt4()
+    original_vision_qformer_files(blip2, folder)
+    tokenizer = build_tokenizer()
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=MAX_POSITIONS,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    llm = _seeded(lambda: LlamaForCausalLM(text))
+    llm.save_pretrained(folder / FILES["llm"])
+    tokenizer.save_pretrained(folder / FILES["llm"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + 1)
+        proj = torch.nn.Linear(blip2.config.qformer_config.hidden_size, HIDDEN)
+    torch.save({"model": {"llama_proj.weight": proj.weight.detach(), "llama_proj.bias": proj.bias.detach()}}, folder / FILES["proj"])
+    vision, qformer = _blip_vision_and_qformer()
+    (folder / SIZES_FILE).write_text(json.dumps({
+        "vision": {k: getattr(vision, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size")},
+        "qformer": {k: getattr(qformer, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")},
+        "num_query_tokens": NUM_QUERY_TOKENS, "image_size": IMAGE_SIZE}))
+    return folder
+
+
+def reference_blip2_for_minigpt4():
+    """The tiny BLIP-2 whose vision side the tiny MiniGPT-4 carries: EVA's zero key bias, and LAVIS's
+    ln_vision eps (1e-5), so that transformers' BLIP-2 computes the features MiniGPT-4 should."""
+    model, _ = build_tiny_blip2()
+    hidden = model.config.vision_config.hidden_size
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            layer.self_attn.qkv.bias[hidden : 2 * hidden] = 0
+    model.vision_model.post_layernorm.eps = 1e-5
+    return model
+
+
+def build_tiny_minigpt4():
+    import tempfile
+
+    from mmke_eval.backends.minigpt4 import load_minigpt4
+
+    folder = write_tiny_minigpt4(Path(tempfile.mkdtemp(prefix="tiny_minigpt4_")))
+    return load_minigpt4(str(folder))
+
+
 def _save_without_video_processor(processor, folder: Path) -> None:
     """What save_pretrained writes for these processors, less the video processor it cannot save."""
     import json
@@ -273,6 +373,7 @@ TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
     "llava_onevision": lambda: __import__("mmke_eval.testing.tiny_llava", fromlist=["x"]).build_tiny_onevision(),
     "blip2": build_tiny_blip2,
     "instructblip": build_tiny_instructblip,
+    "minigpt4": build_tiny_minigpt4,
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
 }
@@ -280,6 +381,8 @@ TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
 
 def save_tiny(name: str, folder: Path) -> Path:
     """Write tiny model ``name`` and its processor to ``folder`` (a from_pretrained folder); return it."""
+    if name == "minigpt4":  # no transformers class: the original files
+        return write_tiny_minigpt4(folder)
     model, processor = TINY_BUILDERS[name]()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
