@@ -95,7 +95,8 @@ class InstructBlipAdapter(_QFormerAdapter):
 
     def _image_inputs(self, queries: list[Query]) -> tuple[dict[str, torch.Tensor], list[int]]:
         inputs, counts = super()._image_inputs(queries)
-        # The instruction the Q-Former reads: the text before the answer.
+        # The instruction the Q-Former reads: the text before the answer. Past the Q-Former's 512
+        # positions (long IKE prefixes) the start is kept, as LAVIS's InstructBLIP keeps its first 128.
         qformer = self.processor.qformer_tokenizer([q.prefix + q.prompt for q in queries], return_tensors="pt",
                                                    padding=True, truncation=True, max_length=512)
         inputs["qformer_input_ids"] = qformer["input_ids"].to(self.device)
