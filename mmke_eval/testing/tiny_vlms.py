@@ -1,6 +1,6 @@
 """Tiny random vision-language models of the real transformers classes, built offline.
 
-One builder per model the adapters serve (LLaVA-1.5 and OneVision are in ``tiny_llava``). Each
+One builder per model the adapters serve (OneVision's is in ``tiny_llava``). Each
 returns ``(model, processor)`` in memory; ``save_tiny(name, folder)`` writes a folder that the
 lmms-eval backend of that model loads like a Hub checkpoint, where its processor can be saved.
 Everything is seeded, and the tokenizers are byte-level BPEs trained on a fixed corpus (the same
@@ -15,7 +15,7 @@ from unittest import mock
 
 import torch
 
-from mmke_eval.testing.tiny_llava import IMAGE_SIZE, MAX_POSITIONS, PATCH_SIZE, SEED, _corpus
+from mmke_eval.testing.tiny_llava import IMAGE_SIZE, MAX_POSITIONS, PATCH_SIZE, SEED, _corpus, build_tiny_onevision
 
 VOCAB_SIZE = 1000
 NUM_QUERY_TOKENS = 4  # BLIP-2 / InstructBLIP / MiniGPT-4 use 32; 4 keeps the tiny models tiny
@@ -370,7 +370,7 @@ def _save_without_video_processor(processor, folder: Path) -> None:
 TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
     "llava": build_tiny_llava15,
     "llava_next": build_tiny_llava_next,
-    "llava_onevision": lambda: __import__("mmke_eval.testing.tiny_llava", fromlist=["x"]).build_tiny_onevision(),
+    "llava_onevision": build_tiny_onevision,
     "blip2": build_tiny_blip2,
     "instructblip": build_tiny_instructblip,
     "minigpt4": build_tiny_minigpt4,
