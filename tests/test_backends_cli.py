@@ -2,7 +2,7 @@
 
 One lmms-eval process runs a list of configurations (``--config``, one start-up for all): for each
 backend, the ``edited`` model on one MMKE-Bench case with FT-LLM and a plain task beside it, and
-our own backends (blip2_hf, ...) on the plain task on their own, reached through the entry point.
+blip2_hf on the plain task on its own, reached through the entry point.
 """
 
 import json
@@ -32,7 +32,9 @@ RUNS = {
     "llava_next": ("llava_hf", "llava_next", "device_map=cpu,dtype=float32", True),
     "llava_onevision": ("llava_hf", "llava_onevision", "device_map=cpu,dtype=float32", True),
 }
-OURS = ("blip2_hf", "minigpt4")  # lmms-eval has no backend for these: ours, through the entry point
+# Ours (lmms-eval has none), through the entry point: blip2_hf also on its own (the edited runs
+# reach minigpt4's plain generation through the same backend class).
+OURS = ("blip2_hf",)
 
 
 @pytest.mark.slow
@@ -54,7 +56,7 @@ def test_every_backend_runs_the_edited_model_and_ours_run_alone(mmke_fixture_roo
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
            "MMKE_DATA": str(mmke_fixture_root), "MMKE_MAX_CASES": "1"}
     result = subprocess.run([str(BIN / "lmms-eval"), "--config", str(config)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=3600)  # minutes on a free machine
     assert result.returncode == 0, result.stderr[-3000:]
     for label, (backend, _, _, plain_too) in RUNS.items():
         (results_file,) = (tmp_path / "out" / "edited" / label).rglob("*_results.json")
