@@ -361,9 +361,15 @@ def _save_without_video_processor(processor, folder: Path) -> None:
     """What save_pretrained writes for these processors, less the video processor it cannot save."""
     import json
 
+    import inspect
+
     processor.tokenizer.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__}))
+    # The processor's own settings (OneVision: num_image_tokens, vision_aspect_ratio, ...).
+    skip = {"self", "image_processor", "tokenizer", "video_processor", "chat_template", "kwargs"}
+    settings = {name: getattr(processor, name) for name in inspect.signature(type(processor).__init__).parameters
+                if name not in skip and hasattr(processor, name)}
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": type(processor).__name__, **settings}))
     (folder / "chat_template.jinja").write_text(processor.chat_template)
 
 
