@@ -97,8 +97,8 @@ class ModelAdapter(ABC):
         """Length of the model input for ``query`` (image tokens, prefix, prompt and target)."""
 
     @abstractmethod
-    def parameter_group(self, group: str) -> dict[str, torch.nn.Parameter]:
-        """Named parameters of a group: "llm_last_mlp", "alignment" or "vision"."""
+    def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:
+        """Named parameters of a group: "llm_last_mlp" (of the last ``last_k`` layers), "alignment" or "vision"."""
 
     def describe(self) -> dict:
         """Protocol facts about how inputs are built (written into the results)."""
