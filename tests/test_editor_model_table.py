@@ -65,8 +65,7 @@ def names_of(model, params) -> set[str]:
 
 
 def fast_editor(editor_name: str, family: str, **settings):
-    cls = registry._import(registry._entry("editors", editor_name)["class"])
-    known = {f.name for f in fields(cls.config_class)}
+    known = {f.name for f in fields(registry.editor_class(editor_name).config_class)}
     return registry.build_editor(editor_name, family=family, overrides={k: v for k, v in {**FAST, **settings}.items() if k in known})
 
 

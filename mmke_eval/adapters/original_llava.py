@@ -43,8 +43,7 @@ class OriginalLlavaAdapter(ModelAdapter):
 
     @classmethod
     def from_lmms(cls, lmms_model: Any, **options: Any) -> "ModelAdapter":
-        cls.check_backend(type(lmms_model).__name__)
-        raise AssertionError("unreachable")
+        raise BackendUnavailable(f"lmms-eval's original LLaVA backends {cls.unavailable_reason}; use --model llava_hf")
 
     def teacher_forced(self, queries, k=10):  # pragma: no cover - never built
         raise NotImplementedError
