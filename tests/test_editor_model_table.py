@@ -27,7 +27,7 @@ PROMPT = "What is shown in the image?"
 TARGET = "A red circle on a white background"
 # Fast settings for a tiny random model, by config field (an editor gets those its config has):
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
-FAST = {"lr": 5e-2, "steps": 6, "k": 2, "retriever": "lexical"}
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical"}
 TRAIN_RECORDS = [
     {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
     {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
