@@ -126,6 +126,10 @@ class Editor(ABC):
         finally:
             self.restore(adapter, handle)
 
+    def edited_group(self) -> str | None:
+        """The adapter parameter group this editor changes, or None when it changes no weight."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"editor": self.name, **self.config.to_dict()}
 

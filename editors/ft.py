@@ -73,6 +73,9 @@ class FTEditor(Editor):
             },
         }
 
+    def edited_group(self) -> str:
+        return self.config.target
+
     def _scaler(self, dtype: torch.dtype) -> LossScaler:
         if dtype not in self._scalers:
             self._scalers[dtype] = LossScaler(enabled=needs_loss_scaling(dtype, self.config.loss_scaling))

@@ -1,6 +1,8 @@
-"""mmke-eval inside lmms-eval: the model's registration and two fixes to lmms-eval 0.7.3's task loading.
+"""mmke-eval inside lmms-eval: the models' registration and two fixes to lmms-eval 0.7.3's task loading.
 
-The ``edited`` model is registered through the entry point group ``lmms_eval.models`` (see
+Besides the ``edited`` wrapper, the entry point returns the backends lmms-eval lacks
+(mmke_eval/backends/: ``blip2_hf``, ``minigpt4``), so an installed mmke-eval needs no new entry
+point for them. The ``edited`` model is registered through the entry point group ``lmms_eval.models`` (see
 pyproject.toml). Our tasks come in through ``--include_path``, which ``mmke-eval`` adds itself,
 or through ``LMMS_EVAL_PLUGINS=mmke_eval``: lmms-eval then imports ``mmke_eval.models``, which
 calls ``install_fixes``:
@@ -31,7 +33,14 @@ TASKS_PACKAGE = "mmke_tasks"
 
 
 def manifests() -> list[ModelManifest]:
-    return [ModelManifest(model_id="edited", simple_class_path="mmke_eval.wrapper.EditedLMM")]
+    from mmke_eval.backends.no_torchvision import allow_image_only_processors
+
+    allow_image_only_processors()  # Qwen2-VL / OneVision processors on a CPU torch without torchvision
+    return [
+        ModelManifest(model_id="edited", simple_class_path="mmke_eval.wrapper.EditedLMM"),
+        ModelManifest(model_id="blip2_hf", simple_class_path="mmke_eval.backends.blip2_hf.Blip2HF"),
+        ModelManifest(model_id="minigpt4", simple_class_path="mmke_eval.backends.minigpt4.MiniGPT4"),
+    ]
 
 
 def install_fixes() -> None:

@@ -56,14 +56,28 @@ def editor_defaults(name: str, family: str = "") -> dict[str, Any]:
     return {**entry.get("defaults", {}), **entry.get("families", {}).get(family, {})}
 
 
+def editor_class(name: str):
+    return _import(_entry("editors", name)["class"])
+
+
 def build_editor(name: str, family: str = "", overrides: dict[str, Any] | None = None):
     """Editor instance: registry defaults, then family defaults, then ``overrides``."""
-    cls = _import(_entry("editors", name)["class"])
+    cls = editor_class(name)
     values = {**editor_defaults(name, family), **(overrides or {})}
     editor = cls(cls.config_class.from_dict(values, editor=name))
     editor.name = name  # ft_llm and ft_alignment share a class
     return editor
 
 
+def adapter_names() -> list[str]:
+    return sorted(load_registry()["adapters"])
+
+
 def adapter_class(base: str):
     return _import(_entry("adapters", base)["class"])
+
+
+def adapter_test_models(base: str) -> dict[str, Any]:
+    """The tiny random models an adapter is tested on (``tiny:`` in registry.yaml): name -> builder
+    returning (model, processor). Imported only when asked for."""
+    return {path.rpartition(":")[2]: _import(path) for path in _entry("adapters", base).get("tiny", [])}

@@ -139,6 +139,7 @@ class EditedLMM(lmms):
         # edits after the N scored ones (sequential_gap=G).
         source.set_edit_only_tail(self.protocol.sequential_gap if self.protocol.sequential else 0)
         adapter_cls = registry.adapter_class(base)  # fail on an unknown base before loading weights
+        adapter_cls.check_backend(base)  # or on one that cannot be served (docs/models.md)
         if device is not None:
             base_args["device"] = device
         check_pretrained(base_args.get("pretrained"))

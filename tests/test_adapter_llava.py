@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from mmke_eval.adapters.base import Query
-from mmke_eval.adapters.llava_hf import LlavaHFAdapter, _cut
+from mmke_eval.adapters.hf_vlm import ParameterGroupError, cut
+from mmke_eval.adapters.llava_hf import LlavaHFAdapter
 
 PROMPTS = [
     "What is shown in the image?",
@@ -188,6 +189,19 @@ def test_parameter_groups(adapter):
     assert set(vision) == {n for n in named if n.startswith("model.vision_tower.")}
     with pytest.raises(ValueError, match="unknown parameter group"):
         adapter.parameter_group("qformer")
+    # last_k: the MLPs of the last k language-model layers
+    both = adapter.parameter_group("llm_last_mlp", last_k=2)
+    assert set(both) == {f"model.language_model.layers.{i}.mlp.{m}.weight" for i in (last - 1, last) for m in ("up_proj", "down_proj")}
+
+
+def test_a_missing_module_name_is_an_error_never_a_fallback(loaded, monkeypatch):
+    adapter = LlavaHFAdapter(*loaded)
+    # A model whose MLP has no down_proj (e.g. another naming): the group must not shrink to up_proj
+    # alone, nor grow to "all weights" as the old lookup did.
+    groups = {**LlavaHFAdapter.parameter_groups, "llm_last_mlp": LlavaHFAdapter.parameter_groups["llm_last_mlp"][:1] + (r"layers\.{last}\.mlp\.w2\.weight$",)}
+    monkeypatch.setattr(adapter, "parameter_groups", groups)
+    with pytest.raises(ParameterGroupError, match=r"LlavaForConditionalGeneration: pattern .*w2.* matches no parameter"):
+        adapter.parameter_group("llm_last_mlp")
 
 
 def test_chat_format_uses_the_template(loaded, images):
@@ -204,8 +218,8 @@ def test_chat_format_uses_the_template(loaded, images):
 
 
 def test_cut_at_first_stop_string():
-    assert _cut(" Paris. Then\n\nmore", ["\n\n", "."]) == "Paris"
-    assert _cut("  no stop  ", []) == "no stop"
+    assert cut(" Paris. Then\n\nmore", ["\n\n", "."]) == "Paris"
+    assert cut("  no stop  ", []) == "no stop"
 
 
 def test_from_lmms_shares_the_model(tiny_llava_dir, adapter, images):
@@ -254,3 +268,36 @@ def test_tiny_llava_build_is_deterministic(tiny_llava_dir, tmp_path):
     rebuilt = build_tiny_llava(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json", "processor_config.json"):
         assert (rebuilt / name).read_bytes() == (tiny_llava_dir / name).read_bytes(), name
+
+
+def test_llava_next_anyres_batches_equal_one_at_a_time():
+    from mmke_eval.testing.tiny_vlms import build_tiny_llava_next
+
+    model, processor = build_tiny_llava_next()
+    adapter = LlavaHFAdapter(model, processor, batch_size=3)
+    tall, wide = Image.new("RGB", (40, 64), (200, 0, 0)), Image.new("RGB", (64, 30), (0, 0, 200))
+    queries = [Query("What is shown in the image?", tall, "A red circle"), Query("Where?", None, "Paris"),
+               Query("Who is it?", wide, "a dog", "New Fact: x y\nPrompt: "), Query("Who is it?", wide, "a dog")]
+    batched = adapter.teacher_forced(queries, k=3)
+    assert batched[0].topk.shape[0] != batched[3].topk.shape[0]  # anyres: tokens follow the image's shape
+    # By hand: the processor's own expansion of one image placeholder after BOS.
+    out = processor(text=["<image>What is shown in the image? A red circle"], images=[tall], return_tensors="pt")
+    assert batched[0].topk.shape[0] == out["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(**out).logits[0]
+    assert torch.equal(batched[0].topk, logits.topk(3, dim=-1).indices)
+    for q, got in zip(queries, batched):
+        (alone,) = adapter.teacher_forced([q], k=3)
+        assert torch.equal(got.topk, alone.topk) and got.answer_ids == alone.answer_ids
+
+
+@pytest.mark.parametrize("base", ["llava", "llava_onevision"])
+def test_original_llava_backends_fail_before_loading_with_the_line_to_use(base, monkeypatch):
+    from mmke_eval.adapters.original_llava import BackendUnavailable
+    from mmke_eval.wrapper import EditedLMM
+
+    loaded = []
+    monkeypatch.setattr("lmms_eval.models.get_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(BackendUnavailable, match=r"transformers 4\.36\.2.*use --model llava_hf --model_args pretrained=llava-hf/"):
+        EditedLMM(base=base, pretrained="liuhaotian/llava-v1.5-7b")
+    assert loaded == []  # no backend was built, no weights were read

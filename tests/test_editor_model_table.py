@@ -1,59 +1,46 @@
-"""Every registered editor on every model family the adapter serves: one table, the same contract.
+"""Every registered editor on every model every registered adapter serves: one table, one contract.
 
-For each (editor, model): the edit changes exactly what the editor says it changes (weight editors:
-their parameter group, and the edit example's loss falls; IKE and none: no weight), the edited
-model can be probed, and restore leaves every weight bit-identical.
+Both axes come from registry.yaml (``editors:``, and each adapter's ``tiny:`` models), so a new
+editor or adapter enters the table by itself. For each (editor, model): the edit changes exactly
+the parameter group the editor names (``edited_group``; none: no weight at all), a weight edit
+lowers the edit example's loss, every probe kind of the MMKE family runs through the case
+evaluator on the edited model, and restore leaves every weight bit-identical.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 from PIL import Image
 
 from editors.base import EditRequest
-from mmke_eval import registry
+from mmke_eval import families, registry
 from mmke_eval.adapters.base import Query
-from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+from mmke_eval.data.mmke import load_cases
+from mmke_eval.direct import score_cases
+from mmke_eval.protocol import Protocol
 
 PROMPT = "What is shown in the image?"
 TARGET = "A red circle on a white background"
-# Editor arguments for a tiny random model: a high lr learns the target in a few steps.
-FAST = {
-    "ft_llm": {"lr": 5e-2, "steps": 8},
-    "ft_alignment": {"lr": 5e-2, "steps": 8},
-    "ike": {"k": 2, "retriever": "lexical"},
-    "none": {},
-}
+# Fast settings for a tiny random model, by config field (an editor gets those its config has):
+# a high lr learns the target in a few steps; two lexically retrieved demonstrations.
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical"}
 TRAIN_RECORDS = [
     {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
     {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
     {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner"},
 ]
+MODELS = [(adapter, model) for adapter in registry.adapter_names() for model in registry.adapter_test_models(adapter)]
 
 
-def llava_1_5(tiny_llava_dir):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
-    return model, AutoProcessor.from_pretrained(tiny_llava_dir)
-
-
-def llava_onevision(_):
-    from mmke_eval.testing.tiny_llava import build_tiny_onevision
-
-    model, processor = build_tiny_onevision()
-    return model.eval(), processor
-
-
-MODELS = {"llava-1.5": llava_1_5, "llava-onevision": llava_onevision}
-
-
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def model_and_processor(request, tiny_llava_dir):
-    return request.param, MODELS[request.param](tiny_llava_dir)
+@pytest.fixture(scope="module", params=MODELS, ids=[f"{a}:{m}" for a, m in MODELS])
+def adapter(request):
+    name, model_name = request.param
+    model, processor = registry.adapter_test_models(name)[model_name]()
+    return registry.adapter_class(name)(model.eval(), processor)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +58,27 @@ def changed(model, before) -> set[str]:
     return {name for name, t in model.state_dict().items() if not torch.equal(t, before[name])}
 
 
+def names_of(model, params) -> set[str]:
+    """state_dict names of parameters (the same tensors; a shared tensor keeps its first name)."""
+    ids = {id(p) for p in params.values()}
+    return {name for name, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+def fast_editor(editor_name: str, family: str, **settings):
+    known = {f.name for f in fields(registry.editor_class(editor_name).config_class)}
+    return registry.build_editor(editor_name, family=family, overrides={k: v for k, v in {**FAST, **settings}.items() if k in known})
+
+
+def test_every_adapter_declares_tiny_models_or_says_why_not():
+    for name in registry.adapter_names():
+        cls = registry.adapter_class(name)
+        assert registry.adapter_test_models(name) or getattr(cls, "unavailable_reason", None), name
+
+
 @pytest.mark.parametrize("editor_name", sorted(registry.editor_names()))
-def test_editor_contract_on_every_model(editor_name, model_and_processor, train_file):
-    _, (model, processor) = model_and_processor
-    adapter = LlavaHFAdapter(model, processor)
-    editor = registry.build_editor(editor_name, family=adapter.family, overrides=FAST[editor_name])
+def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_fixture_root):
+    model = adapter.model
+    editor = fast_editor(editor_name, adapter.family)
     image = Image.new("RGB", (48, 40), (230, 30, 30))
     request = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=image, train_file=str(train_file))
     edit_query = Query(PROMPT, image, TARGET)
@@ -84,19 +87,28 @@ def test_editor_contract_on_every_model(editor_name, model_and_processor, train_
     before = state(model)
 
     with editor.editing(adapter, request) as handle:
+        in_context = bool(handle.prefix)
         touched = changed(model, before)
-        if editor_name in ("ft_llm", "ft_alignment"):
-            group = set(adapter.parameter_group(editor.config.target))
-            assert touched and touched <= group and set(handle.touched) == group
+        group = editor.edited_group()
+        if group is None:
+            assert touched == set() and handle.touched == ()
+        else:
+            members = names_of(model, adapter.parameter_group(group))
+            assert touched and touched <= members and names_of(model, {n: p for n, p in model.named_parameters() if n in handle.touched}) == members
             with torch.no_grad():
                 assert float(adapter.target_loss(edit_query)) < loss_before
-        else:
-            assert touched == set()
-        if editor_name == "ike":
-            assert handle.prefix.index("a star") < handle.prefix.index(TARGET)  # the closest demonstration, then the fact
         probes = [Query(PROMPT, image, TARGET, handle.prefix), Query("Where does this person live?", None, "Paris", handle.prefix)]
         results = adapter.teacher_forced(probes, k=3)
-        assert all(0.0 <= r.token_acc <= 1.0 for r in results)
+        assert all(0.0 <= r.token_acc <= 1.0 and r.answer_ids for r in results)
         assert len(adapter.generate(probes, max_new_tokens=2)) == 2
-
     assert changed(model, before) == set()
+
+    # Every probe kind of the MMKE family, through the case evaluator: pre-edit, edit, probes, restore
+    # (one training step is enough to run them on an edited model).
+    case = load_cases(mmke_fixture_root, "entity_level", "eval")[0][:1]
+    scores = score_cases(adapter, fast_editor(editor_name, adapter.family, steps=1), case, Protocol(generate=False))
+    kinds = [kind.name for kind in families.get("mmke").probes]
+    assert set(kinds) <= set(scores) and all(0.0 <= scores[k] <= 100.0 for k in kinds)
+    assert changed(model, before) == set()
+    if editor.edited_group() is None and not in_context:  # the unedited model agrees with itself
+        assert scores["t_loc"] == 100.0 and scores["i_loc"] == 100.0

@@ -71,6 +71,10 @@ class ModelAdapter(ABC):
     def from_lmms(cls, lmms_model: Any, **options: Any) -> "ModelAdapter":
         """Build the adapter from an lmms-eval backend instance (shares its model, no copy)."""
 
+    @classmethod
+    def check_backend(cls, base: str) -> None:
+        """Raise, before any weights load, when lmms-eval backend ``base`` cannot be served."""
+
     @abstractmethod
     def teacher_forced(self, queries: list[Query], k: int = 10) -> list[ForwardResult]:
         """One batched forward pass (no grad) per group of queries; see ForwardResult."""
@@ -93,8 +97,8 @@ class ModelAdapter(ABC):
         """Length of the model input for ``query`` (image tokens, prefix, prompt and target)."""
 
     @abstractmethod
-    def parameter_group(self, group: str) -> dict[str, torch.nn.Parameter]:
-        """Named parameters of a group: "llm_last_mlp", "alignment" or "vision"."""
+    def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:
+        """Named parameters of a group: "llm_last_mlp" (of the last ``last_k`` layers), "alignment" or "vision"."""
 
     def describe(self) -> dict:
         """Protocol facts about how inputs are built (written into the results)."""
