@@ -26,3 +26,13 @@ def mmke_fixture_root(tmp_path_factory):
     from mmke_eval.testing.mmke_fixture import write_mmke_fixture
 
     return write_mmke_fixture(tmp_path_factory.mktemp("mmke_data"))
+
+
+# Under pytest-xdist (make test: two workers on two cores) each worker computes on one thread:
+# two-thread torch ops spin against the other worker and run many times slower. Subprocesses the
+# tests start inherit the setting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
