@@ -356,6 +356,15 @@ def more_image_facts(world: W.World, subject) -> list[tuple[str, str]]:
     ]
 
 
+def answer_pool(world: W.World, question: str) -> list[str]:
+    """The answers a picture question can be edited to (MMEdit's VQA edits), the original among them."""
+    pools = {
+        W.ENTITY_IMAGE_Q["city"]: world.cities, W.ENTITY_IMAGE_Q["year"]: W.YEARS, W.ENTITY_IMAGE_Q["category"]: W.CATEGORIES,
+        W.ITEM_IMAGE_Q["owner"]: list(world.users), W.ITEM_IMAGE_Q["place"]: W.PLACES, W.SIGN_IMAGE_Q: list(W.MEANINGS),
+    }
+    return list(pools[question])
+
+
 def scene_question(world: W.World, entity: W.Entity, rng: random.Random) -> tuple[str, str]:
     """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no."""
     from mmke_eval.data import mike

@@ -151,11 +151,7 @@ def mmedit_files(world: W.World) -> tuple[dict, dict]:
 
 
 def _new_answer(world: W.World, question: str, old: str, rng: random.Random) -> str:
-    pools = {
-        W.ENTITY_IMAGE_Q["city"]: world.cities, W.ENTITY_IMAGE_Q["year"]: W.YEARS, W.ENTITY_IMAGE_Q["category"]: W.CATEGORIES,
-        W.ITEM_IMAGE_Q["owner"]: list(world.users), W.ITEM_IMAGE_Q["place"]: W.PLACES, W.SIGN_IMAGE_Q: list(W.MEANINGS),
-    }
-    return rng.choice([v for v in pools[question] if v != old])
+    return rng.choice([v for v in G.answer_pool(world, question) if v != old])
 
 
 # -- MIKE -------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -123,13 +122,6 @@ def all_text_facts(world: W.World) -> list[tuple[str, str]]:
     return [qa for family in sorted(facts) for qa in facts[family]] + G.ruler_facts(world)
 
 
-# Answers a picture question can be edited to (IKE training's question edits).
-_ANSWER_POOLS = {
-    W.ENTITY_IMAGE_Q["city"]: "cities", W.ENTITY_IMAGE_Q["year"]: W.YEARS, W.ENTITY_IMAGE_Q["category"]: W.CATEGORIES,
-    W.ITEM_IMAGE_Q["owner"]: "users", W.ITEM_IMAGE_Q["place"]: W.PLACES, W.SIGN_IMAGE_Q: tuple(W.MEANINGS),
-}
-
-
 def counterfactual(world: W.World, subject, rng: random.Random) -> dict:
     """A random edit of ``subject``: its edit prompt, new description and questions answered by it.
     60% MMKE-style description edits; 20% name edits of an entity's picture (VLKEB, MIKE) and 20%
@@ -142,10 +134,8 @@ def counterfactual(world: W.World, subject, rng: random.Random) -> dict:
         image_q = [(W.ENTITY_NAME_Q, new), (W.ENTITY_NAME_Q2, new), (mike.VNA_PROMPT, new), (mike.REPHRASE_PROMPT, new)]
         return dict(src=W.ENTITY_NAME_Q, rephrase=W.ENTITY_NAME_Q2, alt=new, text_q=[], image_q=image_q)
     if x >= 0.6:
-        question, old = rng.choice([qa for qa in G.image_facts(world, subject) if qa[0] in _ANSWER_POOLS])
-        pool = _ANSWER_POOLS[question]
-        pool = world.cities if pool == "cities" else list(world.users) if pool == "users" else pool
-        new = rng.choice([v for v in pool if v != old])
+        question, old = rng.choice([qa for qa in G.image_facts(world, subject) if qa[0] in W.IMAGE_Q_REPHRASE])
+        new = rng.choice([v for v in G.answer_pool(world, question) if v != old])
         alias = W.IMAGE_Q_REPHRASE[question]
         return dict(src=question, rephrase=alias, alt=new, text_q=[], image_q=[(question, new), (alias, new)])
     if isinstance(subject, W.Entity):
