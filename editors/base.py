@@ -45,6 +45,9 @@ class EditHandle:
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # original values of ``touched``
     prefix: str = ""  # context put before every post-edit prompt (IKE)
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. steps, final loss, seconds
+    # Answers the post-edit queries in the adapter's place (``teacher_forced`` and ``generate``
+    # with the adapter's signatures): SERAC sends in-scope inputs to its counterfactual model.
+    responder: Any = None
 
 
 class ConfigError(ValueError):

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "make-mini":
             return _make_mini(argv[1:])
+        if argv and argv[0] == "train-editor":
+            from mmke_eval import train_editor
+
+            return train_editor.main(argv[1:])
         if argv and argv[0] == "list":
             return _list()
         if argv and argv[0] == "report":

@@ -55,6 +55,8 @@ class Family:
     layout: str = "the benchmark's release layout"  # for error messages: what a data folder holds
     required: tuple[str, ...] = ()  # entries a data folder must have (checked before loading)
     table: tuple[tuple[str, str], ...] = ()  # (metric, title) of the main table; default: the probe kinds
+    # Source-card keys that pick eval-only files (VLKEB's hop, subset): left out to read the train split.
+    train_ignores: tuple[str, ...] = ()
 
     def probe(self, kind: str) -> ProbeKind:
         for probe in self.probes:
@@ -72,6 +74,10 @@ class Family:
 
     def load(self, root, card: dict):
         return _import(self.loader, f"benchmarks.{self.name}.loader")(root, card)
+
+    def train_card(self, card: dict) -> dict:
+        """The source card of the train split the card's cases come from (editor training)."""
+        return {**{k: v for k, v in card.items() if k not in self.train_ignores}, "split": "train"}
 
     def demonstration_pool(self, train_file: str) -> list[tuple[str, str, str, str]]:
         return _import(self.demonstrations, f"benchmarks.{self.name}.demonstrations")(train_file)
@@ -126,6 +132,7 @@ def get(name: str) -> Family:
         layout=str(entry.get("layout", Family.layout)),
         required=tuple(entry.get("required", ())),
         table=_table(name, entry.get("table") or [], probes),
+        train_ignores=tuple(entry.get("train_ignores", ())),
     )
 
 

@@ -468,11 +468,13 @@ class CaseEvaluator:
                              "edits of this task (VLKEB edit twice) need an editor that changes the model")
         return applied
 
-    def _forwards(self, probes: list[ProbeRequest], queries: list[Query]) -> list[tuple[ForwardResult, str | None]]:
-        """Teacher-forced outputs (top-k for locality) and greedy generations of ``queries``."""
+    def _forwards(self, probes: list[ProbeRequest], queries: list[Query], handle=None) -> list[tuple[ForwardResult, str | None]]:
+        """Teacher-forced outputs (top-k for locality) and greedy generations of ``queries``, from
+        the adapter or from what answers in its place after the edit (``handle.responder``)."""
+        model = handle.responder if handle is not None and handle.responder is not None else self.adapter
         k = max(self.protocol.t_loc_k, self.protocol.i_loc_k)
-        forwards = self.adapter.teacher_forced(queries, k=k)
-        generations = self._generate(probes, queries) if self.protocol.generate else [None] * len(probes)
+        forwards = model.teacher_forced(queries, k=k)
+        generations = self._generate(probes, queries, model) if self.protocol.generate else [None] * len(probes)
         return list(zip(forwards, generations))
 
     def _pre_edit(self, probes: list[ProbeRequest]) -> dict[int, tuple[ForwardResult, str | None]]:
@@ -493,7 +495,7 @@ class CaseEvaluator:
         for group in (local, others):
             if group:
                 queries = [self._post_edit_query(p, handle, request) for p in group]
-                outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries)))
+                outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries, handle)))
         for probe in probes:
             kind = _kind(probe)
             forward, generated = outputs[probe.index]
@@ -530,7 +532,7 @@ class CaseEvaluator:
             return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
         return metrics.topk_agreement(pre.topk, post.topk, k)
 
-    def _generate(self, probes: list[ProbeRequest], queries: list[Query]) -> list[str]:
+    def _generate(self, probes: list[ProbeRequest], queries: list[Query], model) -> list[str]:
         """Greedy generations of ``queries``, batched per distinct generation setting (normally one)."""
         outputs: list[str] = [""] * len(probes)
         by_setting: dict[str, list[int]] = {}
@@ -539,7 +541,7 @@ class CaseEvaluator:
         for members in by_setting.values():
             gen_kwargs = probes[members[0]].gen_kwargs
             until = gen_kwargs.get("until") or []
-            texts = self.adapter.generate(
+            texts = model.generate(
                 [replace(queries[i], target="") for i in members],
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
                 until=[until] if isinstance(until, str) else list(until),

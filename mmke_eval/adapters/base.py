@@ -83,6 +83,11 @@ class ModelAdapter(ABC):
     def target_loss(self, query: Query) -> torch.Tensor:
         """Mean NLL of the target tokens given image + prefix + prompt, differentiable."""
 
+    def sequence_logits(self, query: Query) -> torch.Tensor:
+        """Logits [positions, vocab] at the positions ``teacher_forced`` compares (image positions
+        included, prefix positions excluded), differentiable: the locality term of learned editors."""
+        raise NotImplementedError(f"{type(self).__name__} cannot give differentiable logits (needed to train an editor)")
+
     @abstractmethod
     def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
         """Greedy continuations of image + prefix + prompt, cut at the first ``until`` string."""

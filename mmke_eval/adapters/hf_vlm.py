@@ -367,6 +367,12 @@ class HFVisionLanguageAdapter(ModelAdapter):
             labels = ids[0, enc.answer_start :]
             return F.cross_entropy(logits[enc.answer_start - 1 : -1].float(), labels)
 
+    def sequence_logits(self, query: Query) -> torch.Tensor:
+        with torch.enable_grad():
+            (enc,), image_inputs = self._batch([query])
+            ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)
+            return self._forward(ids, torch.ones_like(ids), image_inputs)[0][enc.kept]
+
     @torch.no_grad()
     def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
         outputs = [""] * len(queries)

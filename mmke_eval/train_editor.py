@@ -1,0 +1,314 @@
+"""`mmke-eval train-editor`: train a learned editor (SERAC, MEND, KE) on a benchmark's train split.
+
+    mmke-eval train-editor --editor mend --tasks mmke_mini --output_path ckpt/mend
+    mmke-eval train-editor --editor serac --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf \\
+        --tasks mmke_entity --data /data/MMKE --output_path ckpt/serac_llava
+
+The cases come from the train split of every named task (its source card with ``split: train``);
+the last ``val_cases`` of them are held out for validation. One case per step, in a seeded order
+that depends only on the step (so a resumed run sees the same cases); validation every
+``val_every`` steps; the run stops at ``max_steps`` or after ``patience`` steps without a better
+validation loss. The folder gets the best step's checkpoint (``editor.safetensors`` +
+``editor.json``), ``train_log.jsonl`` (one line per validation), and ``resume.pt`` (the last
+state, optimizer included), from which an interrupted run continues when started again with the
+same command. A folder holding another run (other editor, settings, model or data) is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from editors.base import EditRequest
+from editors.learned import META_FILE, LearnedEditor, TrainingExample
+from mmke_eval import families
+from mmke_eval.adapters.base import Query
+from mmke_eval.data.images import load_optional_image
+from mmke_eval.data.schema import EditCase, ProbeDoc
+from mmke_eval.journal import digest, file_digest
+
+RESUME_FILE = "resume.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# -- the data ------------------------------------------------------------------------------------
+def task_sources(task_names: str, extra_dirs: list[str] = ()) -> list[tuple[str, dict, str]]:
+    """(task, source card, prompt template) of every named task or group member."""
+    import yaml
+
+    from mmke_eval.cli import _IgnoreTagsLoader, task_index
+
+    tasks, groups = task_index(extra_dirs)
+    pending, found = [t.strip() for t in task_names.split(",") if t.strip()], []
+    while pending:
+        name = pending.pop(0)
+        if name in groups:
+            pending = groups[name] + pending
+            continue
+        if name not in tasks:
+            raise TrainingError(f"--tasks: unknown task {name!r} (see `mmke-eval list`)")
+        spec = _task_spec(tasks[name], _IgnoreTagsLoader, yaml)
+        template = ((spec.get("lmms_eval_specific_kwargs") or {}).get("default") or {}).get("prompt_template", "mmke/probe.jinja")
+        cards = ((spec.get("dataset_kwargs") or {}).get("data_files") or {}).values()
+        for card in cards:
+            found.append((name, json.loads((tasks[name].parent / card).read_text()), template))
+    if not found:
+        raise TrainingError(f"--tasks {task_names}: no task with a source card")
+    return found
+
+
+def _task_spec(path: Path, loader, yaml) -> dict:
+    """The task YAML with its ``include`` chain resolved (later keys win)."""
+    with open(path) as f:
+        spec = yaml.load(f, Loader=loader) or {}
+    if spec.get("include"):
+        base = _task_spec((path.parent / spec["include"]).resolve(), loader, yaml)
+        spec = {**base, **{k: v for k, v in spec.items() if k != "include"}}
+    return spec
+
+
+def training_cases(sources: list[tuple[str, dict, str]]) -> tuple[list[tuple[EditCase, str]], dict[str, Any]]:
+    """The train-split cases of the tasks (each with its prompt template) and a record of the data."""
+    from mmke_eval.data import source
+
+    cases, files, seen = [], {}, set()
+    for task, card, template in sources:
+        family = families.of_card(card)
+        train_card = family.train_card(card)
+        key = json.dumps(train_card, sort_keys=True)
+        if key in seen:  # VLKEB's tasks share one train.json
+            continue
+        seen.add(key)
+        root = source.resolve_root(train_card, family)
+        loaded, report = family.load(root, train_card)
+        cases += [(case, template) for case in loaded]
+        for path in report.files:
+            if "train" in Path(path).name or "/train" in path:
+                files[path] = file_digest(path)
+    if not cases:
+        raise TrainingError("the train splits of the tasks hold no case")
+    record = {"tasks": sorted({task for task, _, _ in sources}), "files": files, "cases": len(cases),
+              "sha256": digest({"files": sorted(files.values()), "cases": [c.case_id for c, _ in cases]})}
+    return cases, record
+
+
+def training_example(case: EditCase, template: str) -> TrainingExample:
+    """In-scope probes (not locality, not portability) with the new answer; locality probes."""
+    from mmke_tasks.hooks import doc_to_text
+
+    family = families.get(case.family)
+    in_scope, locality = [], []
+    for doc in ProbeDoc.rows(case):
+        kind = family.probe(doc["probe"])
+        query = Query(doc_to_text(doc, {"prompt_template": template}), load_optional_image(doc["image"], case.case_id), doc["answer"])
+        if kind.is_locality:
+            locality.append(query)
+        elif not kind.portability:
+            in_scope.append(query)
+    edit = EditRequest(
+        case_id=case.case_id, prompt=case.prompt, target=case.target,
+        image=load_optional_image(case.image, case.case_id), original=case.original,
+        rephrase_prompt=case.rephrase_prompt, rephrase_image=load_optional_image(case.rephrase_image, case.case_id),
+        knowledge_type=case.knowledge_type, train_file=case.train_file, family=case.family,
+    )
+    return TrainingExample(case.case_id, edit, in_scope, locality)
+
+
+def case_order(step: int, n: int, seed: int) -> int:
+    """The train case of ``step``: a fresh seeded permutation every pass over the cases."""
+    epoch, within = divmod(step, n)
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order[within]
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], data: dict[str, Any], out: Path,
+          command: str = "", restart: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``editor`` on ``cases``; write the checkpoint into ``out``; return the training record."""
+    cfg = editor.config
+    if len(cases) < cfg.val_cases + 1:
+        raise TrainingError(f"{len(cases)} train cases: too few to hold out val_cases={cfg.val_cases} and train on the rest")
+    n_val = cfg.val_cases
+    train_cases, val_cases = cases[: len(cases) - n_val], cases[len(cases) - n_val :]
+
+    @lru_cache(maxsize=512)
+    def example(index: int) -> TrainingExample:
+        return training_example(*train_cases[index])
+
+    val_examples = [training_example(*c) for c in val_cases]
+    editor.ensure_ready(adapter, for_training=True)
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)  # the base model is frozen; editors ask for the gradients they need
+    run_key = digest({"editor": editor.name, "config": cfg.architecture(), "seed": cfg.seed, "val_cases": n_val,
+                      "base": editor.checkpoint_meta(adapter, {}, {})["base_model"], "data": data["sha256"]})
+    optimizer = torch.optim.Adam(editor.optimizer_groups())
+    state = {"step": 0, "best_loss": float("inf"), "best_step": 0, "history": [], "seconds": 0.0, "finished": False}
+    best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    resume_path = out / RESUME_FILE
+    if resume_path.is_file() and not restart:
+        saved = torch.load(resume_path, map_location=adapter.device, weights_only=False)
+        if saved["run_key"] != run_key:
+            raise TrainingError(f"{out} holds another training run (other editor, settings, base model or data); "
+                                "use another --output_path, or --restart to train afresh there")
+        editor.learned.load_state_dict(saved["learned"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best, state = saved["best"], saved["state"]
+        print(f"mmke-eval train-editor: resuming {out} at step {state['step']}", file=sys.stderr)
+    elif (out / META_FILE).is_file() and not restart and not resume_path.is_file():
+        raise TrainingError(f"{out} already holds a checkpoint; use another --output_path, or --restart to train afresh there")
+    if state["finished"]:
+        print(f"mmke-eval train-editor: {out} is already trained (best step {state['best_step']})", file=sys.stderr)
+        return _record(state, n_val, len(train_cases))
+
+    started = time.perf_counter() - state["seconds"]
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=f"train {editor.name}", disable=not progress)
+    running: list[float] = []
+    editor.learned.train()
+    while state["step"] < cfg.max_steps:
+        loss, parts = editor.meta_loss(adapter, example(case_order(state["step"], len(train_cases), cfg.seed)))
+        if not torch.isfinite(loss):
+            raise TrainingError(f"step {state['step']}: the meta-loss is {loss.item()} ({parts}); lower meta_lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(editor.learned.parameters(), cfg.grad_clip)
+        optimizer.step()
+        editor.after_step()
+        state["step"] += 1
+        running.append(float(loss.detach()))
+        bar.update(1)
+        if state["step"] % cfg.val_every == 0 or state["step"] == cfg.max_steps:
+            val = validate(editor, adapter, val_examples or [example(i) for i in range(min(4, len(train_cases)))])
+            improved = val["loss"] < state["best_loss"]
+            if improved:
+                state["best_loss"], state["best_step"] = val["loss"], state["step"]
+                best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
+            entry = {"step": state["step"], "train_loss": round(sum(running) / len(running), 5),
+                     **{f"val_{k}": round(v, 5) for k, v in val.items()}, "seconds": round(time.perf_counter() - started, 1)}
+            running.clear()
+            state["history"].append(entry)
+            with open(out / LOG_FILE, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+            bar.set_postfix(train=entry["train_loss"], val=round(val["loss"], 4), best=state["best_step"])
+            stop = state["step"] - state["best_step"] >= cfg.patience
+            state["finished"] = stop or state["step"] >= cfg.max_steps
+            state["seconds"] = time.perf_counter() - started
+            torch.save({"run_key": run_key, "learned": editor.learned.state_dict(), "optimizer": optimizer.state_dict(),
+                        "best": best, "state": state}, str(resume_path) + ".tmp")
+            Path(str(resume_path) + ".tmp").replace(resume_path)
+            if stop:
+                print(f"\nmmke-eval train-editor: early stop at step {state['step']} (no better validation loss "
+                      f"for {cfg.patience} steps)", file=sys.stderr)
+                break
+    bar.close()
+    editor.learned.load_state_dict(best)
+    editor.learned.eval()
+    record = _record(state, n_val, len(train_cases))
+    record["command"] = command
+    editor.save_checkpoint(out, editor.checkpoint_meta(adapter, data, record))
+    return record
+
+
+def _record(state: dict, n_val: int, n_train: int) -> dict[str, Any]:
+    return {"steps": state["step"], "best_step": state["best_step"], "best_val_loss": state["best_loss"],
+            "train_cases": n_train, "val_cases": n_val, "seconds": round(state["seconds"], 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def validate(editor: LearnedEditor, adapter, examples: list[TrainingExample]) -> dict[str, float]:
+    """Mean meta-loss and its parts over ``examples`` (no update of the networks)."""
+    editor.learned.eval()
+    totals: dict[str, float] = {}
+    try:
+        for ex in examples:
+            loss, parts = editor.meta_loss(adapter, ex)
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+    finally:
+        editor.learned.train()
+    return {k: v / len(examples) for k, v in totals.items()}
+
+
+# -- the command ---------------------------------------------------------------------------------
+def load_adapter(model: str, model_args: str | None):
+    """The adapter over a loaded lmms-eval backend, as the ``edited`` model builds it."""
+    from lmms_eval.models import get_model
+
+    from mmke_eval import registry, runner
+    from mmke_eval.protocol import check_pretrained
+
+    args = runner.parse_key_values(runner.model_args_for(model, model_args), "--model_args")
+    adapter_args = {k[len("adapter."):]: v for k, v in args.items() if k.startswith("adapter.")}
+    base_args = {k: v for k, v in args.items() if not k.startswith("adapter.")}
+    adapter_cls = registry.adapter_class(model)
+    adapter_cls.check_backend(model)
+    check_pretrained(base_args.get("pretrained"))
+    base = get_model(model, force_simple=True)(**base_args)
+    return adapter_cls.from_lmms(base, **adapter_args)
+
+
+def main(argv: list[str]) -> int:
+    from mmke_eval import registry, runner
+
+    parser = argparse.ArgumentParser(prog="mmke-eval train-editor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--editor", required=True, help="a learned editor: " + ", ".join(learned_editor_names()))
+    parser.add_argument("--model", default=runner.DEFAULT_MODEL)
+    parser.add_argument("--model_args", default=None)
+    parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="tasks or groups whose train split to train on")
+    parser.add_argument("--data", default=None, help="local copy of the benchmark (as for evaluation)")
+    parser.add_argument("--editor_args", default="", help="k=v,... (training options: max_steps, val_every, patience, val_cases, meta_lr, seed)")
+    parser.add_argument("--cases", type=int, default=None, help="use only the first N train cases (a quick run)")
+    parser.add_argument("--output_path", required=True, help="checkpoint folder")
+    parser.add_argument("--restart", action="store_true", help="train afresh even if the folder holds a run")
+    args = parser.parse_args(argv)
+    if args.editor not in learned_editor_names():
+        raise TrainingError(f"--editor {args.editor}: not a learned editor; learned editors: {', '.join(learned_editor_names())}")
+    if args.data:
+        import os
+
+        from mmke_eval.cli import data_variables
+
+        data = Path(args.data).expanduser().resolve()
+        if not data.is_dir():
+            raise FileNotFoundError(f"--data {args.data}: no such folder")
+        for name in data_variables(args.tasks):
+            os.environ[name] = str(data)
+    overrides = runner.parse_key_values(args.editor_args, "--editor_args")
+    if "checkpoint" in overrides:
+        raise TrainingError("--editor_args checkpoint=...: training writes a checkpoint (--output_path); it does not read one")
+    registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
+    adapter = load_adapter(args.model, args.model_args)
+    editor = registry.build_editor(args.editor, family=adapter.family, overrides=overrides)
+    cases, data = training_cases(task_sources(args.tasks))
+    if args.cases is not None:
+        if args.cases < 2:
+            raise TrainingError("--cases must be at least 2")
+        cases = cases[: args.cases]
+        data = {**data, "cases": len(cases), "sha256": digest([data["sha256"], args.cases])}
+    command = "mmke-eval train-editor " + " ".join(shlex.quote(a) for a in argv)
+    record = train(editor, adapter, cases, data, Path(args.output_path), command=command, restart=args.restart)
+    print(f"mmke-eval train-editor: {args.editor} trained {record['steps']} steps on {record['train_cases']} cases "
+          f"(best step {record['best_step']}, validation loss {record['best_val_loss']:.4f}); checkpoint in {args.output_path}. "
+          f"Use it with --editor {args.editor} --editor_args checkpoint={args.output_path}")
+    return 0
+
+
+def learned_editor_names() -> list[str]:
+    from mmke_eval import registry
+
+    return [name for name in registry.editor_names() if issubclass(registry.editor_class(name), LearnedEditor)]
