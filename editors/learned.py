@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
-from editors.base import ConfigError, Editor, EditorConfig
+from editors.base import ConfigError, EditHandle, Editor, EditorConfig
 from mmke_eval.adapters.base import Query
 
 CHECKPOINT_FORMAT = "mmke-eval editor checkpoint"
@@ -339,3 +340,45 @@ def gradient_factors(adapter, names: list[str], request) -> dict[str, tuple[torc
         for p, flag in flags:
             p.requires_grad_(flag)
     return {name: (torch.cat(inputs[name]).float(), torch.cat(deltas[name]).float()) for name in names}
+
+
+class WeightUpdateEditor(LearnedEditor):
+    """A learned editor that turns the edit's gradient into a weight update (MEND, KE).
+
+    Subclasses give ``updates(adapter, request)``: per edited weight, the tensor to subtract. An
+    edit writes the updated weights into the model, after cloning exactly those it touches.
+    """
+
+    def updates(self, adapter, request) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def weight_names(self) -> list[str]:
+        return self.learned.names
+
+    def apply(self, adapter, request) -> EditHandle:
+        self.ensure_ready(adapter)
+        started = time.perf_counter()
+        params = dict(adapter.model.named_parameters())
+        names = self.weight_names()
+        handle = EditHandle(editor=self.name, touched=tuple(names), saved={n: params[n].detach().clone() for n in names})
+        try:
+            with torch.no_grad():
+                updates = self.updates(adapter, request)
+                for name, update in updates.items():
+                    params[name].sub_(update.to(params[name].dtype))
+        except BaseException:
+            self.restore(adapter, handle)  # never leave a half-edited model behind
+            raise
+        handle.stats = {
+            "weights": len(names),
+            "n_params": sum(params[n].numel() for n in names),
+            "update_norm": round(float(sum(u.float().norm() ** 2 for u in updates.values()) ** 0.5), 6),
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+        return handle
+
+    def post_edit_weights(self, adapter, request) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(updates, weights after them) with the graph back to the networks: for ``meta_loss``."""
+        updates = self.updates(adapter, request)
+        params = dict(adapter.model.named_parameters())
+        return updates, {name: params[name] - update.to(params[name].dtype) for name, update in updates.items()}

@@ -19,17 +19,16 @@ post-edit weights are substituted (editors/learned.py) so the loss reaches the n
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from editors.base import ConfigError, EditHandle, EditRequest
+from editors.base import ConfigError, EditRequest
 from editors.learned import (
     LearnedConfig,
-    LearnedEditor,
     TrainingExample,
+    WeightUpdateEditor,
     gradient_factors,
     kl_from_base,
     substituted,
@@ -131,7 +130,7 @@ class MENDNetworks(nn.Module):
         return out
 
 
-class MENDEditor(LearnedEditor):
+class MENDEditor(WeightUpdateEditor):
     name = "mend"
     config_class = MENDConfig
 
@@ -152,40 +151,14 @@ class MENDEditor(LearnedEditor):
         nets = [p for n, p in self.learned.named_parameters() if n != "edit_lrs"]
         return [{"params": nets, "lr": self.config.meta_lr}, {"params": [self.learned.edit_lrs], "lr": self.config.lr_lr}]
 
-    def _updates(self, adapter, request: EditRequest) -> dict[str, torch.Tensor]:
-        factors = gradient_factors(adapter, self.learned.names, request)
-        return self.learned.updates(factors)
-
-    def apply(self, adapter, request: EditRequest) -> EditHandle:
-        self.ensure_ready(adapter)
-        started = time.perf_counter()
-        params = dict(adapter.model.named_parameters())
-        names = self.learned.names
-        handle = EditHandle(editor=self.name, touched=tuple(names),
-                            saved={n: params[n].detach().clone() for n in names})
-        try:
-            with torch.no_grad():
-                updates = self._updates(adapter, request)
-                for name, update in updates.items():
-                    params[name].sub_(update.to(params[name].dtype))
-        except BaseException:
-            self.restore(adapter, handle)
-            raise
-        handle.stats = {
-            "weights": len(names),
-            "n_params": sum(params[n].numel() for n in names),
-            "update_norm": round(float(sum(u.float().norm() ** 2 for u in updates.values()) ** 0.5), 6),
-            "seconds": round(time.perf_counter() - started, 4),
-        }
-        return handle
+    def updates(self, adapter, request: EditRequest) -> dict[str, torch.Tensor]:
+        return self.learned.updates(gradient_factors(adapter, self.learned.names, request))
 
     def meta_loss(self, adapter, example: TrainingExample):
         cfg = self.config
         with torch.no_grad():
             base = [adapter.sequence_logits(q) for q in example.locality]
-        updates = self._updates(adapter, example.edit)
-        params = dict(adapter.model.named_parameters())
-        edited = {name: params[name] - update.to(params[name].dtype) for name, update in updates.items()}
+        _, edited = self.post_edit_weights(adapter, example.edit)
         with substituted(adapter.model, edited):
             in_scope = example.in_scope
             edit_nll = sum(adapter.target_loss(q) for q in in_scope) / max(len(in_scope), 1)
