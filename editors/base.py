@@ -133,6 +133,10 @@ class Editor(ABC):
         """The adapter parameter group this editor changes, or None when it changes no weight."""
         return None
 
+    def edited_layers(self) -> int:
+        """How many of the last layers its group spans (``parameter_group(group, last_k=...)``)."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         return {"editor": self.name, **self.config.to_dict()}
 

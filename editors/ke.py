@@ -92,6 +92,8 @@ class KENetworks(nn.Module):
 class KEEditor(WeightUpdateEditor):
     name = "ke"
     config_class = KEConfig
+    # The Lagrangian term changes with its multiplier; the reference keeps the best edit accuracy.
+    validation_key = "edit_nll"
 
     def edited_group(self) -> str:
         return self.config.target
@@ -129,7 +131,7 @@ class KEEditor(WeightUpdateEditor):
         norm = sum(u.float().pow(2).sum() for u in updates.values()).sqrt()
         self._last_violation = float(norm.detach()) - self.config.margin
         loss = edit_nll + self.learned.lagrange * (norm - self.config.margin)
-        return loss, {"edit_nll": float(edit_nll), "update_norm": float(norm.detach()), "lagrange": float(self.learned.lagrange)}
+        return loss, {"edit_nll": float(edit_nll.detach()), "update_norm": float(norm.detach()), "lagrange": float(self.learned.lagrange)}
 
     def after_step(self) -> None:
         # Gradient ascent on the multiplier, kept >= 0: it grows while the update is too large.

@@ -32,6 +32,8 @@ from mmke_eval.adapters.base import Query
 CHECKPOINT_FORMAT = "mmke-eval editor checkpoint"
 CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "editor.safetensors"
+UNTRAINED = "untrained"  # checkpoint=untrained: the networks as initialised, no training
+SHIPPED = "mini"  # checkpoint=mini: the one shipped for the built-in world model
 META_FILE = "editor.json"
 
 
@@ -58,11 +60,11 @@ class TrainingExample:
 class LearnedConfig(EditorConfig):
     """Options every learned editor has. Subclasses add theirs."""
 
-    checkpoint: str = field(default="", metadata={"help": "folder written by `mmke-eval train-editor` (or a converted reference checkpoint)"})
+    checkpoint: str = field(default="", metadata={"help": "folder written by `mmke-eval train-editor` (or a converted reference checkpoint); 'mini': the one shipped for the built-in world model; 'untrained': the networks as initialised"})
     meta_lr: float = field(default=1e-4, metadata={"help": "training: Adam learning rate of the learned networks"})
     max_steps: int = field(default=2000, metadata={"help": "training: most meta-training steps (one case each)"})
     val_every: int = field(default=200, metadata={"help": "training: validate every N steps"})
-    patience: int = field(default=600, metadata={"help": "training: stop after N steps without a better validation loss"})
+    patience: int = field(default=600, metadata={"help": "training: stop after N steps without a better validation score"})
     val_cases: int = field(default=8, metadata={"help": "training: train-split cases held out for validation"})
     grad_clip: float = field(default=100.0, metadata={"help": "training: gradient-norm clip of the learned networks"})
     seed: int = field(default=0, metadata={"help": "training: seed of initialisation and case order"})
@@ -85,11 +87,27 @@ class LearnedConfig(EditorConfig):
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
 
 
+def resolve_checkpoint(value: str, editor: str) -> Path:
+    """``mini``: the checkpoint shipped for the built-in world model (mmke_eval/mini/editors/EDITOR);
+    anything else: a folder."""
+    if value == SHIPPED:
+        from mmke_eval.mini import EDITOR_CHECKPOINTS_DIR
+
+        folder = EDITOR_CHECKPOINTS_DIR / editor
+        if not (folder / META_FILE).is_file():
+            raise CheckpointError(f"editor {editor!r}: no checkpoint is shipped for the world model in {folder}; train one "
+                                  f"with `mmke-eval train-editor --editor {editor} --output_path {folder}`")
+        return folder
+    return Path(value).expanduser()
+
+
 class LearnedEditor(Editor):
     """Base of editors that learn how to edit. Subclasses implement build / meta_loss / apply."""
 
     config_class = LearnedConfig
     learned: torch.nn.Module | None = None
+    # The validation number that picks the best step and stops training early (lower is better).
+    validation_key: str = "loss"
 
     def __init__(self, config: LearnedConfig | None = None):
         super().__init__(config)
@@ -113,9 +131,6 @@ class LearnedEditor(Editor):
             return {}
         return {name: tuple(p.shape) for name, p in adapter.parameter_group(group, last_k=self.edited_layers()).items()}
 
-    def edited_layers(self) -> int:
-        return 1
-
     def after_step(self) -> None:
         """Called after every optimizer step of training (KE updates its Lagrange multiplier)."""
 
@@ -133,12 +148,15 @@ class LearnedEditor(Editor):
         self._built_for = id(adapter)
         if for_training:
             return
+        self.learned.eval()  # running statistics (MEND's normalisation) stay as trained
+        if self.config.checkpoint == UNTRAINED:
+            return  # the networks as initialised (tests, ablations); the results say so
         if not self.config.checkpoint:
             raise ConfigError(
                 f"editor {self.name!r} needs trained networks: train them with `mmke-eval train-editor --editor {self.name} "
                 f"--model ... --tasks ... --output_path CKPT` and pass --editor_args checkpoint=CKPT"
             )
-        self.load_checkpoint(adapter, self.config.checkpoint)
+        self.load_checkpoint(adapter, resolve_checkpoint(self.config.checkpoint, self.name))
 
     def checkpoint_meta(self, adapter, data: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
         return {

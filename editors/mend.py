@@ -164,4 +164,4 @@ class MENDEditor(WeightUpdateEditor):
             edit_nll = sum(adapter.target_loss(q) for q in in_scope) / max(len(in_scope), 1)
             loc_kl = sum(kl_from_base(b, adapter.sequence_logits(q)) for b, q in zip(base, example.locality)) / max(len(base), 1)
         loss = cfg.edit_coef * edit_nll + cfg.loc_coef * loc_kl
-        return loss, {"edit_nll": float(edit_nll), "loc_kl": float(loc_kl)}
+        return loss, {"edit_nll": float(edit_nll.detach()), "loc_kl": float(loc_kl.detach())}

@@ -194,9 +194,9 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
         bar.update(1)
         if state["step"] % cfg.val_every == 0 or state["step"] == cfg.max_steps:
             val = validate(editor, adapter, val_examples or [example(i) for i in range(min(4, len(train_cases)))])
-            improved = val["loss"] < state["best_loss"]
-            if improved:
-                state["best_loss"], state["best_step"] = val["loss"], state["step"]
+            score = val[editor.validation_key]
+            if score < state["best_loss"]:
+                state["best_loss"], state["best_step"] = score, state["step"]
                 best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
             entry = {"step": state["step"], "train_loss": round(sum(running) / len(running), 5),
                      **{f"val_{k}": round(v, 5) for k, v in val.items()}, "seconds": round(time.perf_counter() - started, 1)}
@@ -204,7 +204,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
             state["history"].append(entry)
             with open(out / LOG_FILE, "a") as log:
                 log.write(json.dumps(entry) + "\n")
-            bar.set_postfix(train=entry["train_loss"], val=round(val["loss"], 4), best=state["best_step"])
+            bar.set_postfix(train=entry["train_loss"], val=round(score, 4), best=state["best_step"])
             stop = state["step"] - state["best_step"] >= cfg.patience
             state["finished"] = stop or state["step"] >= cfg.max_steps
             state["seconds"] = time.perf_counter() - started
@@ -225,7 +225,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
 
 
 def _record(state: dict, n_val: int, n_train: int) -> dict[str, Any]:
-    return {"steps": state["step"], "best_step": state["best_step"], "best_val_loss": state["best_loss"],
+    return {"steps": state["step"], "best_step": state["best_step"], "best_val": state["best_loss"],
             "train_cases": n_train, "val_cases": n_val, "seconds": round(state["seconds"], 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -303,7 +303,7 @@ def main(argv: list[str]) -> int:
     command = "mmke-eval train-editor " + " ".join(shlex.quote(a) for a in argv)
     record = train(editor, adapter, cases, data, Path(args.output_path), command=command, restart=args.restart)
     print(f"mmke-eval train-editor: {args.editor} trained {record['steps']} steps on {record['train_cases']} cases "
-          f"(best step {record['best_step']}, validation loss {record['best_val_loss']:.4f}); checkpoint in {args.output_path}. "
+          f"(best step {record['best_step']}, validation {editor.validation_key} {record['best_val']:.4f}); checkpoint in {args.output_path}. "
           f"Use it with --editor {args.editor} --editor_args checkpoint={args.output_path}")
     return 0
 

@@ -27,7 +27,8 @@ PROMPT = "What is shown in the image?"
 TARGET = "A red circle on a white background"
 # Fast settings for a tiny random model, by config field (an editor gets those its config has):
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
-FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical"}
+# Learned editors run their networks as initialised (a gradient step of edit_lr).
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2}
 TRAIN_RECORDS = [
     {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
     {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
@@ -93,7 +94,7 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
         if group is None:
             assert touched == set() and handle.touched == ()
         else:
-            members = names_of(model, adapter.parameter_group(group))
+            members = names_of(model, adapter.parameter_group(group, last_k=editor.edited_layers()))
             assert touched and touched <= members and names_of(model, {n: p for n, p in model.named_parameters() if n in handle.touched}) == members
             with torch.no_grad():
                 assert float(adapter.target_loss(edit_query)) < loss_before

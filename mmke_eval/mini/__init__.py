@@ -4,3 +4,7 @@ from pathlib import Path
 
 # The trained world model shipped with the package (save_pretrained folder, fp16 weights).
 WORLD_MODEL_DIR = Path(__file__).resolve().parent / "world_model"
+
+# The learned editors' checkpoints trained on the generated benchmark's train split, one folder
+# per editor (``--editor_args checkpoint=mini``; each folder's editor.json holds its command).
+EDITOR_CHECKPOINTS_DIR = Path(__file__).resolve().parent / "editors"

@@ -1,0 +1,189 @@
+"""MEND and KE: training lowers what they optimise, a trained one edits held-out cases of the world
+model, checkpoints round-trip exactly and refuse another model, and training resumes where it stopped.
+
+Trained on the world model (the shipped 1.4M-parameter LLaVA) with the registry's world-model
+defaults; SERAC has its own file. A few hundred steps take seconds here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from editors.learned import CheckpointError, META_FILE, WEIGHTS_FILE
+from mmke_eval import registry
+from mmke_eval.data.mmke import load_cases
+from mmke_eval.direct import score_cases
+from mmke_eval.protocol import Protocol
+from mmke_eval.train_editor import TrainingError, train, training_example, validate
+
+EDITORS = ("mend", "ke")
+TEMPLATE = "mmke/probe.jinja"
+QUICK = {"max_steps": "40", "val_every": "20", "val_cases": "4"}
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+    from mmke_eval.mini import WORLD_MODEL_DIR as folder
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    return LlavaHFAdapter(model, AutoProcessor.from_pretrained(folder))
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory):
+    from mmke_eval.mini.generate import generate
+
+    return generate(tmp_path_factory.mktemp("mini"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def train_cases(mini_root):
+    return [(case, TEMPLATE) for case in load_cases(mini_root, "entity_level", "train")[0]]
+
+
+DATA = {"tasks": ["test"], "files": {}, "cases": 0, "sha256": "test-data"}
+
+
+def editor_for(name, adapter, **overrides):
+    return registry.build_editor(name, family=adapter.family, overrides={**QUICK, **overrides})
+
+
+def weights(adapter, names):
+    params = dict(adapter.model.named_parameters())
+    return {n: params[n].detach().clone() for n in names}
+
+
+@pytest.mark.parametrize("name", EDITORS)
+def test_training_lowers_what_the_editor_optimises(name, adapter, train_cases, tmp_path):
+    editor = editor_for(name, adapter)
+    editor.ensure_ready(adapter, for_training=True)
+    held_out = [training_example(*c) for c in train_cases[8:12]]
+    before = validate(editor, adapter, held_out)[editor.validation_key]
+    record = train(editor, adapter, train_cases[:12], DATA, tmp_path / name, progress=False)
+    after = validate(editor, adapter, held_out)[editor.validation_key]
+    assert record["steps"] == 40 and after < before
+    meta = json.loads((tmp_path / name / META_FILE).read_text())
+    assert meta["editor"] == name and meta["data"]["sha256"] == "test-data"
+    assert set(meta["edited_modules"]) == set(editor.learned.names) and len(meta["edited_modules"]) == 6  # up/down x 3 layers
+
+
+@pytest.mark.parametrize("name", EDITORS)
+def test_a_trained_editor_edits_held_out_cases_and_restores_exactly(name, adapter, train_cases, mini_root, tmp_path):
+    editor = editor_for(name, adapter, max_steps="300", val_every="100")
+    train(editor, adapter, train_cases, DATA, tmp_path / name, progress=False)
+    cases = load_cases(mini_root, "entity_level", "eval")[0][:4]
+    before = weights(adapter, [n for n, _ in adapter.model.named_parameters()])
+    edited = score_cases(adapter, editor, cases, Protocol(generate=False))
+    unedited = score_cases(adapter, registry.build_editor("none"), cases, Protocol(generate=False))
+    assert edited["t_rel"] > unedited["t_rel"] + 15 and edited["i_rel"] > unedited["i_rel"] + 15
+    assert all(torch.equal(before[n], p) for n, p in adapter.model.named_parameters())
+
+
+def test_checkpoint_round_trips_exactly_and_edits_the_same(adapter, train_cases, mini_root, tmp_path):
+    trained = editor_for("mend", adapter, max_steps="20", val_every="10")
+    train(trained, adapter, train_cases[:12], DATA, tmp_path / "ck", progress=False)
+    loaded = editor_for("mend", adapter, checkpoint=str(tmp_path / "ck"))
+    loaded.ensure_ready(adapter)
+    for key, value in trained.learned.state_dict().items():
+        assert torch.equal(value, loaded.learned.state_dict()[key]), key
+    request = training_example(*train_cases[0]).edit
+    results = []
+    for editor in (trained, loaded):
+        with editor.editing(adapter, request) as handle:
+            results.append(weights(adapter, handle.touched))
+    assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
+    assert "checkpoint_info" in loaded.describe()
+
+
+def test_a_checkpoint_for_another_model_is_refused_naming_both(adapter, train_cases, tmp_path, tiny_llava_dir):
+    editor = editor_for("mend", adapter, max_steps="2", val_every="1", val_cases="1")
+    train(editor, adapter, train_cases[:3], DATA, tmp_path / "ck", progress=False)
+    # Same architecture, one edited weight changed: another fine-tune of the same model.
+    name = editor.learned.names[0]
+    params = dict(adapter.model.named_parameters())
+    saved = params[name].detach().clone()
+    try:
+        with torch.no_grad():
+            params[name].mul_(1.5)
+        with pytest.raises(CheckpointError, match="another base model.*this run"):
+            editor_for("mend", adapter, checkpoint=str(tmp_path / "ck")).ensure_ready(adapter)
+    finally:
+        with torch.no_grad():
+            params[name].copy_(saved)
+    # Another architecture: other edited modules.
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+
+    tiny = LlavaHFAdapter(LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval(), AutoProcessor.from_pretrained(tiny_llava_dir))
+    with pytest.raises(CheckpointError, match="checkpoint .*this model"):
+        registry.build_editor("mend", overrides={"checkpoint": str(tmp_path / "ck")}).ensure_ready(tiny)
+    # Other settings that define what was learned.
+    with pytest.raises(CheckpointError, match="rank: checkpoint"):
+        editor_for("mend", adapter, checkpoint=str(tmp_path / "ck"), rank="7").ensure_ready(adapter)
+    with pytest.raises(CheckpointError, match="holds a 'mend' checkpoint"):
+        editor_for("ke", adapter, checkpoint=str(tmp_path / "ck")).ensure_ready(adapter)
+
+
+def test_an_untrained_editor_without_a_checkpoint_says_how_to_train_one(adapter):
+    with pytest.raises(Exception, match="train-editor --editor mend"):
+        registry.build_editor("mend", overrides={"checkpoint": ""}).ensure_ready(adapter)
+
+
+def test_an_interrupted_training_resumes_at_its_last_saved_step_and_ends_the_same(adapter, train_cases, tmp_path, monkeypatch):
+    settings = {"max_steps": "12", "val_every": "4", "val_cases": "2"}
+    whole = editor_for("mend", adapter, **settings)
+    train(whole, adapter, train_cases[:8], DATA, tmp_path / "whole", progress=False)
+
+    interrupted = editor_for("mend", adapter, **settings)
+    calls = {"n": 0}
+    original = type(interrupted).meta_loss
+
+    def failing(self, adapter_, example):
+        calls["n"] += 1
+        if calls["n"] == 7 + 2:  # training step 7 (after 6 steps and one validation of 2 cases)
+            raise KeyboardInterrupt
+        return original(self, adapter_, example)
+
+    monkeypatch.setattr(type(interrupted), "meta_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(type(interrupted), "meta_loss", original)
+    assert not (tmp_path / "resumed" / WEIGHTS_FILE).exists()
+    resumed = editor_for("mend", adapter, **settings)
+    record = train(resumed, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+    assert record["steps"] == 12
+    log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert log == [4, 8, 12]  # step 4 from the first run, 8 and 12 after resuming at 4
+    for key, value in whole.learned.state_dict().items():
+        assert torch.allclose(value, resumed.learned.state_dict()[key], atol=1e-6), key
+    # Another run into the same folder is refused.
+    with pytest.raises(TrainingError, match="another training run"):
+        train(editor_for("mend", adapter, **settings, seed="1"), adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+
+
+def test_train_editor_then_evaluate_from_the_command_line(tmp_path):
+    ck = tmp_path / "ke"
+    train_cmd = [sys.executable, "-m", "mmke_eval.cli", "train-editor", "--editor", "ke", "--tasks", "mmke_mini_entity",
+                 "--cases", "6", "--editor_args", "max_steps=4,val_every=2,val_cases=2", "--output_path", str(ck)]
+    done = subprocess.run(train_cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "checkpoint=" in done.stdout and (ck / WEIGHTS_FILE).is_file()
+    meta = json.loads((ck / META_FILE).read_text())
+    assert meta["training"]["command"].startswith("mmke-eval train-editor --editor ke") and meta["data"]["cases"] == 6
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "mmke_eval.cli", "--tasks", "mmke_mini_entity", "--editor", "ke", "--editor_args",
+                          f"checkpoint={ck}", "--cases", "2", "--output_path", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| mmke_mini_entity | ke |" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "mmke_eval.cli", "train-editor", "--editor", "ft_llm", "--output_path", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "not a learned editor" in bad.stderr
