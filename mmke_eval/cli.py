@@ -6,6 +6,7 @@
         --model_args pretrained=llava-hf/llava-1.5-7b-hf --editor ft_llm --output_path out/ --data /data/MMKE
     mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike)
     mmke-eval list                              # editors and tasks
+    mmke-eval train-editor --editor mend --tasks mmke_mini --output_path CKPT   # train SERAC / MEND / KE
     mmke-eval report OUT1 OUT2 [--format md|latex|csv] [--by task|editor|model] [--plot DIR]
     mmke-eval compare A B                       # what changed between two runs, per metric and case
 
@@ -30,7 +31,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmke-eval",
         description="Knowledge-editing evaluation of multimodal models on lmms-eval tasks.",
-        epilog="Other options go to lmms-eval unchanged. Subcommands: make-mini, list, report, compare.",
+        epilog="Other options go to lmms-eval unchanged. Subcommands: train-editor, make-mini, list, report, compare.",
     )
     parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")

@@ -293,7 +293,8 @@ def main(argv: list[str]) -> int:
         raise TrainingError("--editor_args checkpoint=...: training writes a checkpoint (--output_path); it does not read one")
     registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
     adapter = load_adapter(args.model, args.model_args)
-    editor = registry.build_editor(args.editor, family=adapter.family, overrides=overrides)
+    # A family default may name a checkpoint to evaluate with (the world model's); training writes one.
+    editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""})
     cases, data = training_cases(task_sources(args.tasks))
     if args.cases is not None:
         if args.cases < 2:
@@ -301,7 +302,14 @@ def main(argv: list[str]) -> int:
         cases = cases[: args.cases]
         data = {**data, "cases": len(cases), "sha256": digest([data["sha256"], args.cases])}
     command = "mmke-eval train-editor " + " ".join(shlex.quote(a) for a in argv)
-    record = train(editor, adapter, cases, data, Path(args.output_path), command=command, restart=args.restart)
+    try:
+        record = train(editor, adapter, cases, data, Path(args.output_path), command=command, restart=args.restart)
+    except KeyboardInterrupt:
+        saved = Path(args.output_path) / RESUME_FILE
+        where = f"the state of the last validation step is in {saved}; run the same command to continue from it" \
+            if saved.is_file() else "no validation step was reached, so nothing was saved"
+        print(f"\nmmke-eval train-editor: interrupted; {where}", file=sys.stderr)
+        return 130
     print(f"mmke-eval train-editor: {args.editor} trained {record['steps']} steps on {record['train_cases']} cases "
           f"(best step {record['best_step']}, validation {editor.validation_key} {record['best_val']:.4f}); checkpoint in {args.output_path}. "
           f"Use it with --editor {args.editor} --editor_args checkpoint={args.output_path}")
