@@ -187,3 +187,33 @@ def test_train_editor_then_evaluate_from_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mmke_eval.cli", "train-editor", "--editor", "ft_llm", "--output_path", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "not a learned editor" in bad.stderr
+
+
+@pytest.mark.parametrize("name", EDITORS)
+def test_sequential_edits_pile_up_and_are_all_undone(name, adapter, mini_root):
+    """The shipped checkpoint, three cases edited in sequence: later edits act on the edited model,
+    and the end of the task restores every weight bit-identically."""
+    from mmke_eval.direct import probe_requests
+    from mmke_eval.wrapper import CaseEvaluator
+
+    editor = registry.build_editor(name, family=adapter.family)  # checkpoint=mini
+    editor.ensure_ready(adapter)
+    cases = load_cases(mini_root, "user_specific", "eval")[0][:3]
+    grouped = probe_requests(cases)
+    before = weights(adapter, [n for n, _ in adapter.model.named_parameters()])
+    applied = []
+    original_apply = editor.apply
+
+    def recording_apply(adapter_, request):
+        params = dict(adapter_.model.named_parameters())
+        applied.append({n: params[n].detach().clone() for n in editor.learned.names})
+        return original_apply(adapter_, request)
+
+    editor.apply = recording_apply
+    results = [None] * sum(len(g) for g in grouped)
+    CaseEvaluator(adapter, editor, Protocol(generate=False, sequential=True)).answer_cases(grouped, results, progress=False)
+    assert len(applied) == 3
+    first = editor.learned.names[0]
+    assert torch.equal(applied[0][first], before[first]) and not torch.equal(applied[2][first], before[first])
+    assert all(torch.equal(before[n], p) for n, p in adapter.model.named_parameters())
+    assert all(json.loads(r)["score"] is not None for r in results)
