@@ -16,7 +16,8 @@ small gradients do not underflow (editors/precision.py). The results record both
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -36,6 +37,10 @@ class FTConfig(EditorConfig):
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (MMKE: 1e-4 LLaVA/MiniGPT-4, 2e-4 BLIP-2)"})
     # The reference builds AdamW with the learning rate only, so it gets torch's default decay.
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch default, as in the reference)"})
+    cache_lower_layers: bool = field(
+        default=True,
+        metadata={"help": "compute the layers below the edited ones once per case instead of at every step (same numbers)"},
+    )
     loss_scaling: str = field(
         default="auto",
         metadata={"help": "auto (dynamic on float16 models, off otherwise) | dynamic | off: loss scaling of the edit's backward pass"},
@@ -125,7 +130,8 @@ class FTEditor(Editor):
         masters = [w.detach().to(torch.float32).clone() for w in weights]
         optimizer = torch.optim.AdamW(masters, lr=self.config.lr, weight_decay=self.config.weight_decay)
         losses = []
-        with _only_these_require_grad(adapter.model, weights):
+        cached = lower_layers_cached(adapter, list(params), loss_fn, len(queries)) if self.config.cache_lower_layers else nullcontext()
+        with _only_these_require_grad(adapter.model, weights), cached:
             for _ in range(self.config.steps):
                 loss, grads = scaler.gradients(loss_fn, weights)
                 for master, grad in zip(masters, grads):
@@ -157,3 +163,76 @@ def _only_these_require_grad(model: torch.nn.Module, weights: list[torch.nn.Para
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+_LAYER = re.compile(r"^(.*\.layers)\.(\d+)\.")
+
+
+@contextmanager
+def lower_layers_cached(adapter, names: list[str], loss_fn, n_forwards: int) -> Iterator[bool]:
+    """Inside, the decoder layers below the lowest edited one do not run: their output (the hidden
+    states entering the lowest edited layer) is computed once here, for each of the ``n_forwards``
+    forward passes ``loss_fn`` makes, and fed back in at every later call. Those layers do not
+    change during the edit, so the loss and its gradients are the same numbers as the full model's.
+
+    Applies when every edited tensor sits in one stack of decoder layers (``...layers.<i>.``) above
+    its first layer (FT-LLM); otherwise (FT-Alignment) it changes nothing and yields False.
+    """
+    found = [_LAYER.match(name) for name in names]
+    if not found or not all(found) or len({m.group(1) for m in found}) != 1:
+        yield False
+        return
+    layers = adapter.model.get_submodule(found[0].group(1))
+    lowest = min(int(m.group(2)) for m in found)
+    if lowest == 0 or not isinstance(layers, torch.nn.ModuleList):
+        yield False
+        return
+    entering: list[torch.Tensor] = []
+    tuple_output: list[bool] = []
+
+    def record(module, args, kwargs):
+        entering.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def record_output(module, args, output):
+        tuple_output.append(isinstance(output, tuple))
+
+    hooks = [layers[lowest].register_forward_pre_hook(record, with_kwargs=True),
+             layers[lowest - 1].register_forward_hook(record_output)]
+    try:
+        with torch.no_grad():
+            loss_fn()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(entering) != n_forwards:  # not one pass per query: do not guess which input is which
+        yield False
+        return
+    calls = {"n": 0}
+
+    def replay(module, args, kwargs):
+        hidden = entering[calls["n"] % n_forwards]
+        calls["n"] += 1
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    originals = [layers[i] for i in range(lowest)]
+    skip = _PassThrough(tuple_output[0] if tuple_output else False)
+    hook = layers[lowest].register_forward_pre_hook(replay, with_kwargs=True)
+    try:
+        for i in range(lowest):
+            layers[i] = skip
+        yield True
+    finally:
+        hook.remove()
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a decoder layer whose output is replayed: hands its input on unchanged."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.as_tuple else hidden_states

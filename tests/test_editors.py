@@ -370,3 +370,28 @@ def test_ft_multi_step_edit_fits_the_target_on_every_edit_image(adapter, request
             assert adapter.teacher_forced([Query(PROMPT, image, TARGET)])[0].token_acc == 1.0
     assert handle.stats["edit_images"] == 2
     assert_identical(adapter.model, before)
+
+
+def test_ft_llm_with_lower_layers_cached_gives_the_same_weights_and_skips_them(adapter, request_, image):
+    """The layers below the edited one run once per case (to record what enters the edited layer),
+    not at every step, and the edited weights are bit-identical to the full-model loop's."""
+    layers = adapter.model.model.language_model.layers
+    calls = {"n": 0}
+    hook = layers[0].register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    two_images = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=image,
+                             extra_images=(Image.new("RGB", (48, 40), (30, 30, 230)),))
+    edited = {}
+    try:
+        for cache in (False, True):
+            editor = FTEditor(FTConfig(**FAST, cache_lower_layers=cache))
+            calls["n"] = 0
+            with editor.editing(adapter, two_images) as handle:
+                params = dict(adapter.model.named_parameters())
+                edited[cache] = {n: params[n].detach().clone() for n in handle.touched}
+            edited[f"calls_{cache}"] = calls["n"]
+    finally:
+        hook.remove()
+    assert len(layers) >= 2 and all(torch.equal(edited[True][n], edited[False][n]) for n in edited[True])
+    assert edited["calls_False"] == 2 * (FAST["steps"] + 1)  # two edit images, every step and the final loss
+    assert edited["calls_True"] == 2  # only the recording pass
+    assert all(type(layer).__name__ != "_PassThrough" for layer in layers)  # put back
