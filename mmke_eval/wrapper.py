@@ -150,6 +150,8 @@ class EditedLMM(lmms):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
         self.editor = registry.build_editor(editor, family=self.adapter.family, overrides=editor_args)
+        if hasattr(self.editor, "ensure_ready"):  # a learned editor: load and check its checkpoint now, not mid-run
+            self.editor.ensure_ready(self.adapter)
         self.base_name = base
         self.journal_path = str(journal) if journal else None
         self.run_key = journal_digest({
