@@ -129,9 +129,17 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     for editor in editors:  # a bad name or value fails now, not after the editors before it ran
         registry.build_editor(editor, overrides=per_editor[editor])
     model_args = runner.model_args_for(args.model, args.model_args)
+    from mmke_eval import parallel
     from mmke_eval.protocol import check_model_args
 
-    check_model_args(runner.parse_key_values(model_args, "--model_args"))  # fails in a second, not after loading lmms-eval
+    protocol = check_model_args(runner.parse_key_values(model_args, "--model_args"))  # fails in a second, not after loading lmms-eval
+    rank, world_size = parallel.world()
+    if world_size > 1 and protocol.sequential:
+        raise runner.EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+    warning = parallel.accelerate_cpu_warning()
+    if warning:
+        print(f"mmke-eval: WARNING: {warning}", file=sys.stderr, flush=True)
+    main_process = rank == 0  # in several processes, process 0 reports and writes (it gathers every case)
     rows = []
     for editor in editors:
         spec = runner.RunSpec(
@@ -143,12 +151,17 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
             output_path=str(Path(args.output_path) / editor) if args.output_path else None,
             lmms_eval_args=passthrough,
         )
-        print(f"mmke-eval: {editor} on {args.tasks} ...", file=sys.stderr, flush=True)
+        if main_process:
+            print(f"mmke-eval: {editor} on {args.tasks}" + (f" in {world_size} processes" if world_size > 1 else "") + " ...",
+                  file=sys.stderr, flush=True)
         results = runner.evaluate(spec)
+        if results is None:  # not process 0 of a multi-process run
+            continue
         rows += report.table_rows(results, editor)
         if args.output_path:  # after every editor: a later failure keeps the rows done so far
             _write_table(Path(args.output_path), rows)
-    print(report.format_table(rows))
+    if main_process:
+        print(report.format_table(rows))
     return 0
 
 

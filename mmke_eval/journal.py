@@ -68,15 +68,26 @@ class CaseJournal:
         return self.entries.get(case_key)
 
     def add(self, case_key: str, responses: dict[str, str]) -> None:
-        """Append one finished case, durably (flushed and fsynced before returning)."""
+        """Append one finished case, durably (flushed and fsynced before returning). The processes
+        of a multi-process run share the file: each line is written under an exclusive lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"run": self.run_key, "case": case_key, "responses": responses}, sort_keys=True)
         with open(self.path, "a", encoding="utf-8") as f:
+            _lock(f)
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.entries[case_key] = responses
         self.written += 1
+
+
+def _lock(f) -> None:
+    """An exclusive lock on an open file until it is closed (POSIX); elsewhere nothing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per journal
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
 
 
 def saved_cases() -> list[tuple[Path, int]]:

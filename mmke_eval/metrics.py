@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 from collections import defaultdict
@@ -82,7 +83,9 @@ def case_mean(items: Iterable[dict]) -> float:
             per_case[item["case"]].append(score)
     if not per_case:
         return float("nan")
-    return 100.0 * sum(sum(v) / len(v) for v in per_case.values()) / len(per_case)
+    # math.fsum is exactly rounded, so the number does not depend on the order of the items (a run
+    # in several processes gathers them rank by rank) nor of the cases.
+    return 100.0 * math.fsum(math.fsum(v) / len(v) for v in per_case.values()) / len(per_case)
 
 
 def parse_response(text: str) -> dict | None:

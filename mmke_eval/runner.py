@@ -148,12 +148,15 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def evaluate(spec: RunSpec) -> dict[str, Any]:
-    """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section)."""
+def evaluate(spec: RunSpec) -> dict[str, Any] | None:
+    """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section).
+
+    In several processes (torchrun / accelerate launch) every process calls this; process 0
+    returns the results of the whole run and writes the files, the others return None."""
     import lmms_eval.__main__ as lmms_main
     from loguru import logger as eval_logger
 
-    from mmke_eval import wrapper
+    from mmke_eval import parallel, wrapper
     from mmke_eval.data import source
     from mmke_eval.lmms_plugin import install_fixes
     from mmke_eval.report.rows import task_cards
@@ -164,19 +167,26 @@ def evaluate(spec: RunSpec) -> dict[str, Any]:
     args = _parse_lmms_args(lmms_main, spec.argv() + ["--verbosity", verbosity])
     args.include_path = spec.include_paths()  # lmms-eval's TaskManager takes a list
     install_fixes()  # task YAMLs elsewhere can include ours by package path (README, "Adding a task")
+    wrapper.RAISE_ERRORS = True  # errors reach the CLI, which reports them and exits non-zero
+    wrapper.LAST_PROTOCOL.clear()
     started = time.time()
     try:
         outcome = lmms_main.cli_evaluate_single(args)
     except SystemExit as err:  # argparse inside lmms-eval
         raise EvaluationError(f"lmms-eval rejected the arguments {spec.argv()} (exit {err.code})") from None
+    # Every process takes part (process 0 gets every process's cases; the others None).
+    protocol = wrapper.gather_protocol()
+    rank, world_size = parallel.world()
     results = outcome[0] if outcome else None
+    if rank != 0:
+        return None
     if results is None:
         raise EvaluationError("lmms-eval returned no results (see the log above)")
     for key, report in source.last_skip_reports().items():
         print(f"mmke-eval: {'/'.join(key)}: {report.summary()}", file=sys.stderr)
     results["mmke"] = {
         "model_args": spec.wrapper_model_args(),
-        **json.loads(json.dumps(wrapper.LAST_PROTOCOL, default=str)),
+        **json.loads(json.dumps(protocol or {}, default=str)),
         # the tasks' source cards, so that a report made on another machine knows each task's family and subset
         "cards": task_cards(results),
         "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},

@@ -12,20 +12,28 @@ needs on the unedited model, applies the edit once, answers every probe of the c
 and restores the model before the next case. Each probe's answer is a JSON string carrying its
 score; the task's ``process_results`` reads it. Requests of other tasks go to the base model
 untouched, so ``--tasks mmke_entity,mme`` works.
+
+In several processes (torchrun, ``accelerate launch``) every process gets whole edit cases (the
+task's ``process_docs`` orders the documents for lmms-eval's sharding, mmke_eval/parallel.py) and
+checks that it did; each case is edited on exactly one process, and the numbers equal one
+process's. Sequential editing is refused there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
+import traceback
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from mmke_eval import families, metrics, registry
+from mmke_eval import families, metrics, parallel, registry
 from mmke_eval.adapters.base import ForwardResult, Query
 from mmke_eval.data.augment import augment
 from mmke_eval.data.images import load_optional_image
@@ -43,6 +51,30 @@ _PROBE_FIELDS = frozenset(ProbeDoc.__dataclass_fields__)
 # The protocol of the last EditedLMM built in this process, for the mmke-eval CLI to write
 # into the results file (lmms-eval keeps only model_args).
 LAST_PROTOCOL: dict[str, Any] = {}
+# ... and its case evaluator, for merging the reports of several processes (``gather_protocol``).
+_last_evaluator: "CaseEvaluator | None" = None
+
+# Set by mmke-eval's runner, which reports errors itself and exits non-zero. Under lmms-eval's own
+# CLI an error in a multi-process run ends the process through ``RankFailed`` instead: lmms-eval
+# would log it and exit 0, and the other processes would wait for this one.
+RAISE_ERRORS = False
+
+
+class RankFailed(SystemExit):
+    """An error in one process of a multi-process lmms-eval run, as an exit (code 1) that lmms-eval's
+    ``except Exception`` cannot swallow, so that the launcher stops every process and fails."""
+
+
+@contextmanager
+def _ending_the_process_on_error(rank: int, world_size: int):
+    try:
+        yield
+    except Exception as err:
+        if world_size <= 1 or RAISE_ERRORS:
+            raise
+        traceback.print_exc()
+        message = f"mmke-eval: error in process {rank} of {world_size}: {type(err).__name__}: {err}"
+        raise RankFailed(message) from err
 
 
 class BackendError(RuntimeError):
@@ -125,16 +157,29 @@ class EditedLMM(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        rank, world_size = parallel.world()
+        with _ending_the_process_on_error(rank, world_size):
+            self._build(base, editor, batch_size, device, journal, kwargs, dict(
+                t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
+                sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
+                augment_seed=augment_seed, user_number=user_number))
+
+    def _build(self, base, editor, batch_size, device, journal, kwargs, options) -> None:
+        global _last_evaluator
         from lmms_eval.models import get_model
 
         from mmke_eval.data import source
 
         editor_args, adapter_args, base_args = _split_args(kwargs)
-        self.protocol = protocol_from_options(
-            base_args, t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
-            sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
-            augment_seed=augment_seed, user_number=user_number,
-        )
+        self.protocol = protocol_from_options(base_args, **options)
+        rank, world_size = parallel.world()
+        if world_size > 1 and self.protocol.sequential:
+            raise ValueError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+        warning = parallel.accelerate_cpu_warning()
+        if warning:
+            logger.warning("mmke-eval: %s", warning)
+        # In several processes, user_number=N groups of N cases must each stay on one process.
+        parallel.set_case_block(self.protocol.user_number)
         # Tasks are loaded after the model: with --cases N, the loader adds the G cases VLKEB
         # edits after the N scored ones (sequential_gap=G).
         source.set_edit_only_tail(self.protocol.sequential_gap if self.protocol.sequential else 0)
@@ -143,9 +188,12 @@ class EditedLMM(lmms):
         if device is not None:
             base_args["device"] = device
         check_pretrained(base_args.get("pretrained"))
+        if world_size > 1:
+            parallel.prepare_accelerate(base_args)
         self.base = get_model(base, force_simple=True)(batch_size=batch_size, **base_args)
         self.base.task_dict = self.task_dict  # the evaluator fills this dict in place
-        self._rank, self._world_size = self.base.rank, self.base.world_size
+        # The launcher's numbers: a backend on device_map=cpu says rank 0 of 1 in every process.
+        self._rank, self._world_size = (rank, world_size) if world_size > 1 else (self.base.rank, self.base.world_size)
         if hasattr(self.base, "accelerator"):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
@@ -161,13 +209,29 @@ class EditedLMM(lmms):
         })
         case_journal = CaseJournal(self.journal_path, self.run_key) if self.journal_path else None
         self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol, journal=case_journal)
+        self.padding_docs: dict[str, int] = {}  # per task: filler documents answered (several processes)
+        _last_evaluator = self.evaluator
         _bypass_response_cache()
         LAST_PROTOCOL.clear()
         LAST_PROTOCOL.update(self.describe())
         logger.info("mmke-eval protocol: %s", json.dumps(LAST_PROTOCOL))
 
+    @property
+    def device(self):
+        """Where the evaluator puts the tensors of its collectives (several processes): the base's device."""
+        device = getattr(self.base, "device", None)
+        if device is None and getattr(self, "accelerator", None) is not None:
+            device = self.accelerator.device
+        return device if device is not None else "cpu"
+
     # -- what the results record -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        parallel_run = {"data_parallel": {
+            "rank": self.rank,
+            "edited_cases": {label: list(ids) for label, ids in self.evaluator.edited_cases.items()},
+            "resumed_cases": dict(self.evaluator.resumed_cases),
+            "padding_docs": dict(getattr(self, "padding_docs", {})),
+        }} if self.world_size > 1 else {}
         return {
             "base": self.base_name,
             "editor": self.editor.describe(),
@@ -184,29 +248,35 @@ class EditedLMM(lmms):
             "resume": {"journal": self.journal_path, "run_key": self.run_key,
                        "resumed_cases": dict(self.evaluator.resumed_cases)},
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
+            **parallel_run,
         }
 
     # -- lmms-eval API -------------------------------------------------------------------------
     def generate_until(self, requests) -> list:
+        with _ending_the_process_on_error(self.rank, self.world_size):
+            return self._generate_until(requests)
+
+    def _generate_until(self, requests) -> list:
         results: list[Any] = [None] * len(requests)
         cases: OrderedDict[tuple[str, str], list[ProbeRequest]] = OrderedDict()
         plain: list[int] = []
-        sharded = self.world_size > 1  # each rank sees part of a case and edits it itself
         for index, request in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             if request.metadata and request.metadata.get("__padding_only__"):
-                results[index] = ""  # thrown away by the harness; never worth an edit
-                sharded = True
+                results[index] = ""  # lmms-eval's filler request (several processes): thrown away, never edited
                 continue
             doc = self.task_dict[task][split][doc_id]
+            if parallel.is_padding(doc):  # our filler document: unscored, never edited
+                results[index] = self._padding_response(doc)
+                self.padding_docs[task] = self.padding_docs.get(task, 0) + 1
+                continue
             if not is_probe_doc(doc):
                 plain.append(index)
                 continue
             visuals = doc_to_visual(doc)
             query = Query(prompt=context, image=visuals[0] if visuals else None, target=doc["answer"])
             cases.setdefault((task, doc["case_id"]), []).append(ProbeRequest(index, doc, query, dict(gen_kwargs)))
-        if not sharded:
-            self._check_whole_cases(cases, requests)
+        self._check_whole_cases(cases, requests)
         if plain:
             for index, output in zip(plain, self._base_generate([requests[i] for i in plain])):
                 results[index] = output
@@ -254,11 +324,22 @@ class EditedLMM(lmms):
                 docs = self.task_dict[task][split]
                 counts[(task, split)] = Counter(docs["case_id"] if hasattr(docs, "column_names") else [d["case_id"] for d in docs])
             expected = counts[(task, split)][case_id]
+            if len(probes) != expected and self.world_size > 1:
+                raise ValueError(
+                    f"{task}: only {len(probes)} of the {expected} probes of case {case_id} reached process {self.rank} "
+                    f"of {self.world_size}; the others went to another process, so the case would be edited twice. "
+                    "The task's documents must be ordered by case for several processes: its process_docs must be "
+                    "mmke_tasks.hooks.process_docs (or call mmke_eval.parallel.order_for_ranks), and --limit must not be used"
+                )
             if len(probes) != expected:
                 raise ValueError(
                     f"{task}: only {len(probes)} of the {expected} probes of case {case_id} were requested "
                     "(--limit counts probe documents and splits edit cases); use mmke-eval --cases N or MMKE_MAX_CASES=N"
                 )
+
+    def _padding_response(self, doc: dict) -> str:
+        return json.dumps({RESPONSE_MARKER: 1, "probe": doc["probe"], "editor": self.editor.name, "generated": "",
+                           "edit": {}, "score": None, "unscored": "padding: a filler document of a multi-process run"})
 
     def loglikelihood(self, requests) -> list:
         return self.base.loglikelihood(requests)
@@ -280,6 +361,9 @@ class CaseEvaluator:
         self.unscored_cases: dict[str, int] = {}  # per task label: sequential tail left unscored
         self.edit_only_cases: dict[str, int] = {}  # per task label: edited after the scored ones (--cases N, gap G)
         self.editor_reports: dict[str, dict] = {}  # per task label: the editor's summary of its edits
+        self.case_stats: dict[str, list[dict]] = {}  # per task label: each case's edit stats (merged across processes)
+        self.edited_cases: dict[str, list[str]] = {}  # per task label: the cases this process edited, in order
+        self._label = ""
 
     @property
     def locality_span(self) -> str:
@@ -298,6 +382,8 @@ class CaseEvaluator:
         """
         desc = f"{self.editor.name} edits" + (f" ({label})" if label else "")
         stats: list[dict] = []
+        self._label = label
+        self.case_stats[label] = stats
         if not self.protocol.sequential:
             # Independent edits, or with user_number=N groups of N cases: every edit of a group is
             # applied, then each of its cases is scored, then all are undone (MMKE-Bench's user number).
@@ -372,6 +458,7 @@ class CaseEvaluator:
     def _apply_case(self, probes: list[ProbeRequest], handles: list, stats: list) -> tuple:
         """Apply a case's edits (appending their handles to ``handles``); its first edit's (handle, request)."""
         requests = self.edit_requests(probes[0].doc)
+        self.edited_cases.setdefault(self._label, []).append(probes[0].doc["case_id"])
         case_handles = self._apply_all(requests, handles)
         stats.append(dict(case_handles[0].stats))
         return case_handles[0], requests[0]
@@ -398,7 +485,7 @@ class CaseEvaluator:
         images = {path for path in (doc["edit_image"], doc["rephrase_image"], *(doc.get("edit_extra_images") or "").split("\n")) if path}
         images |= {p.doc["image"] for p in probes if p.doc["image"]}
         return journal_digest({
-            "probes": [[p.doc, p.query.prompt, p.query.prefix, p.query.target, p.gen_kwargs] for p in probes],
+            "probes": [[_without_padding_field(p.doc), p.query.prompt, p.query.prefix, p.query.target, p.gen_kwargs] for p in probes],
             "images": {path: file_digest(path) for path in sorted(images)},
         })
 
@@ -554,6 +641,64 @@ class CaseEvaluator:
 
 
 EDIT_ONLY_REASON = "edit-only: edited after the scored cases (--cases N with sequential_gap G), as VLKEB does"
+
+
+def _without_padding_field(doc: dict) -> dict:
+    """A document as before the field existed: journal keys stay valid, and equal in any number of processes."""
+    return {key: value for key, value in doc.items() if key != parallel.PADDING_FIELD}
+
+
+def gather_protocol() -> dict[str, Any] | None:
+    """``LAST_PROTOCOL`` of the whole run. In several processes every process must call this after
+    the run: process 0 gets every process's cases merged in (the editor's report summarises all
+    edits, resumed cases add up, ``data_parallel`` lists the cases each process edited); the
+    others get None."""
+    import torch.distributed as dist
+
+    rank, world_size = parallel.world()
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return dict(LAST_PROTOCOL)
+    evaluator = _last_evaluator
+    mine = {"protocol": json.loads(json.dumps(LAST_PROTOCOL, default=str)),
+            "stats": json.loads(json.dumps(evaluator.case_stats if evaluator else {}, default=str))}
+    gathered: list | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    if rank != 0:
+        return None
+    return merge_protocols([g["protocol"] for g in gathered], [g["stats"] for g in gathered],
+                           evaluator.editor if evaluator else None)
+
+
+def merge_protocols(protocols: list[dict], stats: list[dict[str, list]], editor=None) -> dict[str, Any]:
+    """One process's protocol record (the first that edited or resumed a case, else process 0's)
+    with every process's cases added up."""
+
+    def worked(protocol: dict) -> bool:
+        parallel_run = protocol.get("data_parallel") or {}
+        return any(parallel_run.get("edited_cases", {}).values()) or any(parallel_run.get("resumed_cases", {}).values())
+
+    merged = json.loads(json.dumps(next((p for p in protocols if worked(p)), protocols[0])))
+    labels = list(dict.fromkeys(label for per_rank in stats for label in per_rank))
+    if editor is not None:
+        merged["editor_report"] = {label: editor.summarize([s for per_rank in stats for s in per_rank.get(label, [])])
+                                   for label in labels}
+    resumed: dict[str, int] = {}
+    for protocol in protocols:
+        for label, n in ((protocol.get("resume") or {}).get("resumed_cases") or {}).items():
+            resumed[label] = resumed.get(label, 0) + n
+    merged.setdefault("resume", {})["resumed_cases"] = resumed
+    for key in ("unscored_cases", "edit_only_cases"):
+        if key in merged.get("protocol", {}):
+            total: dict[str, int] = {}
+            for protocol in protocols:
+                for label, n in (protocol.get("protocol", {}).get(key) or {}).items():
+                    total[label] = total.get(label, 0) + n
+            merged["protocol"][key] = total
+    ranks = [dict(p.get("data_parallel") or {}) for p in protocols]
+    for entry in ranks:
+        entry["cases"] = {label: len(ids) for label, ids in entry.get("edited_cases", {}).items()}
+    merged["data_parallel"] = {"world_size": len(protocols), "ranks": ranks}
+    return merged
 
 
 def _kind(probe: ProbeRequest) -> families.ProbeKind:

@@ -18,12 +18,18 @@ DEFAULT_TEMPLATE = "mmke/probe.jinja"
 
 
 def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Replace the one-row source card with one document per probe of every edit case."""
+    """Replace the one-row source card with one document per probe of every edit case.
+
+    In several processes (torchrun / accelerate launch set WORLD_SIZE) the documents are ordered
+    so that lmms-eval's sharding gives each process whole edit cases (mmke_eval/parallel.py)."""
+    from mmke_eval import parallel
     from mmke_eval.data.source import load_probe_docs
 
     if len(dataset) != 1:
         raise DataError(f"a knowledge-editing task's data file must hold exactly one source card, found {len(dataset)} rows")
-    return datasets.Dataset.from_list(load_probe_docs(dict(dataset[0])))
+    docs = load_probe_docs(dict(dataset[0]))
+    _, world_size = parallel.world()
+    return datasets.Dataset.from_list(parallel.order_for_ranks(docs, world_size, parallel.case_block()))
 
 
 def doc_to_visual(doc: dict) -> list:
@@ -37,7 +43,10 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 def process_results(doc: dict, results: list) -> dict:
-    """Scores of one probe, each as {"case", "score"} so that aggregation can average per case."""
+    """Scores of one probe, each as {"case", "score"} so that aggregation can average per case.
+    A padding document (a filler of a multi-process run) gives nothing: no column counts it."""
+    if doc.get("padding"):
+        return {}
     scores = metrics.probe_scores(families.kind_of(doc), doc["answer"], results[0], doc.get("entity", ""))
     return {name: {"case": doc["case_id"], "score": score} for name, score in scores.items()}
 

@@ -67,7 +67,7 @@ def probe_docs(case: str, target: str, kinds=("t_rel", "t_loc", "i_loc"), edit_o
         case_id=case, family="mmke", knowledge_type="entity_level", question="", answer=target, image="",
         edit_prompt="Who is this?", edit_target=target, edit_original="orig", edit_image="",
         rephrase_prompt="", rephrase_image="", train_file="", edit_extra_images="", edit_only=edit_only, entity="",
-        followup_edits="",
+        followup_edits="", padding=False,
     )
     base.update(fields)
     docs = []
@@ -145,10 +145,14 @@ def test_other_tasks_and_padding_pass_through_untouched():
     lm.task_dict["mmke"] = {"eval": docs}
     lm.task_dict["mme"] = {"eval": [{"question": "Is it red?"}]}
     requests = make_requests({"mmke": docs, "mme": [{"question": "Is it red?"}]})
-    requests[1].metadata["__padding_only__"] = True
+    # lmms-eval's filler request in several processes: a copy of the rank's last request
+    from lmms_eval.evaluator import _clone_padding_request
+
+    requests.append(_clone_padding_request(requests[1]))
     outputs = lm.generate_until(requests)
-    assert outputs[-1] == "base:Is it red?"
-    assert outputs[1] == ""  # padding: not answered, no edit for it
+    assert outputs[-2] == "base:Is it red?"
+    assert outputs[-1] == ""  # padding: not answered, no edit for it
+    assert json.loads(outputs[1])["probe"] == "t_loc"  # the request it copies was answered
     assert editor.log == ["apply c1", "restore"]
 
 

@@ -67,6 +67,9 @@ class ProbeDoc:
     # Sequential runs with --cases N and sequential_gap G: one of the G cases edited after the N
     # scored ones (VLKEB), never scored itself.
     edit_only: bool = False
+    # Runs in several processes: a filler document that evens out the processes' shares of whole
+    # cases (mmke_eval/parallel.py); answered without editing and left out of every score.
+    padding: bool = False
 
     @staticmethod
     def rows(case: EditCase, edit_only: bool = False) -> list[dict]:
