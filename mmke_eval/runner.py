@@ -182,6 +182,8 @@ def evaluate(spec: RunSpec) -> dict[str, Any] | None:
         return None
     if results is None:
         raise EvaluationError("lmms-eval returned no results (see the log above)")
+    padding = ((protocol or {}).get("data_parallel") or {}).pop("_padding_doc_ids", {})
+    _without_padding(results, padding)
     for key, report in source.last_skip_reports().items():
         print(f"mmke-eval: {'/'.join(key)}: {report.summary()}", file=sys.stderr)
     results["mmke"] = {
@@ -199,8 +201,32 @@ def evaluate(spec: RunSpec) -> dict[str, Any] | None:
     for warning in results["mmke"].get("editor", {}).get("warnings", []):
         print(f"mmke-eval: WARNING: {warning}", file=sys.stderr)
     if spec.output_path:
-        _add_to_results_file(Path(spec.output_path), started, results["mmke"])
+        _add_to_results_file(Path(spec.output_path), started, results["mmke"], results.get("n-samples"))
+        _drop_padding_samples(Path(spec.output_path), started, padding)
     return results
+
+
+def _without_padding(results: dict, padding: dict[str, list[int]]) -> None:
+    """lmms-eval counts a multi-process run's filler documents (mmke_eval/parallel.py) as samples:
+    count only the real ones, as one process does."""
+    for task, ids in padding.items():
+        counts = (results.get("n-samples") or {}).get(task)
+        for key in ("original", "effective"):
+            if isinstance(counts, dict) and isinstance(counts.get(key), int):
+                counts[key] -= len(ids)
+
+
+def _drop_padding_samples(output_path: Path, since: float, padding: dict[str, list[int]]) -> None:
+    """The filler documents' lines out of lmms-eval's samples files (--log_samples)."""
+    for task, ids in padding.items():
+        drop = set(ids)
+        for path in output_path.rglob(f"*_samples_{task}.jsonl"):
+            if path.stat().st_mtime < since - 1:
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if not line.strip() or json.loads(line).get("doc_id") not in drop]
+            if len(kept) != len(lines):
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _parse_lmms_args(lmms_main, argv: list[str]):
@@ -213,7 +239,7 @@ def _parse_lmms_args(lmms_main, argv: list[str]):
     return args
 
 
-def _add_to_results_file(output_path: Path, since: float, section: dict) -> None:
+def _add_to_results_file(output_path: Path, since: float, section: dict, n_samples: dict | None = None) -> None:
     """lmms-eval has already written <output>/<model>/<date>_results.json: add our section, and
     make the file valid JSON (lmms-eval writes NaN for a metric no case scored)."""
     candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= since - 1]
@@ -222,6 +248,8 @@ def _add_to_results_file(output_path: Path, since: float, section: dict) -> None
     path = max(candidates, key=lambda p: p.stat().st_mtime)
     data = json.loads(path.read_text())
     data["mmke"] = section
+    if n_samples is not None:
+        data["n-samples"] = n_samples
     nulls: dict[str, str] = {}
     data = without_nan(data, nulls)
     if nulls:

@@ -209,7 +209,7 @@ class EditedLMM(lmms):
         })
         case_journal = CaseJournal(self.journal_path, self.run_key) if self.journal_path else None
         self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol, journal=case_journal)
-        self.padding_docs: dict[str, int] = {}  # per task: filler documents answered (several processes)
+        self.padding_docs: dict[str, list[int]] = {}  # per task: ids of the filler documents answered (several processes)
         _last_evaluator = self.evaluator
         _bypass_response_cache()
         LAST_PROTOCOL.clear()
@@ -230,7 +230,7 @@ class EditedLMM(lmms):
             "rank": self.rank,
             "edited_cases": {label: list(ids) for label, ids in self.evaluator.edited_cases.items()},
             "resumed_cases": dict(self.evaluator.resumed_cases),
-            "padding_docs": dict(getattr(self, "padding_docs", {})),
+            "padding_doc_ids": {task: list(ids) for task, ids in self.padding_docs.items()},
         }} if self.world_size > 1 else {}
         return {
             "base": self.base_name,
@@ -268,7 +268,7 @@ class EditedLMM(lmms):
             doc = self.task_dict[task][split][doc_id]
             if parallel.is_padding(doc):  # our filler document: unscored, never edited
                 results[index] = self._padding_response(doc)
-                self.padding_docs[task] = self.padding_docs.get(task, 0) + 1
+                self.padding_docs.setdefault(task, []).append(doc_id)
                 continue
             if not is_probe_doc(doc):
                 plain.append(index)
@@ -695,9 +695,14 @@ def merge_protocols(protocols: list[dict], stats: list[dict[str, list]], editor=
                     total[label] = total.get(label, 0) + n
             merged["protocol"][key] = total
     ranks = [dict(p.get("data_parallel") or {}) for p in protocols]
+    padding: dict[str, list[int]] = {}
     for entry in ranks:
         entry["cases"] = {label: len(ids) for label, ids in entry.get("edited_cases", {}).items()}
-    merged["data_parallel"] = {"world_size": len(protocols), "ranks": ranks}
+        for task, ids in entry.pop("padding_doc_ids", {}).items():
+            padding.setdefault(task, []).extend(ids)
+    merged["data_parallel"] = {"world_size": len(protocols), "ranks": ranks,
+                               "padding_docs": {task: len(ids) for task, ids in padding.items()},
+                               "_padding_doc_ids": padding}  # for the runner, which drops them from the samples
     return merged
 
 

@@ -96,6 +96,7 @@ def make_lmm(editor, protocol=Protocol()):
     lm.protocol = protocol
     lm.journal_path, lm.run_key = None, "test"
     lm.evaluator = CaseEvaluator(lm.adapter, editor, protocol)
+    lm.padding_docs = {}
 
     class Base:
         def generate_until(self, requests):
