@@ -97,18 +97,36 @@ def order_for_ranks(docs: list[dict], world_size: int, block: int = 1) -> list[d
     return [per_rank[rank][i] for i in range(length) for rank in range(world_size)]
 
 
-def prepare_accelerate(base_args: dict) -> None:
-    """Before the backend builds its ``Accelerator`` in a multi-process CPU run: under torchrun,
-    accelerate sees one process unless ``ACCELERATE_USE_CPU`` is set (DistributedType.NO,
-    num_processes 1), and lmms-eval's evaluator, which counts every rank's requests through the
-    model's accelerator, then fails (``'int' object is not iterable``). A launcher's own setting
-    (accelerate launch sets it) is kept."""
-    import torch
+def prepare_backend(base_args: dict, cuda_available: bool | None = None) -> None:
+    """Before the backend is built in one of several processes (``base_args`` may be changed):
 
-    on_cpu = not torch.cuda.is_available() or any(
-        str(base_args.get(key, "")).strip().lower().startswith("cpu") for key in ("device", "device_map"))
-    if on_cpu:
+    * on CPU, set ``ACCELERATE_USE_CPU``: under torchrun, accelerate otherwise sees one process
+      (DistributedType.NO) and lmms-eval's evaluator, which counts every rank's requests through
+      the model's accelerator, fails (``'int' object is not iterable``); a launcher's own setting
+      (accelerate launch sets it) is kept;
+    * on GPUs, ``device=cuda`` / ``device_map=cuda`` (no index) become this process's GPU,
+      ``cuda:<LOCAL_RANK>``: one model per GPU;
+    * ``device_map=auto`` is refused: every process would spread its model over every GPU (and
+      lmms-eval 0.7.3's llava_hf moves a multi-process model to one device anyway).
+    """
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    values = {key: str(base_args.get(key, "")).strip().lower() for key in ("device", "device_map")}
+    if values["device_map"] == "auto":
+        raise ValueError(
+            "device_map=auto cannot be used in several processes: each process would spread its model over every GPU. "
+            "For a model larger than one GPU run one process with device_map=auto (docs/multi-process.md); with "
+            "several processes, give each one GPU (leave device and device_map out, or device=cuda)"
+        )
+    if not cuda_available or any(value.startswith("cpu") for value in values.values()):
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        return
+    local_rank = _env_int("LOCAL_RANK", 0)
+    for key, value in values.items():
+        if value == "cuda":
+            base_args[key] = f"cuda:{local_rank}"
 
 
 def accelerate_cpu_warning() -> str | None:

@@ -109,6 +109,29 @@ def _bypass_response_cache() -> None:
     ResponseCache.execute = execute
 
 
+def _order_independent_standard_errors() -> None:
+    """Make lmms-eval's per-probe CLT standard errors independent of the order of the scores.
+
+    It takes ``np.std`` of a task's per-document items in the order it collected them, which in
+    several processes is rank by rank: the last digit then depends on the number of processes.
+    Items shaped like ours (``{"case", "score"}``) are put in one canonical order first, so every
+    number in the results equals the one-process number. Other tasks' items are left alone."""
+    from lmms_eval.evaluator_utils import TaskOutput
+
+    if getattr(TaskOutput.calculate_clt_aggregate_metric, "_mmke_canonical", False):
+        return
+    original = TaskOutput.calculate_clt_aggregate_metric
+
+    def calculate_clt_aggregate_metric(self):
+        for key, items in list(self.sample_metrics.items()):
+            if items and all(isinstance(x, dict) and "case" in x and "score" in x for x in items):
+                self.sample_metrics[key] = sorted(items, key=lambda x: (str(x["case"]), repr(x["score"])))
+        return original(self)
+
+    calculate_clt_aggregate_metric._mmke_canonical = True
+    TaskOutput.calculate_clt_aggregate_metric = calculate_clt_aggregate_metric
+
+
 def _split_args(kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
     editor_args, adapter_args, base_args = {}, {}, {}
     for key, value in kwargs.items():
@@ -176,7 +199,7 @@ class EditedLMM(lmms):
         if world_size > 1 and self.protocol.sequential:
             raise ValueError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
         warning = parallel.accelerate_cpu_warning()
-        if warning:
+        if warning and not RAISE_ERRORS:  # (the mmke-eval CLI has said it already)
             logger.warning("mmke-eval: %s", warning)
         # In several processes, user_number=N groups of N cases must each stay on one process.
         parallel.set_case_block(self.protocol.user_number)
@@ -188,9 +211,10 @@ class EditedLMM(lmms):
         if device is not None:
             base_args["device"] = device
         check_pretrained(base_args.get("pretrained"))
+        backend_args = dict(base_args)  # base_args, unchanged, go into the run key (the same in every process)
         if world_size > 1:
-            parallel.prepare_accelerate(base_args)
-        self.base = get_model(base, force_simple=True)(batch_size=batch_size, **base_args)
+            parallel.prepare_backend(backend_args)
+        self.base = get_model(base, force_simple=True)(batch_size=batch_size, **backend_args)
         self.base.task_dict = self.task_dict  # the evaluator fills this dict in place
         # The launcher's numbers: a backend on device_map=cpu says rank 0 of 1 in every process.
         self._rank, self._world_size = (rank, world_size) if world_size > 1 else (self.base.rank, self.base.world_size)
@@ -212,6 +236,7 @@ class EditedLMM(lmms):
         self.padding_docs: dict[str, list[int]] = {}  # per task: ids of the filler documents answered (several processes)
         _last_evaluator = self.evaluator
         _bypass_response_cache()
+        _order_independent_standard_errors()
         LAST_PROTOCOL.clear()
         LAST_PROTOCOL.update(self.describe())
         logger.info("mmke-eval protocol: %s", json.dumps(LAST_PROTOCOL))

@@ -61,6 +61,29 @@ def test_user_number_groups_stay_on_one_rank_as_one_process_forms_them():
     assert cases == [["c0", "c1", "c4"], ["c2", "c3"]]  # groups (c0 c1) (c2 c3) (c4), as user_number=2 makes them
 
 
+def test_backend_placement_in_several_processes(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    gpu = {"pretrained": "x", "device": "cuda", "device_map": "cuda"}
+    parallel.prepare_backend(gpu, cuda_available=True)
+    assert gpu == {"pretrained": "x", "device": "cuda:3", "device_map": "cuda:3"}  # one model per GPU
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    parallel.prepare_backend({"device": "cpu", "device_map": "cpu"}, cuda_available=True)
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"  # accelerate counts the processes (gloo)
+    with pytest.raises(ValueError, match="device_map=auto cannot be used in several processes"):
+        parallel.prepare_backend({"device_map": "auto"}, cuda_available=True)
+
+
+def test_accelerate_launch_cpu_running_one_process_is_said(monkeypatch):
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # accelerate launch --cpu --num_processes 2
+    assert "started a single process" in parallel.accelerate_cpu_warning()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parallel.accelerate_cpu_warning() is None
+
+
 def test_padding_documents_count_in_no_column():
     import importlib
 
@@ -138,7 +161,7 @@ def test_two_processes_give_the_one_process_results_with_each_case_edited_once(t
     assert table[1] == table[2]
     assert outputs[1][0] == outputs[2][0]  # the printed table, once (process 0 prints)
     results = {n: json.loads(next((tmp_path / f"out{n}" / "ft_llm").rglob("*_results.json")).read_text()) for n in (1, 2)}
-    assert results[1]["results"] == results[2]["results"]  # every number, stderrs included
+    assert results[1]["results"] == results[2]["results"]  # every number, lmms-eval's standard errors included
     assert results[1]["n-samples"] == results[2]["n-samples"] == {"mmke_mini_entity": {"original": 27, "effective": 27}}
     samples = {n: next((tmp_path / f"out{n}" / "ft_llm").rglob("*_samples_mmke_mini_entity.jsonl")).read_text().splitlines()
                for n in (1, 2)}
@@ -164,3 +187,27 @@ def test_sequential_editing_in_two_processes_is_refused(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "sequential=true cannot run in several processes (2 here)" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_failure_in_one_process_fails_the_whole_lmms_eval_run(tiny_llava_dir, mmke_fixture_root, tmp_path):
+    """lmms-eval's CLI logs errors and exits 0; in several processes the failed process would also
+    leave the others waiting. Case 1 (process 1's only case) has an unreadable image."""
+    import shutil
+
+    from mmke_eval.resources import tasks_dir
+
+    data = Path(shutil.copytree(mmke_fixture_root, tmp_path / "data"))
+    record = json.loads((data / "data_json" / "entity_eval.json").read_text())[1]
+    (data / "data_image" / record["image"]).write_bytes(b"not an image")
+    model_args = f"base=llava_hf,editor=none,pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf"), "MMKE_DATA": str(data)}
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "lmms_eval",
+                             "--model", "edited", "--model_args", model_args, "--tasks", "mmke_entity",
+                             "--include_path", str(tasks_dir()), "--output_path", str(tmp_path / "out")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "mmke-eval: error in process 1 of 2:" in result.stderr
+    assert record["image"].split("/")[-1] in result.stderr
+    assert not list((tmp_path / "out").rglob("*_results.json"))
