@@ -46,7 +46,7 @@ from editors.base import EditRequest
 
 logger = logging.getLogger("mmke_eval")
 
-_PROBE_FIELDS = frozenset(ProbeDoc.__dataclass_fields__)
+_PROBE_FIELDS = frozenset(ProbeDoc.__dataclass_fields__) - {parallel.PADDING_FIELD}  # documents made before it existed too
 
 # The protocol of the last EditedLMM built in this process, for the mmke-eval CLI to write
 # into the results file (lmms-eval keeps only model_args).
