@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "make-mini":
             return _make_mini(argv[1:])
         if argv and argv[0] == "train-editor":
-            from mmke_eval import train_editor
+            from mmke_eval import parallel, train_editor
+
+            if parallel.world()[1] > 1:  # every process would train the same editor into the same folder
+                raise runner.EvaluationError("train-editor runs in one process; start it without torchrun / accelerate launch")
 
             return train_editor.main(argv[1:])
         if argv and argv[0] == "list":
