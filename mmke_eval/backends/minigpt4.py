@@ -121,6 +121,10 @@ class MiniGPT4ForConditionalGeneration(nn.Module):
     def device(self) -> torch.device:
         return self.llama_proj.weight.device
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The language model's token embeddings (the transformers API; SERAC's scope classifier starts from them)."""
+        return self.language_model.get_input_embeddings()
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         image = self.vision_model(pixel_values=pixel_values).last_hidden_state
         mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
