@@ -274,7 +274,7 @@ class SERACEditor(LearnedEditor):
         if net.training:
             self._recent.appendleft(current)
         loss = cfg.cls_coef * cls_loss + cfg.cf_coef * cf_nll
-        return loss, {"cls_bce": float(cls_loss), "cf_nll": float(cf_nll), "cls_acc": float(acc)}
+        return loss, {"cls_bce": float(cls_loss.detach()), "cf_nll": float(cf_nll.detach()), "cls_acc": float(acc)}
 
 
 class SERACResponder:
