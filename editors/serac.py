@@ -41,6 +41,7 @@ by the base model, unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import deque
@@ -69,6 +70,9 @@ class SERACConfig(LearnedConfig):
         "help": "what of a memory entry the scope classifier sees: 'prompt' (the edit prompt) or 'prompt_target' "
                 "(edit prompt and new target, the paper's edit descriptor); never a probe's answer"})
     cls_dim: int = field(default=256, metadata={"help": "size of the scope classifier's projection"})
+    cls_image: bool = field(default=False, metadata={
+        "help": "the scope classifier also compares a probe's image with the entry's edit image (the base model's own "
+                "features of each, projected); text-only probes are scored on text alone"})
     threshold: float = field(default=0.5, metadata={"help": "route to the counterfactual model above this scope probability (the paper: 0.5)"})
     cls_coef: float = field(default=1.0, metadata={"help": "training: weight of the classifier's binary cross-entropy"})
     cf_coef: float = field(default=1.0, metadata={"help": "training: weight of the counterfactual model's NLL on in-scope inputs"})
@@ -94,14 +98,21 @@ class SERACConfig(LearnedConfig):
 
 
 class ScopeClassifier(nn.Module):
-    """Mean-pooled token embeddings (a copy of the base model's), projected; scaled cosine + bias."""
+    """Mean-pooled token embeddings (a copy of the base model's), projected; scaled cosine + bias.
 
-    def __init__(self, embeddings: torch.Tensor, dim: int):
+    With ``image_dim`` (``cls_image``), pairs whose query and key both hold an image add a second
+    scaled cosine + bias between projections of the base model's image features."""
+
+    def __init__(self, embeddings: torch.Tensor, dim: int, image_dim: int = 0):
         super().__init__()
         self.embed = nn.Embedding.from_pretrained(embeddings.detach().float().clone(), freeze=False)
         self.proj = nn.Linear(embeddings.shape[1], dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.bias = nn.Parameter(torch.tensor(-5.0))  # scale 10, bias -5: p = 0.5 at cosine 0.5
+        if image_dim:
+            self.image_proj = nn.Linear(image_dim, dim)
+            self.image_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.image_bias = nn.Parameter(torch.tensor(-5.0))
 
     def encode(self, ids: list[list[int]]) -> torch.Tensor:
         """Unit vectors [len(ids), dim] of token-id lists."""
@@ -116,17 +127,24 @@ class ScopeClassifier(nn.Module):
         pooled = (self.embed(padded) * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
         return F.normalize(self.proj(pooled), dim=-1)
 
-    def logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Scope logits [queries, keys]."""
-        return self.log_scale.exp() * (queries @ keys.t()) + self.bias
+    def logits(self, keys: torch.Tensor, queries: torch.Tensor, key_images: torch.Tensor | None = None,
+               query_images: torch.Tensor | None = None) -> torch.Tensor:
+        """Scope logits [queries, keys]. Images: raw features [n, image_dim], rows of zeros where none."""
+        out = self.log_scale.exp() * (queries @ keys.t()) + self.bias
+        if key_images is None or query_images is None or not hasattr(self, "image_proj"):
+            return out
+        both = (query_images.abs().sum(1, keepdim=True) > 0) & (key_images.abs().sum(1) > 0).unsqueeze(0)
+        k = F.normalize(self.image_proj(key_images), dim=-1)
+        q = F.normalize(self.image_proj(query_images), dim=-1)
+        return out + both * (self.image_log_scale.exp() * (q @ k.t()) + self.image_bias)
 
 
 class SERACNetworks(nn.Module):
     """The scope classifier and the counterfactual model's copy of the ``cf_target`` tensors."""
 
-    def __init__(self, embeddings: torch.Tensor, dim: int, cf_tensors: dict[str, torch.Tensor]):
+    def __init__(self, embeddings: torch.Tensor, dim: int, cf_tensors: dict[str, torch.Tensor], image_dim: int = 0):
         super().__init__()
-        self.classifier = ScopeClassifier(embeddings, dim)
+        self.classifier = ScopeClassifier(embeddings, dim, image_dim)
         self.names = sorted(cf_tensors)
         self.cf = nn.ParameterDict({_key(n): nn.Parameter(cf_tensors[n].detach().float().clone()) for n in self.names})
 
@@ -147,7 +165,6 @@ class MemoryEntry:
     request: EditRequest
     key_text: str  # what the scope classifier sees of it
     prefix: str  # what the counterfactual model reads before a routed probe's prompt
-    key_vec: torch.Tensor | None = None  # classifier encoding, computed once when the edit is applied
 
 
 class SERACEditor(LearnedEditor):
@@ -162,6 +179,7 @@ class SERACEditor(LearnedEditor):
         self.memory: list[MemoryEntry] = []
         self._recent: deque = deque(maxlen=max(self.config.negatives, 1))  # recent training cases
         self._token_cache: dict[str, list[int]] = {}
+        self._image_cache: dict[tuple, torch.Tensor] = {}
 
     # -- what the base class needs ----------------------------------------------------------------
     def edited_group(self) -> None:
@@ -176,9 +194,11 @@ class SERACEditor(LearnedEditor):
         return self.config.cf_layers
 
     def build(self, adapter) -> nn.Module:
+        self._image_cache.clear()  # features of another model's
         embeddings = adapter.model.get_input_embeddings().weight
         group = adapter.parameter_group(self.config.cf_target, last_k=self.config.cf_layers)
-        return SERACNetworks(embeddings, self.config.cls_dim, dict(group))
+        image_dim = sum(self._feature_sizes(adapter)) if self.config.cls_image else 0
+        return SERACNetworks(embeddings, self.config.cls_dim, dict(group), image_dim)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -186,8 +206,9 @@ class SERACEditor(LearnedEditor):
             "routing": "hard (the paper): the classifier's best memory entry above threshold -> counterfactual model "
                        "with that entry as prefix, else the base model unchanged; the reference trains and answers with "
                        "the soft mixture (1-s) p_base + s p_cf",
-            "classifier_input": f"memory entry: {'edit prompt + new target' if self.config.cls_key == 'prompt_target' else 'edit prompt'}; "
-                                "probe: its prompt only (never its answer)",
+            "classifier_input": f"memory entry: {'edit prompt + new target' if self.config.cls_key == 'prompt_target' else 'edit prompt'}"
+                                f"{' and edit image' if self.config.cls_image else ''}; probe: its prompt"
+                                f"{' and image' if self.config.cls_image else ''}, never its answer",
         }
 
     # -- text ------------------------------------------------------------------------------------------
@@ -203,8 +224,72 @@ class SERACEditor(LearnedEditor):
             self._token_cache[text] = ids
         return ids
 
-    def _encode(self, adapter, texts: list[str]) -> torch.Tensor:
-        return self.learned.classifier.encode([self._ids(adapter, t) for t in texts])
+    def _feature_modules(self, adapter) -> list[nn.Module]:
+        """The modules owning the counterfactual group's tensors: their inputs are the image features."""
+        names = sorted(adapter.parameter_group(self.config.cf_target, last_k=self.config.cf_layers))
+        modules = []
+        for name in names:
+            module = adapter.model.get_submodule(name.rpartition(".")[0])
+            if all(module is not m for m in modules):
+                modules.append(module)
+        return modules
+
+    def _feature_sizes(self, adapter) -> list[int]:
+        """Input sizes of the feature modules (found by one forward pass on a blank image)."""
+        from PIL import Image
+
+        return [int(f.shape[-1]) for f in self._module_inputs(adapter, Image.new("RGB", (32, 32)))]
+
+    def _module_inputs(self, adapter, image) -> list[torch.Tensor]:
+        """Mean input of every feature module over the positions of ``image`` asked with an empty prompt."""
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook_for(i):
+            def hook(module, args, output):  # returns None: the output is left alone
+                captured.setdefault(i, args[0].detach())
+            return hook
+
+        hooks = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(self._feature_modules(adapter))]
+        try:
+            with torch.no_grad():
+                adapter.teacher_forced([Query("", image)], k=1)
+        finally:
+            for h in hooks:
+                h.remove()
+        return [captured[i].float().reshape(-1, captured[i].shape[-1]).mean(0) for i in sorted(captured)]
+
+    def _image_feature(self, adapter, image) -> torch.Tensor:
+        """The base model's feature of an image (cached by content): the mean inputs of the counterfactual
+        group's modules, concatenated. Never through the counterfactual tensors, never trained."""
+        key = (image.mode, image.size, hashlib.sha1(image.tobytes()).hexdigest())
+        feature = self._image_cache.get(key)
+        if feature is None:
+            feature = torch.cat(self._module_inputs(adapter, image)).to(adapter.device)
+            if len(self._image_cache) > 20_000:
+                self._image_cache.clear()
+            self._image_cache[key] = feature
+        return feature
+
+    def scope_logits(self, adapter, keys: list[tuple[str, Any]], queries: list[tuple[str, Any]]) -> torch.Tensor:
+        """Logits [queries, keys] of the scope classifier: keys are (key text, edit image), queries
+        (prompt, image); the images count only with ``cls_image``."""
+        cls = self.learned.classifier
+        key_text = cls.encode([self._ids(adapter, t) for t, _ in keys])
+        query_text = cls.encode([self._ids(adapter, t) for t, _ in queries])
+        if not self.config.cls_image:
+            return cls.logits(key_text, query_text)
+        return cls.logits(key_text, query_text, self._images(adapter, [i for _, i in keys]), self._images(adapter, [i for _, i in queries]))
+
+    def _images(self, adapter, images: list) -> torch.Tensor:
+        size = self.learned.classifier.image_proj.in_features
+        zero = torch.zeros(size, device=adapter.device)
+        return torch.stack([zero if image is None else self._image_feature(adapter, image) for image in images])
+
+    def _identity(self, text: str, image) -> tuple:
+        """What the classifier sees of a key or a query (pairs identical in it cannot be told apart)."""
+        if not self.config.cls_image or image is None:
+            return (text, None)
+        return (text, hashlib.sha1(image.tobytes()).hexdigest())
 
     def key_text(self, request: EditRequest) -> str:
         return f"{request.prompt} {request.target}" if self.config.cls_key == "prompt_target" else request.prompt
@@ -217,8 +302,8 @@ class SERACEditor(LearnedEditor):
         self.ensure_ready(adapter)
         started = time.perf_counter()
         entry = MemoryEntry(request, self.key_text(request), self.prefix_for(request))
-        with torch.no_grad():
-            entry.key_vec = self._encode(adapter, [entry.key_text])[0]
+        if self.config.cls_image and request.image is not None:
+            self._image_feature(adapter, request.image)  # computed once, while the edit is applied
         self.memory.append(entry)
         return EditHandle(
             editor=self.name,
@@ -236,8 +321,8 @@ class SERACEditor(LearnedEditor):
         """Per query: the memory entry it is routed to (None: the base model) and its best probability."""
         if not self.memory or not queries:
             return [(None, 0.0)] * len(queries)
-        keys = torch.stack([e.key_vec for e in self.memory])
-        probs = torch.sigmoid(self.learned.classifier.logits(keys, self._encode(adapter, [q.prompt for q in queries])))
+        keys = [(e.key_text, e.request.image) for e in self.memory]
+        probs = torch.sigmoid(self.scope_logits(adapter, keys, [(q.prompt, q.image) for q in queries]))
         best_p, best = probs.max(dim=1)
         return [(self.memory[int(i)] if float(p) > self.config.threshold else None, float(p)) for p, i in zip(best_p, best)]
 
@@ -246,7 +331,8 @@ class SERACEditor(LearnedEditor):
         cfg, net = self.config, self.learned
         # Classifier: this case and the recent ones; each case's in-scope inputs are positives for its
         # own entry and negatives for every other entry; locality inputs are negatives for all.
-        current = (example.case_id, self.key_text(example.edit), [q.prompt for q in example.in_scope], [q.prompt for q in example.locality])
+        current = (example.case_id, (self.key_text(example.edit), example.edit.image),
+                   [(q.prompt, q.image) for q in example.in_scope], [(q.prompt, q.image) for q in example.locality])
         cases = [current] + [c for c in self._recent if c[0] != example.case_id][: cfg.negatives]
         keys = [c[1] for c in cases]
         queries, owner = [], []  # owner: index of the case whose in-scope input it is, or -1 (locality)
@@ -254,10 +340,11 @@ class SERACEditor(LearnedEditor):
             queries += in_scope + locality
             owner += [index] * len(in_scope) + [-1] * len(locality)
         labels = torch.tensor([[1.0 if o == j else 0.0 for j in range(len(keys))] for o in owner], device=adapter.device)
-        positive_inputs = {(keys[o], q) for q, o in zip(queries, owner) if o >= 0}
-        usable = torch.tensor([[o == j or (keys[j], q) not in positive_inputs for j in range(len(keys))]
-                               for q, o in zip(queries, owner)], device=adapter.device)
-        logits = net.classifier.logits(self._encode(adapter, keys), self._encode(adapter, queries))
+        key_ids, query_ids = [self._identity(*k) for k in keys], [self._identity(*q) for q in queries]
+        positive_inputs = {(key_ids[o], q) for q, o in zip(query_ids, owner) if o >= 0}
+        usable = torch.tensor([[o == j or (key_ids[j], q) not in positive_inputs for j in range(len(keys))]
+                               for q, o in zip(query_ids, owner)], device=adapter.device)
+        logits = self.scope_logits(adapter, keys, queries)
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         pos, neg = (labels == 1) & usable, (labels == 0) & usable
         zero = logits.sum() * 0

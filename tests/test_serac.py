@@ -175,14 +175,19 @@ def world_training(root, split: str = "train", n: int = 40):
     return [(case, "mmke/probe.jinja") for kt in TYPES for case in load_cases(root, kt, split)[0][:n]]
 
 
+TRAINED = {"cls_image": True}  # the architecture of the ``trained`` checkpoint
+
+
 @pytest.fixture(scope="module")
 def trained(world, mini_root, tmp_path_factory):
-    """A SERAC trained on the world's train split: the classifier only (cf_coef=0, 3 s; the
-    counterfactual copy keeps the base weights, which read the IKE-format prefix already)."""
+    """A SERAC trained on the world's train split, its classifier with images: the classifier only
+    (cf_coef=0, a few seconds; the counterfactual copy keeps the base weights, which read the
+    IKE-format prefix already)."""
     from mmke_eval.train_editor import train
 
     folder = tmp_path_factory.mktemp("serac_ckpt")
-    editor = registry.build_editor("serac", family=world.family, overrides={"cf_coef": 0, "max_steps": 100, "val_every": 100, "val_cases": 4})
+    editor = registry.build_editor("serac", family=world.family,
+                                   overrides={**TRAINED, "cf_coef": 0, "max_steps": 150, "val_every": 150, "val_cases": 4})
     train(editor, world, world_training(mini_root), {"sha256": "test", "cases": 120}, folder, progress=False)
     return folder
 
@@ -215,7 +220,7 @@ def test_a_few_training_steps_lower_the_meta_loss(world, mini_root):
 def test_checkpoint_round_trips_exactly_and_is_refused_for_another_base_model(world, tiny, trained):
     from safetensors.torch import load_file
 
-    editor = serac(world, checkpoint=str(trained))
+    editor = serac(world, checkpoint=str(trained), **TRAINED)
     editor.ensure_ready(world)
     saved = load_file(str(trained / "editor.safetensors"))
     state_now = editor.learned.state_dict()
@@ -224,16 +229,18 @@ def test_checkpoint_round_trips_exactly_and_is_refused_for_another_base_model(wo
     assert sorted(meta["edited_modules"]) == sorted(editor.edited_modules(world))  # the cf group's weights
     assert editor.describe()["checkpoint_info"]["editor"] == "serac"
     with pytest.raises(CheckpointError, match="other editor settings"):
-        serac(world, checkpoint=str(trained), cls_dim=8).ensure_ready(world)
+        serac(world, checkpoint=str(trained), cls_dim=8, **TRAINED).ensure_ready(world)
+    with pytest.raises(CheckpointError, match="cls_image"):
+        serac(world, checkpoint=str(trained)).ensure_ready(world)
     with pytest.raises(CheckpointError):
-        serac(tiny, checkpoint=str(trained)).ensure_ready(tiny)  # other modules (shapes)
+        serac(tiny, checkpoint=str(trained), **TRAINED).ensure_ready(tiny)  # other modules (shapes)
     weight = world.parameter_group("llm_last_mlp")[sorted(editor.edited_modules(world))[0]]
     original = weight.detach().clone()
     with torch.no_grad():
         weight.add_(0.01)  # the same architecture, other weights
     try:
         with pytest.raises(CheckpointError, match="another base model"):
-            serac(world, checkpoint=str(trained)).ensure_ready(world)
+            serac(world, checkpoint=str(trained), **TRAINED).ensure_ready(world)
     finally:
         with torch.no_grad():
             weight.copy_(original)
@@ -242,7 +249,7 @@ def test_checkpoint_round_trips_exactly_and_is_refused_for_another_base_model(wo
 def test_trained_serac_routes_in_scope_probes_and_edits_the_world_model(world, mini_root, trained):
     cases = [case for kt in TYPES for case in load_cases(mini_root, kt, "eval")[0][:3]]  # held out
     before = state(world.model)
-    editor = serac(world, checkpoint=str(trained))
+    editor = serac(world, checkpoint=str(trained), **TRAINED)
     routed: dict[str, list[bool]] = {}
     for case in cases:
         probes = probe_requests([case])[0]
@@ -251,9 +258,39 @@ def test_trained_serac_routes_in_scope_probes_and_edits_the_world_model(world, m
                 routed.setdefault(probe.doc["probe"], []).append(entry is not None)
     share = {kind: sum(v) / len(v) for kind, v in routed.items()}
     assert share["i_rel"] >= 0.8 and share["i_gen"] >= 0.8, share  # in scope: the counterfactual model
-    assert share["i_loc"] <= 0.2 and share["port"] <= 0.2, share  # out of scope: the base model
+    assert share["i_loc"] <= 0.2 and share["t_loc"] <= 0.3, share  # out of scope: the base model
     none = score_cases(world, registry.build_editor("none"), cases, Protocol(generate=False))
     edited = score_cases(world, editor, cases, Protocol(generate=False))
     assert edited["i_rel"] >= none["i_rel"] + 40 and edited["i_gen"] >= none["i_gen"] + 40, edited
     assert edited["i_loc"] >= 95 and edited["t_loc"] >= 75, edited
     assert editor.memory == [] and identical(world.model, before)
+
+
+def test_the_image_tells_apart_edits_with_the_same_prompt_in_a_full_memory(world, mini_root, trained):
+    # Sequential editing: every entity edit asks "What is in the image?"; the probe about "the thing
+    # in the image" must go to the entry whose edit image shows that thing.
+    cases = load_cases(mini_root, "entity_level", "eval")[0][:4]
+    editor = serac(world, checkpoint=str(trained), **TRAINED)
+    requests = [request_of(c) for c in cases]
+    handles = [editor.apply(world, r) for r in requests]
+    try:
+        for case, request in zip(cases, requests):
+            probes = [p.query for p in probe_requests([case])[0] if p.doc["probe"] in ("i_rel", "i_gen")]
+            assert [entry.request if entry else None for entry, _ in editor.route(world, probes)] == [request] * len(probes)
+    finally:
+        for handle in reversed(handles):
+            editor.restore(world, handle)
+    assert editor.memory == []
+
+
+def test_text_only_probes_are_scored_on_text_alone(world, trained):
+    editor = serac(world, checkpoint=str(trained), **TRAINED)
+    editor.ensure_ready(world)
+    from PIL import Image
+
+    keys = [("What is in the image?", Image.new("RGB", (32, 32), (200, 30, 30))), ("What is this sign?", None)]
+    queries = [("Where is Robim from?", None), ("Who owns the cyan striped hat?", None)]
+    cls = editor.learned.classifier
+    with torch.no_grad():
+        text_only = cls.logits(cls.encode([editor._ids(world, t) for t, _ in keys]), cls.encode([editor._ids(world, t) for t, _ in queries]))
+        assert torch.equal(editor.scope_logits(world, keys, queries), text_only)
