@@ -16,7 +16,13 @@ by the base model, unchanged.
   distilbert. The key is the entry's edit prompt (``cls_key=prompt``) or the edit prompt with its
   new target (``cls_key=prompt_target``: the paper's edit descriptor); the query is the probe's
   prompt alone. **The classifier never sees a probe's answer** (reference pitfall 4: its test input
-  was question + answer, and its cache keys dropped only the last word of the target).
+  was question + answer, and its cache keys dropped only the last word of the target). With
+  ``cls_image`` it also compares the probe's image with the entry's edit image: the base model's
+  own features of each image (the mean inputs, over the image asked with an empty prompt, of the
+  modules holding the counterfactual group), projected, a second scaled cosine + bias added for
+  pairs that both have an image. Text alone cannot tell two edits with the same prompt apart
+  ("What is in the image?"), nor "the thing in the image" on the edited picture from the same
+  question on another picture; in a sequential memory that sends a probe to the wrong entry.
 * **Counterfactual model**: the base model with a trained copy of one parameter group (``cf_target``
   in the last ``cf_layers`` layers; the reference trains the last layer of a same-size LM for
   LLaVA and MiniGPT-4), asked ``cf_prefix`` (the reference's cached ``"src alt "``) before the
@@ -35,8 +41,10 @@ by the base model, unchanged.
   (positives) and its locality inputs (negatives), and the same for the last ``negatives`` training
   cases seen, each case's inputs being negatives for every other case's entry (a contrastive batch
   that also teaches which entry of a full memory an input belongs to). A negative whose classifier
-  input is identical to a positive's (same key text, same prompt) is dropped: the classifier cannot
-  tell them apart. Positives and negatives weigh half each.
+  input is identical to a positive's (same key text and prompt, and with ``cls_image`` the same
+  images) is dropped: the classifier cannot tell them apart. Positives and negatives weigh half
+  each. The recent cases live in the editor, not in the checkpoint: a resumed run starts without
+  them.
 """
 
 from __future__ import annotations
