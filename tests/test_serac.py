@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from editors.base import ConfigError, EditRequest
-from editors.learned import CheckpointError, TrainingExample
+from editors.learned import CheckpointError
 from editors.serac import SERACEditor
 from mmke_eval import registry
 from mmke_eval.adapters.base import Query
@@ -85,6 +85,8 @@ def test_config_is_checked_and_registry_has_reference_defaults():
     assert editor.edited_group() is None  # no weight is ever changed
     described = editor.describe()
     assert "hard" in described["routing"] and "soft mixture" in described["routing"]
+    world = registry.build_editor("serac", family="mmke_mini_world").config  # the world model's own training settings
+    assert world.meta_lr == 1e-3 and world.cf_prefix == "New Fact: {prompt} {target}\nPrompt: "
     with pytest.raises(ConfigError, match="cls_key"):
         registry.build_editor("serac", overrides={"cls_key": "answer"})
     with pytest.raises(ConfigError, match="cf_prefix"):
@@ -234,7 +236,7 @@ def test_checkpoint_round_trips_exactly_and_is_refused_for_another_base_model(wo
         serac(world, checkpoint=str(trained)).ensure_ready(world)
     with pytest.raises(CheckpointError):
         serac(tiny, checkpoint=str(trained), **TRAINED).ensure_ready(tiny)  # other modules (shapes)
-    weight = world.parameter_group("llm_last_mlp")[sorted(editor.edited_modules(world))[0]]
+    weight = world.parameter_group("llm_last_mlp")[min(editor.edited_modules(world))]
     original = weight.detach().clone()
     with torch.no_grad():
         weight.add_(0.01)  # the same architecture, other weights
