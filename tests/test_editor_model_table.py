@@ -4,7 +4,9 @@ Both axes come from registry.yaml (``editors:``, and each adapter's ``tiny:`` mo
 editor or adapter enters the table by itself. For each (editor, model): the edit changes exactly
 the parameter group the editor names (``edited_group``; none: no weight at all), a weight edit
 lowers the edit example's loss, every probe kind of the MMKE family runs through the case
-evaluator on the edited model, and restore leaves every weight bit-identical.
+evaluator on the edited model, and restore leaves every weight bit-identical. Learned editors
+(SERAC, MEND, ...) run with their networks built and untrained; an editor whose edit hands back a
+``responder`` (SERAC) answers the probes through it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 
 from editors.base import EditRequest
+from editors.learned import LearnedEditor
 from mmke_eval import families, registry
 from mmke_eval.adapters.base import Query
 from mmke_eval.data.mmke import load_cases
@@ -65,9 +68,14 @@ def names_of(model, params) -> set[str]:
     return {name for name, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
 
 
-def fast_editor(editor_name: str, family: str, **settings):
+def fast_editor(editor_name: str, adapter, **settings):
+    """The editor with the fast settings its config has; a learned editor with its networks built,
+    untrained (the contract holds whatever they learned)."""
     known = {f.name for f in fields(registry.editor_class(editor_name).config_class)}
-    return registry.build_editor(editor_name, family=family, overrides={k: v for k, v in {**FAST, **settings}.items() if k in known})
+    editor = registry.build_editor(editor_name, family=adapter.family, overrides={k: v for k, v in {**FAST, **settings}.items() if k in known})
+    if isinstance(editor, LearnedEditor):
+        editor.ensure_ready(adapter, for_training=True)
+    return editor
 
 
 def test_every_adapter_declares_tiny_models_or_says_why_not():
@@ -79,7 +87,7 @@ def test_every_adapter_declares_tiny_models_or_says_why_not():
 @pytest.mark.parametrize("editor_name", sorted(registry.editor_names()))
 def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_fixture_root):
     model = adapter.model
-    editor = fast_editor(editor_name, adapter.family)
+    editor = fast_editor(editor_name, adapter)
     image = Image.new("RGB", (48, 40), (230, 30, 30))
     request = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=image, train_file=str(train_file))
     edit_query = Query(PROMPT, image, TARGET)
@@ -89,6 +97,7 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
 
     with editor.editing(adapter, request) as handle:
         in_context = bool(handle.prefix)
+        answers_elsewhere = handle.responder is not None  # another model answers some queries (SERAC)
         touched = changed(model, before)
         group = editor.edited_group()
         if group is None:
@@ -99,17 +108,18 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
             with torch.no_grad():
                 assert float(adapter.target_loss(edit_query)) < loss_before
         probes = [Query(PROMPT, image, TARGET, handle.prefix), Query("Where does this person live?", None, "Paris", handle.prefix)]
-        results = adapter.teacher_forced(probes, k=3)
+        answerer = handle.responder if answers_elsewhere else adapter
+        results = answerer.teacher_forced(probes, k=3)
         assert all(0.0 <= r.token_acc <= 1.0 and r.answer_ids for r in results)
-        assert len(adapter.generate(probes, max_new_tokens=2)) == 2
+        assert len(answerer.generate(probes, max_new_tokens=2)) == 2
     assert changed(model, before) == set()
 
     # Every probe kind of the MMKE family, through the case evaluator: pre-edit, edit, probes, restore
     # (one training step is enough to run them on an edited model).
     case = load_cases(mmke_fixture_root, "entity_level", "eval")[0][:1]
-    scores = score_cases(adapter, fast_editor(editor_name, adapter.family, steps=1), case, Protocol(generate=False))
+    scores = score_cases(adapter, fast_editor(editor_name, adapter, steps=1), case, Protocol(generate=False))
     kinds = [kind.name for kind in families.get("mmke").probes]
     assert set(kinds) <= set(scores) and all(0.0 <= scores[k] <= 100.0 for k in kinds)
     assert changed(model, before) == set()
-    if editor.edited_group() is None and not in_context:  # the unedited model agrees with itself
+    if editor.edited_group() is None and not in_context and not answers_elsewhere:  # the unedited model agrees with itself
         assert scores["t_loc"] == 100.0 and scores["i_loc"] == 100.0

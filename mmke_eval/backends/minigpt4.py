@@ -122,7 +122,7 @@ class MiniGPT4ForConditionalGeneration(nn.Module):
         return self.llama_proj.weight.device
 
     def get_input_embeddings(self) -> nn.Module:
-        """The language model's token embeddings (the transformers models' accessor)."""
+        """The language model's token embeddings (the transformers API; SERAC's scope classifier starts from them)."""
         return self.language_model.get_input_embeddings()
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
