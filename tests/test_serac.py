@@ -233,7 +233,7 @@ def test_checkpoint_round_trips_exactly_and_is_refused_for_another_base_model(wo
     with pytest.raises(CheckpointError, match="other editor settings"):
         serac(world, checkpoint=str(trained), cls_dim=8, **TRAINED).ensure_ready(world)
     with pytest.raises(CheckpointError, match="cls_image"):
-        serac(world, checkpoint=str(trained)).ensure_ready(world)
+        serac(world, checkpoint=str(trained), **{**TRAINED, "cls_image": False}).ensure_ready(world)
     with pytest.raises(CheckpointError):
         serac(tiny, checkpoint=str(trained), **TRAINED).ensure_ready(tiny)  # other modules (shapes)
     weight = world.parameter_group("llm_last_mlp")[min(editor.edited_modules(world))]
