@@ -1,27 +1,37 @@
 """KE: Knowledge Editor (De Cao, Aziz and Titov, "Editing Factual Knowledge in Language Models", EMNLP 2021).
 
-A hyper-network reads the edit, as the text ``"{original} >> {new} || {prompt}"`` (the reference's
-condition), and turns the edit loss's gradient on each edited weight into the update
+The reference's ``OneShotLearner`` (VLKEB / MMKE-Bench ``KE/src/models/ke_train.py`` build it from
+the KnowledgeEditor code, ``nicola-decao/KnowledgeEditor`` ``src/models/one_shot_learner.py``),
+tensor for tensor, so its published checkpoints load after ``mmke-eval convert-checkpoint``
+(docs/editors.md, "Loading the published checkpoints"):
 
-    dW = sigma(eta) * ( (sigmoid(alpha) gamma^T) * grad_W + delta omega^T )
+* the condition: the text ``"{original} >> {new} || {prompt}"`` tokenized by the base model's
+  tokenizer (its special tokens, at most ``max_length`` 32 tokens), embedded by the editor's own
+  embedding table (initialised from the base model's input embeddings, then trained), read by a
+  one-layer bidirectional LSTM (``hidden_dim`` 128) whose two final states go through
+  ``tanh(Linear)`` to ``condition_dim`` (1024);
+* per edited weight ``W`` [out, in], a conditioner ``Linear(condition_dim, hidden_dim)``, tanh,
+  ``Linear(hidden_dim, 2 * (out + in) + 1)``, both weight-normalised (``weight = g * v / |v|`` by
+  row), whose output splits into ``col_a`` (in), ``row_a`` (out), ``col_b`` (in), ``row_b`` (out) and
+  ``eta`` (1);
+* the edit *adds* ``max_scale * sigmoid(eta) * (grad_W * (softmax(row_a) col_a^T) + softmax(row_b) col_b^T)``
+  to ``W``, ``grad_W`` being the gradient of the edit NLL. ``grad_W = sum_t delta_t u_t^T`` is never
+  formed: the element-wise scaling is applied to its factors.
 
-with ``alpha, delta`` (output size), ``gamma, omega`` (input size) and ``eta`` predicted from the
-condition per weight; ``grad_W = sum_t delta_t u_t^T`` is never formed in the product: the
-element-wise scaling is applied to its factors. The condition encoder is a bidirectional LSTM
-over the base model's (frozen) token embeddings, projected down (the reference uses its own
-LSTM over token embeddings, ``hidden_dim 128``). A learned scalar step per weight starts at
-``edit_lr`` (the reference's ``max_scale`` bounds sigma(eta) at 1; a 7B weight and a tiny one
-need different steps, so the bound is learned).
-
+Our own training starts as a plain gradient-descent step of size ``edit_lr`` (the last conditioner
+layer outputs its bias only, chosen so); the reference starts from PyTorch's default initialisation.
 Training (shared docs 3.2): cross-entropy of the new target on the edit input, plus a Lagrangian
-constraint ``lambda * (||dW|| - margin)`` with ``lambda >= 0`` raised by gradient ascent
-(``lambda_lr``, reference 0.1) while the update is larger than ``margin``. The reference decays
-the margin when validation accuracy passes 0.9; here the margin is fixed (an option).
-Edits the same weights as MEND (last three layers' MLPs) and restores exactly what it touched.
+constraint ``lambda * (||dW|| - margin)`` on the norm of all updates together, with ``lambda >= 0``
+raised by gradient ascent (``lambda_lr``, reference 0.1) while the norm exceeds ``margin``. (The
+reference constrains ``lp``, the mean over weights of each update's root mean square, against
+margins 1e-3 to 1e-7, decayed when validation accuracy passes 0.9; here the margin is fixed, an
+option.) Edits the same weights as MEND (last three layers' MLPs) and restores exactly what it
+touched.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,58 +45,105 @@ from editors.learned import LearnedConfig, TrainingExample, WeightUpdateEditor, 
 class KEConfig(LearnedConfig):
     target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
     layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: layers 29-31)"})
-    hidden_dim: int = field(default=128, metadata={"help": "LSTM hidden size of the condition encoder (reference 128)"})
-    embed_dim: int = field(default=256, metadata={"help": "token embeddings are projected to this size for the LSTM"})
-    edit_lr: float = field(default=1e-4, metadata={"help": "initial step of every edited weight (learned)"})
+    hidden_dim: int = field(default=128, metadata={"help": "LSTM state size and conditioner hidden size (reference 128)"})
+    condition_dim: int = field(default=1024, metadata={"help": "size of the edit's condition vector (reference 1024)"})
+    max_length: int = field(default=32, metadata={"help": "condition text truncated to this many tokens (reference 32)"})
+    max_scale: float = field(default=1.0, metadata={"help": "training: bound of the update's scale (reference 1; a checkpoint keeps its own)"})
+    edit_lr: float = field(default=1e-4, metadata={"help": "training: the untrained network's update is -edit_lr * gradient"})
     margin: float = field(default=1e-3, metadata={"help": "training: bound on the update norm (Lagrangian constraint)"})
     lambda_lr: float = field(default=0.1, metadata={"help": "training: gradient-ascent rate of the Lagrange multiplier"})
     meta_lr: float = field(default=3e-4, metadata={"help": "training: learning rate of the hyper-network (reference 3e-4)"})
 
-    RUNTIME_FIELDS = LearnedConfig.RUNTIME_FIELDS + ("edit_lr", "margin", "lambda_lr")
+    RUNTIME_FIELDS = LearnedConfig.RUNTIME_FIELDS + ("max_scale", "edit_lr", "margin", "lambda_lr")
 
     def __post_init__(self):
         super().__post_init__()
-        if min(self.layers, self.hidden_dim, self.embed_dim) < 1:
-            raise ConfigError("editor 'ke': layers, hidden_dim and embed_dim must be >= 1")
-        if not (self.edit_lr > 0 and self.margin > 0 and self.lambda_lr >= 0):
-            raise ConfigError("editor 'ke': edit_lr and margin must be > 0, lambda_lr >= 0")
+        if min(self.layers, self.hidden_dim, self.condition_dim, self.max_length) < 1:
+            raise ConfigError("editor 'ke': layers, hidden_dim, condition_dim and max_length must be >= 1")
+        if not (self.edit_lr > 0 and self.margin > 0 and self.lambda_lr >= 0 and self.max_scale > 0):
+            raise ConfigError("editor 'ke': edit_lr, margin and max_scale must be > 0, lambda_lr >= 0")
+
+
+class WeightNormLinear(nn.Module):
+    """``x W^T + b`` with ``W = weight_g * weight_v / |weight_v|`` (norm by output row)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        plain = nn.Linear(d_in, d_out)
+        self.weight_v = nn.Parameter(plain.weight.detach().clone())
+        self.weight_g = nn.Parameter(plain.weight.detach().norm(dim=1, keepdim=True))
+        self.bias = nn.Parameter(plain.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class ConditionEncoder(nn.Module):
+    """Token ids -> condition vector: embedding, bidirectional LSTM's final states, tanh(Linear)."""
+
+    def __init__(self, embeddings: torch.Tensor, hidden_dim: int, condition_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(embeddings.shape[0], embeddings.shape[1])
+        with torch.no_grad():
+            self.embedding.weight.copy_(embeddings.float())
+        self.lstm = nn.LSTM(embeddings.shape[1], hidden_dim, num_layers=1, batch_first=True, bidirectional=True)
+        self.linear = nn.Linear(2 * hidden_dim, condition_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        _, (h_n, _) = self.lstm(self.embedding(ids).unsqueeze(0))
+        return torch.tanh(self.linear(torch.cat([h_n[0, 0], h_n[1, 0]], dim=-1)))
+
+
+class WeightConditioner(nn.Module):
+    """Condition -> (col_a, row_a, col_b, row_b, eta) for one weight [d_out, d_in]."""
+
+    def __init__(self, condition_dim: int, hidden_dim: int, d_out: int, d_in: int):
+        super().__init__()
+        self.d_out, self.d_in = d_out, d_in
+        self.hidden = WeightNormLinear(condition_dim, hidden_dim)
+        self.out = WeightNormLinear(hidden_dim, 2 * (d_out + d_in) + 1)
+
+    def forward(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.out(torch.tanh(self.hidden(cond))).split([self.d_in, self.d_out, self.d_in, self.d_out, 1], dim=-1))
+
+    def start_as_descent(self, step: float, max_scale: float) -> None:
+        """Outputs the bias alone, chosen so that the update is ``-step * grad``: softmax(row_a) is
+        uniform (1/out), col_a = -2 step out / max_scale, sigmoid(eta) = 1/2, no shift term."""
+        with torch.no_grad():
+            self.out.weight_g.zero_()
+            self.out.bias.zero_()
+            self.out.bias[: self.d_in] = -2.0 * step * self.d_out / max_scale
 
 
 class KENetworks(nn.Module):
-    def __init__(self, shapes: dict[str, tuple[int, ...]], token_dim: int, cfg: KEConfig):
+    def __init__(self, shapes: dict[str, tuple[int, ...]], embeddings: torch.Tensor, cfg: KEConfig):
         super().__init__()
         self.names = sorted(shapes)
-        self.project = nn.Linear(token_dim, cfg.embed_dim)
-        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, batch_first=True, bidirectional=True)
-        cond = 2 * cfg.hidden_dim
-        self.heads = nn.ModuleDict()
+        self.condition = ConditionEncoder(embeddings, cfg.hidden_dim, cfg.condition_dim)
+        self.conditioners = nn.ModuleDict()
         for index, name in enumerate(self.names):
             d_out, d_in = shapes[name]
-            head = nn.ModuleDict({"alpha": nn.Linear(cond, d_out), "gamma": nn.Linear(cond, d_in),
-                                  "delta": nn.Linear(cond, d_out), "omega": nn.Linear(cond, d_in), "eta": nn.Linear(cond, 1)})
-            for layer in head.values():  # start as a plain gradient step: gamma = 1, no rank-1 shift
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-            nn.init.ones_(head["gamma"].bias)
-            nn.init.constant_(head["alpha"].bias, 10.0)  # sigmoid(alpha) ~ 1
-            nn.init.constant_(head["eta"].bias, 10.0)  # sigmoid(eta) ~ 1
-            self.heads[str(index)] = head
-        self.log_steps = nn.Parameter(torch.full((len(self.names),), float(torch.tensor(cfg.edit_lr).log())))
+            conditioner = WeightConditioner(cfg.condition_dim, cfg.hidden_dim, d_out, d_in)
+            conditioner.start_as_descent(cfg.edit_lr, cfg.max_scale)
+            self.conditioners[str(index)] = conditioner
+        self.register_buffer("max_scale", torch.tensor(float(cfg.max_scale)))
         self.register_buffer("lagrange", torch.zeros(()))
 
-    def condition(self, token_embeddings: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.project(token_embeddings.float()).unsqueeze(0))
-        return out[0].mean(0)
-
-    def updates(self, cond: torch.Tensor, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def deltas(self, cond: torch.Tensor, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Per weight, what the reference adds to it."""
         out = {}
         for index, name in enumerate(self.names):
             u, grad_out = factors[name]
-            head = self.heads[str(index)]
-            scaled = (grad_out * torch.sigmoid(head["alpha"](cond))).t() @ (u * head["gamma"](cond))
-            shift = torch.outer(head["delta"](cond), head["omega"](cond))
-            out[name] = self.log_steps[index].exp() * torch.sigmoid(head["eta"](cond)) * (scaled + shift)
+            col_a, row_a, col_b, row_b, eta = self.conditioners[str(index)](cond)
+            scaled = (grad_out * row_a.softmax(-1)).t() @ (u * col_a)
+            shift = torch.outer(row_b.softmax(-1), col_b)
+            out[name] = self.max_scale * torch.sigmoid(eta) * (scaled + shift)
         return out
+
+    def updates(self, cond: torch.Tensor, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Per weight, the tensor to subtract (the negative of what the reference adds)."""
+        return {name: -delta for name, delta in self.deltas(cond, factors).items()}
 
 
 class KEEditor(WeightUpdateEditor):
@@ -106,18 +163,25 @@ class KEEditor(WeightUpdateEditor):
         bad = [name for name, shape in shapes.items() if len(shape) != 2]
         if bad:
             raise ConfigError(f"editor 'ke': target {self.config.target!r} holds tensors that are not linear weights: {bad[:3]}")
-        token_dim = adapter.model.get_input_embeddings().weight.shape[1]
-        return KENetworks(shapes, token_dim, self.config)
+        return KENetworks(shapes, adapter.model.get_input_embeddings().weight.detach(), self.config)
 
     @staticmethod
     def condition_text(request: EditRequest) -> str:
         return f"{request.original} >> {request.target} || {request.prompt}"
 
+    def condition_ids(self, adapter, request: EditRequest) -> torch.Tensor:
+        """The condition's token ids as the reference makes them: the base tokenizer, its special
+        tokens, truncated to ``max_length``."""
+        ids = adapter.tokenizer(self.condition_text(request), truncation=True, max_length=self.config.max_length,
+                                return_tensors="pt").input_ids[0]
+        rows = self.learned.condition.embedding.num_embeddings
+        if ids.numel() and int(ids.max()) >= rows:
+            raise ConfigError(f"editor 'ke': the condition's token id {int(ids.max())} is past the editor's "
+                              f"embedding table ({rows} rows)")
+        return ids
+
     def _condition(self, adapter, request: EditRequest) -> torch.Tensor:
-        ids = adapter.tokenizer(self.condition_text(request), add_special_tokens=False, return_tensors="pt").input_ids[0]
-        with torch.no_grad():
-            tokens = adapter.model.get_input_embeddings()(ids.to(adapter.device))
-        return self.learned.condition(tokens)
+        return self.learned.condition(self.condition_ids(adapter, request).to(adapter.device))
 
     def updates(self, adapter, request: EditRequest) -> dict[str, torch.Tensor]:
         factors = gradient_factors(adapter, self.learned.names, request)
@@ -134,6 +198,6 @@ class KEEditor(WeightUpdateEditor):
         return loss, {"edit_nll": float(edit_nll.detach()), "update_norm": float(norm.detach()), "lagrange": float(self.learned.lagrange)}
 
     def after_step(self) -> None:
-        # Gradient ascent on the multiplier, kept >= 0: it grows while the update is too large.
+        # Gradient ascent on the multiplier, kept >= 0: it grows while the updates are too large.
         violation = getattr(self, "_last_violation", 0.0)
         self.learned.lagrange.copy_((self.learned.lagrange + self.config.lambda_lr * violation).clamp(min=0.0))

@@ -3,15 +3,18 @@
 The gradient of the edit loss with respect to a linear layer's weight is a sum of rank-1 terms,
 ``dL/dW = sum_t delta_t u_t^T`` (``u``: the layer's inputs, ``delta``: the loss's gradients at its
 outputs). MEND learns a network that maps each pair ``(u_t, delta_t)`` to ``(u~_t, delta~_t)`` and
-edits ``W' = W - lr_l * sum_t delta~_t u~_t^T`` with a learned step size per layer.
+edits ``W' = W + lr_l * sum_t delta~_t u~_t^T`` with a learned step size per layer (the reference's
+sign: its step sizes are free to be negative; ours start at ``-edit_lr``, a descent step).
 
 As in the reference settings (shared docs 3.2, ``hparams/TRAINING/MEND``): the MLP weights of
 the last three language-model layers; one network per weight shape (``shared``), told apart by a
-learned scale and shift per layer; ``u`` and ``delta`` normalised by running statistics and
-transformed together (``combine``); one hidden layer of low rank (``rank``), initialised to the
-identity; per-layer step sizes starting at ``edit_lr`` and trained at ``lr_lr``; training loss
-``edit_coef * NLL(new target | in-scope inputs) + loc_coef * KL(pre || post | locality inputs)``
-with text and image locality inputs (the reference: 0.1 and 1.0).
+learned scale and shift per layer (``mode``); ``u`` and ``delta`` standardised by running
+statistics and transformed together (``combine``); ``n_hidden + 1`` residual layers of low rank
+(``rank``), initialised to the identity (``init: id``); per-layer step sizes trained at ``lr_lr``;
+training loss ``edit_coef * NLL(new target | in-scope inputs) + loc_coef * KL(pre || post | locality
+inputs)`` with text and image locality inputs (the reference: 0.1 and 1.0). The network computes
+the reference's function for the reference's tensors, so its published checkpoints load after
+``mmke-eval convert-checkpoint`` (mmke_eval/convert.py; docs/editors.md).
 
 An edit writes ``W'`` into the model and restores exactly the tensors it touched; in training the
 post-edit weights are substituted (editors/learned.py) so the loss reaches the networks.
@@ -39,8 +42,9 @@ from editors.learned import (
 class MENDConfig(LearnedConfig):
     target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
     layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: 3, layers 29-31)"})
-    rank: int = field(default=1920, metadata={"help": "rank of the hidden layer (reference 1920; capped at the input size)"})
-    edit_lr: float = field(default=1e-4, metadata={"help": "initial per-layer step size (reference edit_lrs 1e-4)"})
+    rank: int = field(default=1920, metadata={"help": "rank of the low-rank layers (reference 1920; capped at u and delta's joint size)"})
+    n_hidden: int = field(default=1, metadata={"help": "hidden layers of the gradient network (reference 1: two residual low-rank layers)"})
+    edit_lr: float = field(default=1e-4, metadata={"help": "training: initial per-layer step size (edit_lrs start at -edit_lr: a descent step)"})
     lr_lr: float = field(default=1e-4, metadata={"help": "training: learning rate of the step sizes"})
     edit_coef: float = field(default=0.1, metadata={"help": "training: weight of the edit NLL on in-scope inputs"})
     loc_coef: float = field(default=1.0, metadata={"help": "training: weight of the locality KL"})
@@ -50,84 +54,143 @@ class MENDConfig(LearnedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layers < 1 or self.rank < 1:
-            raise ConfigError("editor 'mend': layers and rank must be >= 1")
+        if self.layers < 1 or self.rank < 1 or self.n_hidden < 0:
+            raise ConfigError("editor 'mend': layers and rank must be >= 1, n_hidden >= 0")
         if not self.edit_lr > 0:
             raise ConfigError("editor 'mend': edit_lr must be > 0")
 
 
-class RunningNorm(nn.Module):
-    """Normalises by the mean and standard deviation of every vector seen in training (Welford)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.register_buffer("count", torch.zeros(()))
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("m2", torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                n = x.shape[0]
-                batch_mean = x.mean(0)
-                delta = batch_mean - self.mean
-                total = self.count + n
-                self.mean += delta * n / total
-                self.m2 += ((x - batch_mean) ** 2).sum(0) + delta**2 * self.count * n / total
-                self.count.copy_(total)
-        std = (self.m2 / (self.count - 1).clamp(min=1)).sqrt() if self.count > 1 else torch.ones_like(self.mean)
-        return (x - self.mean) / (std + 1e-7)
-
-
 class GradientTransform(nn.Module):
-    """``(u, delta) -> (u~, delta~)`` for one weight shape, shared by ``n_layers`` layers."""
+    """``(u, delta) -> (u~, delta~)`` for one weight shape ``[d_out, d_in]``, shared by ``n_modes`` weights.
 
-    def __init__(self, d_in: int, d_out: int, rank: int, n_layers: int):
+    The reference network (EasyEdit/VLKEB ``MEND.py`` ``GradientTransform`` with ``local_nn.IDMLP``;
+    docs/editors.md, "Loading the published checkpoints"), tensor for tensor:
+
+    * rows whose ``u`` or ``delta`` is all zeros are left out (they carry no gradient);
+    * ``u`` and ``delta`` are standardised separately by running statistics (buffers ``u_mean``,
+      ``v_mean``, ``u_s``, ``v_s`` (sums of squared deviations), ``k`` (rows seen), ``u_std``,
+      ``v_std``), updated in training mode only, then concatenated ``[u, delta]``;
+    * ``n_hidden + 1`` residual low-rank layers ``z <- z + relu(scale[m] * (z V^T U^T + b) + shift[m])``
+      with ``U`` [dim, r], ``V`` [r, dim], ``r = min(rank, dim)``, and a learned scale and shift per
+      weight (``mode`` m). ``U`` starts at zero: the network starts as the identity.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int, n_modes: int, n_hidden: int = 1):
         super().__init__()
-        dim = d_in + d_out
-        rank = min(rank, dim)
-        self.d_in = d_in
-        self.norm = RunningNorm(dim)
-        self.scale = nn.Parameter(torch.ones(n_layers, dim))
-        self.shift = nn.Parameter(torch.zeros(n_layers, dim))
-        self.down = nn.Linear(dim, rank)
-        self.up = nn.Linear(rank, dim)
-        nn.init.zeros_(self.up.weight)  # identity at the start: the first edits are normalised gradients
-        nn.init.zeros_(self.up.bias)
+        self.d_in, self.d_out = d_in, d_out
+        for side, dim in (("u", d_in), ("v", d_out)):
+            self.register_buffer(f"{side}_mean", torch.zeros(dim))
+            self.register_buffer(f"{side}_std", torch.ones(dim))
+            self.register_buffer(f"{side}_s", torch.zeros(dim))
+        self.register_buffer("k", torch.zeros(1))
+        self.mlp = ResidualLowRankStack(d_in + d_out, rank, n_modes, n_hidden + 1)
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.norm(torch.cat([u, delta], dim=-1))
-        z = z * self.scale[layer] + self.shift[layer]
-        z = z + self.up(torch.relu(self.down(z)))
+    def _observe(self, u: torch.Tensor, delta: torch.Tensor) -> None:
+        """Fold the rows into the running mean and squared deviations (Chan et al.'s parallel update)."""
+        with torch.no_grad():
+            n = u.shape[0]
+            k = float(self.k)
+            total = k + n
+            for side, x in (("u", u), ("v", delta)):
+                mean, s = getattr(self, f"{side}_mean"), getattr(self, f"{side}_s")
+                batch_mean = x.mean(0)
+                if k == 0:
+                    mean.copy_(batch_mean)
+                    s.copy_(((x - batch_mean) ** 2).sum(0))
+                else:
+                    diff = batch_mean - mean
+                    s.add_(((x - batch_mean) ** 2).sum(0) + diff**2 * (k * n / total))
+                    mean.add_(diff * (n / total))
+            self.k.fill_(total)
+            if total >= 2:
+                self.u_std.copy_((self.u_s / (total - 1)).sqrt())
+                self.v_std.copy_((self.v_s / (total - 1)).sqrt())
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u, delta = u.float(), delta.float()
+        keep = (u != 0).any(-1) & (delta != 0).any(-1)
+        u, delta = u[keep], delta[keep]
+        if self.training and u.shape[0]:
+            self._observe(u, delta)
+        z = torch.cat([(u - self.u_mean) / (self.u_std + 1e-7), (delta - self.v_mean) / (self.v_std + 1e-7)], dim=-1)
+        z = self.mlp(z, mode)
         return z[:, : self.d_in], z[:, self.d_in :]
 
 
+class ResidualLowRankStack(nn.Module):
+    """``n_layers`` layers ``z <- z + relu(scale[m] * (z V^T U^T + b) + shift[m])``, identity at the start."""
+
+    def __init__(self, dim: int, rank: int, n_modes: int, n_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(ResidualLowRank(dim, rank, n_modes) for _ in range(n_layers))
+
+    def forward(self, z: torch.Tensor, mode: int) -> torch.Tensor:
+        for layer in self.layers:
+            z = layer(z, mode)
+        return z
+
+
+class ResidualLowRank(nn.Module):
+    def __init__(self, dim: int, rank: int, n_modes: int):
+        super().__init__()
+        r = min(rank, dim)
+        self.u = nn.Parameter(torch.zeros(dim, r))  # zero: the layer starts as the identity
+        self.v = nn.Parameter(torch.randn(r, dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.mode_scale = nn.Parameter(torch.ones(n_modes, dim))
+        self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
+
+    def forward(self, z: torch.Tensor, mode: int) -> torch.Tensor:
+        pre = (z @ self.v.t()) @ self.u.t() + self.bias
+        pre = pre * self.mode_scale[mode] + self.mode_shift[mode]
+        return z + pre.clamp(min=0)
+
+
 class MENDNetworks(nn.Module):
-    def __init__(self, shapes: dict[str, tuple[int, ...]], rank: int, edit_lr: float):
+    """One ``GradientTransform`` per weight shape and a step size per weight (``edit_lrs``).
+
+    The weights are ordered by name (``names``); ``slot[name]`` is ``(shape key, mode)``, the mode
+    being the weight's place among the weights of its shape. As in the reference, an edit *adds*
+    ``edit_lrs[i] * delta~^T u~`` to weight i, so ``updates`` (what the editor subtracts) is its
+    negative; our own training starts the step sizes at ``-edit_lr`` (a descent step).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], rank: int, edit_lr: float, n_hidden: int = 1):
         super().__init__()
         self.names = sorted(shapes)
         by_shape: dict[tuple[int, ...], list[str]] = {}
         for name in self.names:
             by_shape.setdefault(tuple(shapes[name]), []).append(name)
-        self.slot = {}  # weight name -> (network key, layer index within the shape)
+        self.slot = {}  # weight name -> (network key, mode within the shape)
         self.transforms = nn.ModuleDict()
         for shape, names in sorted(by_shape.items()):
-            key = "x".join(map(str, shape))
+            key = shape_key(shape)
             d_out, d_in = shape
-            self.transforms[key] = GradientTransform(d_in, d_out, rank, len(names))
+            self.transforms[key] = GradientTransform(d_in, d_out, rank, len(names), n_hidden)
             for i, name in enumerate(names):
                 self.slot[name] = (key, i)
-        self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
+        self.edit_lrs = nn.Parameter(torch.full((len(self.names),), -float(edit_lr)))
+
+    def transformed(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``(u~, delta~)`` per weight."""
+        out = {}
+        for name in self.names:
+            u, delta = factors[name]
+            key, mode = self.slot[name]
+            out[name] = self.transforms[key](u, delta, mode)
+        return out
 
     def updates(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """``lr_l * sum_t delta~_t u~_t^T`` per weight (to be subtracted)."""
+        """Per weight, the tensor to subtract: ``-edit_lrs[i] * delta~^T u~``."""
         out = {}
-        for index, name in enumerate(self.names):
-            u, delta = factors[name]
-            key, layer = self.slot[name]
-            u_t, delta_t = self.transforms[key](u, delta, layer)
-            out[name] = self.edit_lrs[index] * (delta_t.t() @ u_t)
+        for index, (name, (u_t, delta_t)) in enumerate(self.transformed(factors).items()):
+            out[name] = -self.edit_lrs[index] * (delta_t.t() @ u_t)
         return out
+
+
+def shape_key(shape: tuple[int, ...]) -> str:
+    """Our name of the network of weights of ``shape`` ``[d_out, d_in]``: ``"d_outxd_in"``."""
+    return "x".join(map(str, shape))
 
 
 class MENDEditor(WeightUpdateEditor):
@@ -145,7 +208,7 @@ class MENDEditor(WeightUpdateEditor):
         bad = [name for name, shape in shapes.items() if len(shape) != 2]
         if bad:
             raise ConfigError(f"editor 'mend': target {self.config.target!r} holds tensors that are not linear weights: {bad[:3]}")
-        return MENDNetworks(shapes, self.config.rank, self.config.edit_lr)
+        return MENDNetworks(shapes, self.config.rank, self.config.edit_lr, self.config.n_hidden)
 
     def optimizer_groups(self):
         nets = [p for n, p in self.learned.named_parameters() if n != "edit_lrs"]

@@ -5,6 +5,9 @@
     mmke-eval --tasks mmke_entity --model llava_hf \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf --editor ft_llm --output_path out/ --data /data/MMKE
     mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike)
+    mmke-eval train-editor --editor mend --tasks mmke_mini --output_path CKPT   # train a learned editor
+    mmke-eval convert-checkpoint --editor mend --reference FILE.pt --model llava_hf \
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf --output_path CKPT   # a published MEND/KE checkpoint
     mmke-eval list                              # editors and tasks
     mmke-eval train-editor --editor mend --tasks mmke_mini --output_path CKPT   # train SERAC / MEND / KE
     mmke-eval report OUT1 OUT2 [--format md|latex|csv] [--by task|editor|model] [--plot DIR]
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise runner.EvaluationError("train-editor runs in one process; start it without torchrun / accelerate launch")
 
             return train_editor.main(argv[1:])
+        if argv and argv[0] == "convert-checkpoint":
+            from mmke_eval import convert
+
+            return convert.main(argv[1:])
         if argv and argv[0] == "list":
             return _list()
         if argv and argv[0] == "report":
