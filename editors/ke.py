@@ -31,14 +31,13 @@ touched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from editors.base import ConfigError, EditRequest
-from editors.learned import LearnedConfig, TrainingExample, WeightUpdateEditor, gradient_factors, edit_queries, substituted
+from editors.learned import LearnedConfig, TrainingExample, WeightUpdateEditor, edit_queries, gradient_factors, substituted
 
 
 @dataclass

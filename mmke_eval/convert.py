@@ -58,6 +58,7 @@ _SAFE_GLOBALS = {
     ("builtins", "range"), ("builtins", "bytearray"),
     ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),
     ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
     ("torch", "Size"), ("torch", "device"), ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"),
     ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
 }
@@ -161,6 +162,8 @@ class _PeekUnpickler(_StubUnpickler):
             return lambda storage, offset, size, *rest: TensorInfo(size)
         if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
             return lambda data, *rest: data
+        if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+            return lambda func, new_type, args, state: func(*args)
         if module == "torch" and name.endswith("Storage"):
             return _stub(module, name)
         return super().find_class(module, name)
@@ -289,7 +292,7 @@ def _need(target: dict[str, torch.Tensor], source: dict[str, Any], ours: str, th
     if tuple(tensor.shape) != tuple(target[ours].shape):
         raise ConversionError(f"{path}: {theirs!r} has shape {_shape(tensor)}; the editor on this model needs "
                               f"{_shape(target[ours])} for {ours}")
-    target[ours] = tensor.detach().to(torch.float32).clone()
+    target[ours] = tensor.detach().to(torch.float32)  # copied by load_state_dict
 
 
 # -- MEND -------------------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ def convert_mend(editor, adapter, ref: dict[str, Any], path: Path, inner_params:
             raise ConversionError(f"{path}: unexpected key 'mend.({d_in}, {d_out})': a network for weights of shape "
                                   f"[{d_out}, {d_in}], which this model's edited weights do not have "
                                   f"(they are {sorted({tuple(s) for s in shapes.values()})})")
-    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state = dict(net.state_dict())  # entries are replaced, never written into
     for ref_key, ref_names in ref_groups.items():
         d_in, d_out = (int(x) for x in ref_key[1:-1].split(", "))
         ours = f"transforms.{shape_key((d_out, d_in))}"
@@ -403,7 +406,7 @@ def convert_ke(editor, adapter, ref: dict[str, Any], path: Path, inner_params: l
             raise ConversionError(f"{path}: its conditioners {_listing(conditioner_names)} are not those of --inner_params "
                                   f"{_listing(wanted)}")
     mapping = match_weights(list(shapes), conditioner_names, f"{path}")
-    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state = dict(net.state_dict())  # entries are replaced, never written into
     known = set()
 
     def take(ours: str, theirs: str, rows=None):

@@ -374,7 +374,7 @@ def ke_by_hand(sd, adapter, request_, max_scale) -> dict[str, torch.Tensor]:
         grad = autograd_gradient(adapter, ours, request_)
         c = f"learner.conditioners.{reference_name(ours).replace('.', '_')}_conditioner.conditioners"
 
-        def wn(i):
+        def wn(i, c=c):
             v = sd[f"{c}.{i}.weight_v"]
             return sd[f"{c}.{i}.weight_g"] * v / v.norm(dim=1, keepdim=True)
 
@@ -454,3 +454,22 @@ def test_convert_checkpoint_command(tiny_llava_dir, tmp_path, capsys):
     assert cli.main(["convert-checkpoint", "--editor", "serac", "--reference", str(tmp_path / "ref.pt"),
                      "--output_path", str(tmp_path / "x")]) == 1
     assert "only mend, ke" in capsys.readouterr().err
+
+
+def test_reading_a_reference_file_runs_none_of_its_code(adapter, tmp_path):
+    """A pickle that would call a function on loading gets an inert stand-in instead."""
+    import os
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {"edit_lrs": torch.zeros(4), "model_config": Payload()}, "step": 1}, tmp_path / "evil.pt")
+    with pytest.raises(ConversionError):
+        convert(registry.build_editor("mend"), adapter, tmp_path / "evil.pt", tmp_path / "out")
+    torch.save(Payload(), tmp_path / "evil_top.pt")
+    with pytest.raises(ConversionError, match="not the dict"):
+        convert(registry.build_editor("mend"), adapter, tmp_path / "evil_top.pt", tmp_path / "out")
+    assert not marker.exists()
