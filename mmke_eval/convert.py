@@ -45,6 +45,19 @@ from editors.learned import META_FILE, LearnedEditor
 FORMAT_MEND = "EasyEdit trainer (BaseTrainer.save_state), MEND"
 FORMAT_KE = "PyTorch-Lightning checkpoint, KE OneShotLearner"
 CONVERTIBLE = ("mend", "ke")
+# Editors whose published checkpoints cannot become ours, and why (docs/editors.md).
+NOT_CONVERTIBLE = {
+    "serac": (
+        "the reference's SERAC (SERAC_MULTI) cannot be loaded into mmke-eval's: its scope classifier is a DistilBERT "
+        "(distilbert-base-uncased, CLS embedding, squared-L2 similarity) that reads text through DistilBERT's own "
+        "WordPiece vocabulary, which the checkpoint does not hold and which cannot be fetched offline, where ours "
+        "compares the base model's own token embeddings by cosine; its counterfactual model is a separate language "
+        "model (Vicuna-7B-v1.5 with its layer 31 trained for LLaVA and MiniGPT-4, OPT-125m behind an untrained "
+        "projection for BLIP-2) mixed softly with the base model, where ours is the base model with a trained copy "
+        "of its last MLP, routed hard. Its tensors would not compute the reference's SERAC; train ours with "
+        "`mmke-eval train-editor --editor serac`"
+    ),
+}
 
 
 class ConversionError(ValueError):
@@ -459,14 +472,20 @@ def convert_ke(editor, adapter, ref: dict[str, Any], path: Path, inner_params: l
 
 
 # -- the conversion ---------------------------------------------------------------------------------
+def _not_convertible(name: str) -> str:
+    why = NOT_CONVERTIBLE.get(name)
+    if why:
+        return f"--editor {name}: {why}"
+    return f"--editor {name}: only {', '.join(CONVERTIBLE)} checkpoints of the reference trainers can be converted"
+
+
 def convert(editor: LearnedEditor, adapter, reference: str | Path, output: str | Path,
             inner_params: list[str] | None = None, command: str = "") -> dict[str, Any]:
     """Read ``reference``, load its tensors into ``editor``'s networks for ``adapter`` and write the
     checkpoint folder ``output``. Returns the checkpoint's meta."""
     path = Path(reference).expanduser()
     if editor.name not in CONVERTIBLE:
-        raise ConversionError(f"--editor {editor.name}: only {', '.join(CONVERTIBLE)} checkpoints of the reference trainers "
-                              "can be converted")
+        raise ConversionError(_not_convertible(editor.name))
     if not path.is_file():
         raise FileNotFoundError(f"--reference {reference}: no such file")
     out = Path(output).expanduser()
@@ -515,8 +534,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output_path", required=True, help="checkpoint folder to write")
     args = parser.parse_args(argv)
     if args.editor not in CONVERTIBLE:
-        raise ConversionError(f"--editor {args.editor}: only {', '.join(CONVERTIBLE)} checkpoints of the reference trainers "
-                              "can be converted")
+        raise ConversionError(_not_convertible(args.editor))
     overrides = runner.parse_key_values(args.editor_args, "--editor_args")
     if "checkpoint" in overrides:
         raise ConversionError("--editor_args checkpoint=...: conversion writes a checkpoint (--output_path); it does not read one")
