@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mmke-eval --tasks mmke_mini --editor none,ft_llm,ft_alignment,ike --output_path out/demo
+	$(VENV)/bin/mmke-eval --tasks mmke_mini --editor none,ft_llm,ft_alignment,ike,serac,mend,ke --output_path out/demo
 
 # Two workers, one test file each at a time (module fixtures stay shared within a file).
 test: $(STAMP)
