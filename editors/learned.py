@@ -309,7 +309,7 @@ def substituted(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Ite
 
 
 def kl_from_base(base_logits: torch.Tensor, post_logits: torch.Tensor) -> torch.Tensor:
-    """KL(base || post) per position, averaged: the locality term of MEND and SERAC's training."""
+    """KL(base || post) per position, averaged: the locality term of MEND's training."""
     base = torch.log_softmax(base_logits.float(), dim=-1)
     post = torch.log_softmax(post_logits.float(), dim=-1)
     return (base.exp() * (base - post)).sum(-1).mean()

@@ -301,7 +301,10 @@ def _list() -> int:
 
 
 def _key_values(values: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
+    """k=v,...; a string with spaces at its ends, a newline or a comma is quoted, so it reads unambiguously."""
+    def shown(v):
+        return json.dumps(v) if isinstance(v, str) and (v != v.strip() or "\n" in v or "," in v) else v
+    return ",".join(f"{k}={shown(v)}" for k, v in values.items())
 
 
 class _IgnoreTagsLoader(yaml.SafeLoader):
