@@ -217,3 +217,15 @@ def test_sequential_edits_pile_up_and_are_all_undone(name, adapter, mini_root):
     assert torch.equal(applied[0][first], before[first]) and not torch.equal(applied[2][first], before[first])
     assert all(torch.equal(before[n], p) for n, p in adapter.model.named_parameters())
     assert all(json.loads(r)["score"] is not None for r in results)
+
+
+def test_list_shows_the_learned_editors_with_their_defaults_per_family(capsys):
+    from mmke_eval.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("serac", "mend", "ke"):
+        assert f"  {name} " in out
+    assert "rank=1920" in out and "meta_lr=1e-06" in out  # MEND's reference values
+    assert 'cf_prefix="{prompt} {target} "' in out  # a string with a trailing space, quoted
+    assert out.count("checkpoint=mini") == 3  # the world model's shipped checkpoints
