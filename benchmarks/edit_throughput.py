@@ -330,6 +330,8 @@ def prepare_limit(adapter, editor, cases) -> list[dict]:
     """Encoded inputs of every case for ``run_limit`` (off the clock)."""
     import torch
 
+    from editors.ft import FTEditor
+    from editors.ike import IKEEditor
     from mmke_eval import families
     from mmke_eval.adapters.base import Query
     from mmke_eval.wrapper import CaseEvaluator, Protocol
@@ -339,11 +341,11 @@ def prepare_limit(adapter, editor, cases) -> list[dict]:
     for probes in cases:
         request = evaluator.edit_request(probes[0].doc)
         prefix, edit = "", None
-        if getattr(editor, "name", "") == "ike":
+        if isinstance(editor, IKEEditor):
             handle = editor.apply(adapter, request)
             prefix = handle.prefix
             editor.restore(adapter, handle)
-        if getattr(editor, "name", "") == "ft":
+        if isinstance(editor, FTEditor):
             query = Query(request.prompt, request.image, request.target)
             image_inputs, counts = adapter._image_inputs([query]) if query.image is not None else ({}, [0])
             enc = adapter._encode(query, counts[0])
@@ -356,7 +358,8 @@ def prepare_limit(adapter, editor, cases) -> list[dict]:
             }
         loc = [p.query for p in probes if families.kind_of(p.doc).is_locality]
         post = [replace(p.query, prefix=prefix) for p in probes]
-        prepared.append({"pre": _inputs(adapter, loc) if loc else None, "edit": edit, "post": _inputs(adapter, post)})
+        prepared.append({"pre": _inputs(adapter, loc) if loc else None, "edit": edit, "post": _inputs(adapter, post),
+                         "prefix": prefix})
     return prepared
 
 
@@ -387,8 +390,14 @@ def worker(spec: dict) -> dict:
     adapter.generate([replace(first, target="")], max_new_tokens=2)
     digest_before = model_digest(model)
     counter = CallCounter(adapter)
+    limit_work = None
     if spec["mode"] == "limit":
         prepared = prepare_limit(adapter, editor, cases)
+        limit_work = {  # what the limit ran, so that a skipped edit cannot pass unnoticed
+            "edit_steps": sum(c["edit"]["steps"] for c in prepared if c["edit"] is not None),
+            "forwards_no_grad": sum(1 + (c["pre"] is not None) for c in prepared),
+            "ike_prefix_chars": sum(len(c["prefix"]) for c in prepared),
+        }
 
         def run(adapter, editor, cases, n_probes, counter):
             return run_limit(adapter, editor, cases, n_probes, counter, prepared)
@@ -417,6 +426,7 @@ def worker(spec: dict) -> dict:
         "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
         "model_unchanged_after_run": model_digest(model) == digest_before,
         "calls": counter.counts,
+        **({"limit_work": limit_work} if limit_work else {}),
         "editor_config": {k: v for k, v in describe.items() if k not in ("editor",)},
         "responses": {str(i): r for i, r in responses.items()},
         "probe_keys": {str(p.index): f"{p.doc['case_id']}:{p.doc['probe_id']}" for c in cases for p in c},
@@ -540,8 +550,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = results[mode]
                 c = r["calls"]
                 if mode == "limit":
+                    w = r["limit_work"]
                     print(f"  {name:13s} {mode:5s} {r['seconds']:7.2f} s  {r['cases_per_s']:6.2f} cases/s  "
-                          f"peak RSS +{r['peak_rss_increase_mb']:5.1f} MB", flush=True)
+                          f"peak RSS +{r['peak_rss_increase_mb']:5.1f} MB  edit steps {w['edit_steps']}, "
+                          f"no-grad forwards {w['forwards_no_grad']}", flush=True)
                     continue
                 extra = f"  retriever {r['editor_config']['retriever_used']}" if "retriever_used" in r["editor_config"] else ""
                 print(f"  {name:13s} {mode:5s} {r['seconds']:7.2f} s  {r['cases_per_s']:6.2f} cases/s  "
