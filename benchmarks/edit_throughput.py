@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import resource
 import sys
@@ -54,7 +55,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEFAULT_EDITORS = ("none", "ft_llm", "ft_alignment", "ike")
 KNOWLEDGE_TYPE = "entity_level"
 SEED = 0
-MODES = ("ours", "naive")
+MODES = ("ours", "naive")  # compared probe by probe
+ALL_MODES = MODES + ("limit",)  # limit: the unavoidable work only, no responses (see run_limit)
+MODELS = ("tiny", "world", "compute")
+# --model compute: a random LLaVA big enough for compute, not Python overhead, to dominate on CPU.
+COMPUTE_TEXT = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 12, "num_attention_heads": 8}
+COMPUTE_VISION = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 6,
+                  "image_size": 112, "patch_size": 14}  # 64 image tokens
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -95,6 +102,58 @@ def peak_rss_kb(method: str) -> int:
         return _status_kb("VmHWM") or 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB on Linux
+
+
+# -- models ------------------------------------------------------------------------------------
+def build_compute_llava(path: Path) -> Path:
+    """A random LlavaForConditionalGeneration of COMPUTE_TEXT / COMPUTE_VISION size, written to
+    ``path`` with the tiny model's tokenizer and (resized) processor; seeded, offline."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from mmke_eval.testing import tiny_llava as T
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = T.build_tokenizer()
+    processor = T.build_processor(tokenizer, image_size=COMPUTE_VISION["image_size"], patch_size=COMPUTE_VISION["patch_size"])
+    vision = CLIPVisionConfig(projection_dim=COMPUTE_VISION["hidden_size"], **COMPUTE_VISION)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), num_key_value_heads=COMPUTE_TEXT["num_attention_heads"],
+        max_position_embeddings=T.MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, **COMPUTE_TEXT,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(T.IMAGE_TOKEN),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlavaForConditionalGeneration(config).eval()
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def prepare_model_and_data(model: str, tmp: Path, n_cases: int) -> tuple[Path, Path]:
+    """(model folder, MMKE-style data root) for ``--model``."""
+    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+
+    if model == "world":
+        from mmke_eval.mini import WORLD_MODEL_DIR
+        from mmke_eval.mini.generate import generate
+
+        return WORLD_MODEL_DIR, generate(tmp / "mmke_mini", seed=0)
+    if model == "compute":
+        model_dir = build_compute_llava(tmp / "compute_llava")
+    else:
+        from mmke_eval.testing.tiny_llava import build_tiny_llava
+
+        model_dir = build_tiny_llava(tmp / "tiny_llava")
+    return model_dir, write_mmke_fixture(tmp / "data", n_cases=n_cases)
 
 
 # -- the worker (one editor, one path, fresh process) --------------------------------------------
@@ -211,6 +270,99 @@ def run_naive(adapter, editor, cases, n_probes, counter):
     return out
 
 
+def run_limit(adapter, editor, cases, n_probes, counter, prepared):
+    """The unavoidable work of each case, with no evaluator and no generation (a lower bound):
+
+    * the pre-edit forward of the case's locality probes, one batch;
+    * the edit's optimisation: for FT ``steps`` x (forward + backward of the edit query, only the
+      edited tensors requiring grad, one AdamW step), then the edited tensors copied back; for
+      none and IKE no edit work (IKE's prefix was retrieved before the clock, see ``prepare_limit``);
+    * one teacher-forced forward of all the case's probes (with IKE's prefix), one batch.
+
+    Inputs are encoded before the clock; mixed text-only and image rows share a batch (LLaVA
+    scatters image features into the image-token positions only).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model = adapter.model
+    for case in prepared:
+        with torch.no_grad():
+            if case["pre"] is not None:
+                model(**case["pre"], use_cache=False)
+        edit = case["edit"]
+        if edit is not None:
+            params = list(edit["params"].values())
+            saved = [p.detach().clone() for p in params]
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            wanted = {id(p) for p in params}
+            for p, _ in flags:
+                p.requires_grad_(id(p) in wanted)
+            optimizer = torch.optim.AdamW(params, lr=edit["lr"], weight_decay=edit["weight_decay"])
+            for _ in range(edit["steps"]):
+                logits = model(**edit["inputs"], use_cache=False).logits[0]
+                loss = F.cross_entropy(logits[edit["start"] - 1 : -1].float(), edit["labels"])
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            del optimizer
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+        with torch.no_grad():
+            model(**case["post"], use_cache=False)
+    return {}
+
+
+def _inputs(adapter, queries) -> dict:
+    """One right-padded model batch of ``queries`` (text-only and image rows may mix)."""
+    with_image = [q for q in queries if q.image is not None]
+    image_inputs, counts = adapter._image_inputs(with_image) if with_image else ({}, [])
+    counts = iter(counts)
+    encoded = [adapter._encode(q, next(counts) if q.image is not None else 0) for q in queries]
+    ids, mask = adapter._padded(encoded, left=False)
+    return {"input_ids": ids, "attention_mask": mask, **image_inputs}
+
+
+def prepare_limit(adapter, editor, cases) -> list[dict]:
+    """Encoded inputs of every case for ``run_limit`` (off the clock)."""
+    import torch
+
+    from editors.ft import FTEditor
+    from editors.ike import IKEEditor
+    from mmke_eval import families
+    from mmke_eval.adapters.base import Query
+    from mmke_eval.wrapper import CaseEvaluator, Protocol
+
+    evaluator = CaseEvaluator(adapter, editor, Protocol())
+    prepared = []
+    for probes in cases:
+        request = evaluator.edit_request(probes[0].doc)
+        prefix, edit = "", None
+        if isinstance(editor, IKEEditor):
+            handle = editor.apply(adapter, request)
+            prefix = handle.prefix
+            editor.restore(adapter, handle)
+        if isinstance(editor, FTEditor):
+            query = Query(request.prompt, request.image, request.target)
+            image_inputs, counts = adapter._image_inputs([query]) if query.image is not None else ({}, [0])
+            enc = adapter._encode(query, counts[0])
+            ids = torch.tensor([enc.ids], dtype=torch.long, device=adapter.device)
+            edit = {
+                "params": adapter.parameter_group(editor.config.target), "steps": editor.config.steps,
+                "lr": editor.config.lr, "weight_decay": editor.config.weight_decay,
+                "inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids), **image_inputs},
+                "start": enc.answer_start, "labels": ids[0, enc.answer_start :],
+            }
+        loc = [p.query for p in probes if families.kind_of(p.doc).is_locality]
+        post = [replace(p.query, prefix=prefix) for p in probes]
+        prepared.append({"pre": _inputs(adapter, loc) if loc else None, "edit": edit, "post": _inputs(adapter, post),
+                         "prefix": prefix})
+    return prepared
+
+
 def worker(spec: dict) -> dict:
     import torch
 
@@ -238,7 +390,19 @@ def worker(spec: dict) -> dict:
     adapter.generate([replace(first, target="")], max_new_tokens=2)
     digest_before = model_digest(model)
     counter = CallCounter(adapter)
-    run = run_ours if spec["mode"] == "ours" else run_naive
+    limit_work = None
+    if spec["mode"] == "limit":
+        prepared = prepare_limit(adapter, editor, cases)
+        limit_work = {  # what the limit ran, so that a skipped edit cannot pass unnoticed
+            "edit_steps": sum(c["edit"]["steps"] for c in prepared if c["edit"] is not None),
+            "forwards_no_grad": sum(1 + (c["pre"] is not None) for c in prepared),
+            "ike_prefix_chars": sum(len(c["prefix"]) for c in prepared),
+        }
+
+        def run(adapter, editor, cases, n_probes, counter):
+            return run_limit(adapter, editor, cases, n_probes, counter, prepared)
+    else:
+        run = run_ours if spec["mode"] == "ours" else run_naive
 
     seed_everything()
     method = reset_peak_rss()
@@ -262,6 +426,7 @@ def worker(spec: dict) -> dict:
         "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
         "model_unchanged_after_run": model_digest(model) == digest_before,
         "calls": counter.counts,
+        **({"limit_work": limit_work} if limit_work else {}),
         "editor_config": {k: v for k, v in describe.items() if k not in ("editor",)},
         "responses": {str(i): r for i, r in responses.items()},
         "probe_keys": {str(p.index): f"{p.doc['case_id']}:{p.doc['probe_id']}" for c in cases for p in c},
@@ -321,13 +486,16 @@ def compare(ours: dict, naive: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["editor", "cases/s ours", "cases/s naive", "speed-up", "peak RSS +MB ours", "peak RSS +MB naive", "scores identical"]
+    head = ["editor", "cases/s ours", "cases/s naive", "cases/s limit", "speed-up", "ours/limit", "peak RSS +MB ours",
+            "peak RSS +MB naive", "ours peak / weights", "scores identical"]
     lines = [head]
     for r in rows:
-        o, n = r["ours"], r["naive"]
+        o, n, lim = r["ours"], r["naive"], r.get("limit")
         lines.append([
-            r["editor"], f"{o['cases_per_s']:.2f}", f"{n['cases_per_s']:.2f}", f"{n['seconds'] / o['seconds']:.1f}x",
-            f"{o['peak_rss_increase_mb']:.1f}", f"{n['peak_rss_increase_mb']:.1f}", "yes" if r["scores_identical"] else "NO",
+            r["editor"], f"{o['cases_per_s']:.2f}", f"{n['cases_per_s']:.2f}", f"{lim['cases_per_s']:.2f}" if lim else "-",
+            f"{n['seconds'] / o['seconds']:.1f}x", f"{o['seconds'] / lim['seconds']:.1f}x" if lim else "-",
+            f"{o['peak_rss_increase_mb']:.1f}", f"{n['peak_rss_increase_mb']:.1f}",
+            f"{100 * o['peak_rss_increase_mb'] / o['model_mb']:.0f}%", "yes" if r["scores_identical"] else "NO",
         ])
     widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
 
@@ -344,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--editors", default=",".join(DEFAULT_EDITORS), help="comma-separated registry editor names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures (and per-probe checks) here")
+    parser.add_argument("--model", choices=MODELS, default="tiny",
+                        help="tiny (default): 2-layer random LLaVA; world: the shipped world model with the mmke_mini data; "
+                             "compute: a random 12-layer hidden-512 LLaVA (CLIP 6 layers, 112 px / 14 px patches)")
+    parser.add_argument("--no-limit", action="store_true", help="skip the limit measurement")
     args = parser.parse_args(argv)
 
     from mmke_eval import registry
@@ -359,9 +531,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import multiprocessing
 
-    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
-    from mmke_eval.testing.tiny_llava import build_tiny_llava
-
     started = time.perf_counter()
     available = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in available else "spawn")
@@ -370,16 +539,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmke-bench-") as tmp:
         tmp = Path(tmp)
-        model_dir = build_tiny_llava(tmp / "tiny_llava")
-        data_dir = write_mmke_fixture(tmp / "data", n_cases=args.cases)
+        model_dir, data_dir = prepare_model_and_data(args.model, tmp, args.cases)
+        modes = MODES if args.no_limit else ALL_MODES
         for name in editors:
             results = {}
-            for mode in MODES:
+            for mode in modes:
                 spec = {"editor": name, "mode": mode, "cases": args.cases, "steps": args.steps, "threads": args.threads,
                         "model_dir": str(model_dir), "data_dir": str(data_dir)}
                 results[mode] = spawn(ctx, spec, tmp)
                 r = results[mode]
                 c = r["calls"]
+                if mode == "limit":
+                    w = r["limit_work"]
+                    print(f"  {name:13s} {mode:5s} {r['seconds']:7.2f} s  {r['cases_per_s']:6.2f} cases/s  "
+                          f"peak RSS +{r['peak_rss_increase_mb']:5.1f} MB  edit steps {w['edit_steps']}, "
+                          f"no-grad forwards {w['forwards_no_grad']}", flush=True)
+                    continue
                 extra = f"  retriever {r['editor_config']['retriever_used']}" if "retriever_used" in r["editor_config"] else ""
                 print(f"  {name:13s} {mode:5s} {r['seconds']:7.2f} s  {r['cases_per_s']:6.2f} cases/s  "
                       f"peak RSS +{r['peak_rss_increase_mb']:5.1f} MB  model batches: teacher-forced "
@@ -389,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     o = rows[0]["ours"] if rows else {}
     print()
-    print(f"tiny LLaVA ({o.get('model_mb', 0):.2f} MB of fp32 weights), {args.cases} entity cases x "
+    print(f"{args.model} LLaVA ({o.get('model_mb', 0):.2f} MB of fp32 weights), {args.cases} entity cases x "
           f"{o.get('probes', 0) // max(args.cases, 1)} probes, CPU, {args.threads} torch thread(s) per worker, "
           f"FT steps {'registry default' if args.steps is None else args.steps}")
     print(f"memory: {o.get('memory_method', '?')}; each (editor, path) in its own fresh worker process ({ctx.get_start_method()})")
@@ -397,29 +572,39 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["scores_identical"] for r in rows)
     print(f"scores identical: {'yes' if ok else 'no'}")
     print(f"generations identical: {'yes' if all(r['generations_identical'] for r in rows) else 'no'}")
-    unchanged = all(r[mode]["model_unchanged_after_run"] for r in rows for mode in MODES)
+    unchanged = all(r[mode]["model_unchanged_after_run"] for r in rows for mode in ALL_MODES if mode in r)
     print(f"shared model's weights unchanged after every run (restore / discarded copy): {'yes' if unchanged else 'no'}")
     for r in rows:
         for line in r["score_mismatches"][:5] + r["generation_mismatches"][:5]:
             print(f"  {r['editor']}: {line}")
-        for mode in MODES:
+        for mode in (m for m in ALL_MODES if m in r):
             if not r[mode]["model_unchanged_after_run"]:
                 print(f"  {r['editor']} {mode}: the shared model was NOT left unchanged")
     print(f"total {time.perf_counter() - started:.0f} s")
 
     if args.json:
+        def figures(r: dict) -> dict:
+            o, n, lim = r["ours"], r["naive"], r.get("limit")
+            return {
+                "cases_per_s_ours": o["cases_per_s"],
+                "cases_per_s_naive": n["cases_per_s"],
+                "cases_per_s_limit": lim["cases_per_s"] if lim else None,
+                "speedup_vs_naive": n["seconds"] / o["seconds"],
+                "ratio_to_limit": o["seconds"] / lim["seconds"] if lim else None,  # ours time / limit time
+                "peak_mb_above_weights": o["peak_rss_increase_mb"],  # ours' peak RSS over its RSS before the run
+                "weights_mb": o["model_mb"],
+                "scores_identical": r["scores_identical"], "generations_identical": r["generations_identical"],
+                "score_mismatches": r["score_mismatches"], "generation_mismatches": r["generation_mismatches"],
+                # the full worker reports (timings, call counts, memory, editor configuration), per path
+                "runs": {mode: {k: v for k, v in r[mode].items() if k not in ("responses", "probe_keys")}
+                         for mode in ALL_MODES if mode in r},
+            }
+
         summary = {
-            "machine": {"cpus": os.cpu_count(), "threads_per_worker": args.threads, "platform": sys.platform},
-            "cases": args.cases, "steps": args.steps, "scores_identical": ok,
-            "editors": [
-                {
-                    "editor": r["editor"], "speed_up": r["naive"]["seconds"] / r["ours"]["seconds"],
-                    "scores_identical": r["scores_identical"], "generations_identical": r["generations_identical"],
-                    "score_mismatches": r["score_mismatches"], "generation_mismatches": r["generation_mismatches"],
-                    **{mode: {k: v for k, v in r[mode].items() if k not in ("responses", "probe_keys")} for mode in MODES},
-                }
-                for r in rows
-            ],
+            "machine": {"cpus": os.cpu_count(), "threads_per_worker": args.threads, "platform": sys.platform,
+                        "processor": platform.processor() or platform.machine()},
+            "model": args.model, "cases": args.cases, "steps": args.steps, "scores_identical": ok,
+            "editors": {r["editor"]: figures(r) for r in rows},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
