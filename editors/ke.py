@@ -37,13 +37,11 @@ import torch
 from torch import nn
 
 from editors.base import ConfigError, EditRequest
-from editors.learned import LearnedConfig, TrainingExample, WeightUpdateEditor, edit_queries, gradient_factors, substituted
+from editors.learned import TrainingExample, WeightUpdateConfig, WeightUpdateEditor, edit_queries, gradient_factors, substituted
 
 
 @dataclass
-class KEConfig(LearnedConfig):
-    target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
-    layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: layers 29-31)"})
+class KEConfig(WeightUpdateConfig):
     hidden_dim: int = field(default=128, metadata={"help": "LSTM state size and conditioner hidden size (reference 128)"})
     condition_dim: int = field(default=1024, metadata={"help": "size of the edit's condition vector (reference 1024)"})
     max_length: int = field(default=32, metadata={"help": "condition text truncated to this many tokens (reference 32)"})
@@ -53,7 +51,7 @@ class KEConfig(LearnedConfig):
     lambda_lr: float = field(default=0.1, metadata={"help": "training: gradient-ascent rate of the Lagrange multiplier"})
     meta_lr: float = field(default=3e-4, metadata={"help": "training: learning rate of the hyper-network (reference 3e-4)"})
 
-    RUNTIME_FIELDS = LearnedConfig.RUNTIME_FIELDS + ("max_scale", "edit_lr", "margin", "lambda_lr")
+    RUNTIME_FIELDS = WeightUpdateConfig.RUNTIME_FIELDS + ("max_scale", "edit_lr", "margin", "lambda_lr")
 
     def __post_init__(self):
         super().__post_init__()
@@ -151,17 +149,8 @@ class KEEditor(WeightUpdateEditor):
     # The Lagrangian term changes with its multiplier; the reference keeps the best edit accuracy.
     validation_key = "edit_nll"
 
-    def edited_group(self) -> str:
-        return self.config.target
-
-    def edited_layers(self) -> int:
-        return self.config.layers
-
     def build(self, adapter) -> nn.Module:
-        shapes = self.edited_modules(adapter)
-        bad = [name for name, shape in shapes.items() if len(shape) != 2]
-        if bad:
-            raise ConfigError(f"editor 'ke': target {self.config.target!r} holds tensors that are not linear weights: {bad[:3]}")
+        shapes = self.linear_weight_shapes(adapter)
         return KENetworks(shapes, adapter.model.get_input_embeddings().weight.detach(), self.config)
 
     @staticmethod

@@ -360,6 +360,19 @@ def gradient_factors(adapter, names: list[str], request) -> dict[str, tuple[torc
     return {name: (torch.cat(inputs[name]).float(), torch.cat(deltas[name]).float()) for name in names}
 
 
+@dataclass
+class WeightUpdateConfig(LearnedConfig):
+    """Options of editors that update linear weights of one parameter group (MEND, KE)."""
+
+    target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
+    layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: 3, layers 29-31)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layers < 1:
+            raise ConfigError(f"layers must be >= 1, not {self.layers}")
+
+
 class WeightUpdateEditor(LearnedEditor):
     """A learned editor that turns the edit's gradient into a weight update (MEND, KE).
 
@@ -367,8 +380,24 @@ class WeightUpdateEditor(LearnedEditor):
     edit writes the updated weights into the model, after cloning exactly those it touches.
     """
 
+    config_class = WeightUpdateConfig
+
     def updates(self, adapter, request) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def edited_group(self) -> str:
+        return self.config.target
+
+    def edited_layers(self) -> int:
+        return self.config.layers
+
+    def linear_weight_shapes(self, adapter) -> dict[str, tuple[int, ...]]:
+        """The edited weights' shapes; a group holding anything but linear weights is an error."""
+        shapes = self.edited_modules(adapter)
+        bad = [name for name, shape in shapes.items() if len(shape) != 2]
+        if bad:
+            raise ConfigError(f"editor {self.name!r}: target {self.config.target!r} holds tensors that are not linear weights: {bad[:3]}")
+        return shapes
 
     def weight_names(self) -> list[str]:
         return self.learned.names

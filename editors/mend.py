@@ -29,8 +29,8 @@ from torch import nn
 
 from editors.base import ConfigError, EditRequest
 from editors.learned import (
-    LearnedConfig,
     TrainingExample,
+    WeightUpdateConfig,
     WeightUpdateEditor,
     gradient_factors,
     kl_from_base,
@@ -39,9 +39,7 @@ from editors.learned import (
 
 
 @dataclass
-class MENDConfig(LearnedConfig):
-    target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
-    layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: 3, layers 29-31)"})
+class MENDConfig(WeightUpdateConfig):
     rank: int = field(default=1920, metadata={"help": "rank of the low-rank layers (reference 1920; capped at u and delta's joint size)"})
     n_hidden: int = field(default=1, metadata={"help": "hidden layers of the gradient network (reference 1: two residual low-rank layers)"})
     edit_lr: float = field(default=1e-4, metadata={"help": "training: initial per-layer step size (edit_lrs start at -edit_lr: a descent step)"})
@@ -50,7 +48,7 @@ class MENDConfig(LearnedConfig):
     loc_coef: float = field(default=1.0, metadata={"help": "training: weight of the locality KL"})
     meta_lr: float = field(default=1e-6, metadata={"help": "training: Adam learning rate of the networks (reference 1e-6)"})
 
-    RUNTIME_FIELDS = LearnedConfig.RUNTIME_FIELDS + ("edit_lr", "lr_lr", "edit_coef", "loc_coef")
+    RUNTIME_FIELDS = WeightUpdateConfig.RUNTIME_FIELDS + ("edit_lr", "lr_lr", "edit_coef", "loc_coef")
 
     def __post_init__(self):
         super().__post_init__()
@@ -197,17 +195,8 @@ class MENDEditor(WeightUpdateEditor):
     name = "mend"
     config_class = MENDConfig
 
-    def edited_group(self) -> str:
-        return self.config.target
-
-    def edited_layers(self) -> int:
-        return self.config.layers
-
     def build(self, adapter) -> nn.Module:
-        shapes = self.edited_modules(adapter)
-        bad = [name for name, shape in shapes.items() if len(shape) != 2]
-        if bad:
-            raise ConfigError(f"editor 'mend': target {self.config.target!r} holds tensors that are not linear weights: {bad[:3]}")
+        shapes = self.linear_weight_shapes(adapter)
         return MENDNetworks(shapes, self.config.rank, self.config.edit_lr, self.config.n_hidden)
 
     def optimizer_groups(self):
