@@ -28,13 +28,9 @@ QUICK = {"max_steps": "40", "val_every": "20", "val_cases": "4"}
 
 @pytest.fixture(scope="module")
 def adapter():
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from mmke_eval.testing.world import world_adapter
 
-    from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-    from mmke_eval.mini import WORLD_MODEL_DIR as folder
-
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    return LlavaHFAdapter(model, AutoProcessor.from_pretrained(folder))
+    return world_adapter()
 
 
 @pytest.fixture(scope="module")

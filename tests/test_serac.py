@@ -52,12 +52,9 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def world():
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from mmke_eval.testing.world import world_adapter
 
-    from mmke_eval.mini import WORLD_MODEL_DIR as folder
-
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    return LlavaHFAdapter(model, AutoProcessor.from_pretrained(folder))
+    return world_adapter()
 
 
 @pytest.fixture(scope="module")
