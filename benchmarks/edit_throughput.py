@@ -213,13 +213,25 @@ class CallCounter:
             setattr(adapter, op, counted)
         chunks = adapter._chunks
 
-        def counted_chunks(queries, _chunks=chunks):
-            found = _chunks(queries)
+        def counted_chunks(queries, indices=None, _chunks=chunks):
+            found = _chunks(queries, indices)
             if self._current:
                 self.counts[f"{self._current}_batches"] += len(found)
             return found
 
         adapter._chunks = counted_chunks
+        # Rows answered on a reused prefix (inside reusing_prefixes()) run one at a time: a batch each.
+        for name in ("_teacher_forced_reusing", "_generate_reusing"):
+            if hasattr(adapter, name):
+                reusing = getattr(adapter, name)
+
+                def counted_row(*args, _reusing=reusing, **kwargs):
+                    out = _reusing(*args, **kwargs)
+                    if out is not None and self._current:
+                        self.counts[f"{self._current}_batches"] += 1
+                    return out
+
+                setattr(adapter, name, counted_row)
 
 
 def run_ours(adapter, editor, cases, n_probes, counter):

@@ -1,4 +1,4 @@
-"""mmke-eval inside lmms-eval: the models' registration and two fixes to lmms-eval 0.7.3's task loading.
+"""mmke-eval inside lmms-eval: the models' registration and three fixes to lmms-eval 0.7.3's task loading.
 
 Besides the ``edited`` wrapper, the entry point returns the backends lmms-eval lacks
 (mmke_eval/backends/: ``blip2_hf``, ``minigpt4``), so an installed mmke-eval needs no new entry
@@ -16,11 +16,18 @@ calls ``install_fixes``:
   works only from a checkout's root. The fix looks such a path up in the installed ``mmke_tasks``
   folder when neither place has it, so a task written anywhere can include our templates.
 
-Both wrap one lmms-eval function each, leave every other call unchanged, and are installed once.
+* **One task index per process.** Every evaluation builds a TaskManager, which parses every
+  task YAML lmms-eval ships (about 12 s on 2 CPU cores), so ``mmke-eval --editor a,b,c`` paid it
+  once per editor. The index is kept and handed out again (a copy) while no file under the
+  indexed folders changed: the key holds every file's path, size and modification time.
+
+Each wraps one lmms-eval function, leaves every other call unchanged, and is installed once.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -52,7 +59,12 @@ def install_fixes() -> None:
         index_tasks = TaskManager.initialize_tasks
 
         def initialize_tasks(self, include_path=None, include_defaults=True):
-            return index_tasks(self, include_path=with_plugin_tasks(include_path), include_defaults=include_defaults)
+            include_path = with_plugin_tasks(include_path)
+            key = task_index_key(include_path, include_defaults)
+            if key not in _TASK_INDEXES:
+                _TASK_INDEXES.clear()  # one index at a time: a changed file makes the old one useless
+                _TASK_INDEXES[key] = index_tasks(self, include_path=include_path, include_defaults=include_defaults)
+            return copy.deepcopy(_TASK_INDEXES[key])
 
         initialize_tasks._mmke_fix = True
         TaskManager.initialize_tasks = initialize_tasks
@@ -69,6 +81,29 @@ def install_fixes() -> None:
 
         load_yaml_config_with_package_includes._mmke_fix = True
         lmms_eval.utils.load_yaml_config = load_yaml_config_with_package_includes
+
+
+_TASK_INDEXES: dict[str, dict] = {}
+
+
+def task_index_key(include_path: Any, include_defaults: bool) -> str:
+    """What a task index depends on: the indexed folders and the path, size and modification
+    time of every file in them (lmms-eval's own task folder included)."""
+    import lmms_eval.tasks
+
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
+    folders = ([str(Path(lmms_eval.tasks.__file__).parent)] if include_defaults else []) + [str(p) for p in paths]
+    digest = hashlib.sha256(repr((folders, include_defaults)).encode())
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                try:
+                    stat = os.stat(os.path.join(root, name))
+                except OSError:
+                    continue
+                digest.update(f"{root}/{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def plugin_enabled() -> bool:

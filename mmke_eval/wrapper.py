@@ -26,7 +26,7 @@ import logging
 import sys
 import traceback
 from collections import OrderedDict, deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -606,10 +606,13 @@ class CaseEvaluator:
         local = [p for p in probes if _kind(p).is_locality]
         others = [p for p in probes if not _kind(p).is_locality]
         outputs: dict[int, tuple[ForwardResult, str | None]] = {}
-        for group in (local, others):
-            if group:
-                queries = [self._post_edit_query(p, handle, request) for p in group]
-                outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries, handle)))
+        # An in-context edit's prefix is computed once per image for all of the case's probes
+        # (the model does not change until the edit is undone).
+        with self.adapter.reusing_prefixes() if handle.prefix and handle.responder is None else nullcontext():
+            for group in (local, others):
+                if group:
+                    queries = [self._post_edit_query(p, handle, request) for p in group]
+                    outputs.update((p.index, out) for p, out in zip(group, self._forwards(group, queries, handle)))
         for probe in probes:
             kind = _kind(probe)
             forward, generated = outputs[probe.index]

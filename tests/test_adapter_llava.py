@@ -301,3 +301,59 @@ def test_original_llava_backends_fail_before_loading_with_the_line_to_use(base, 
     with pytest.raises(BackendUnavailable, match=r"transformers 4\.36\.2.*use --model llava_hf --model_args pretrained=llava-hf/"):
         EditedLMM(base=base, pretrained="liuhaotian/llava-v1.5-7b")
     assert loaded == []  # no backend was built, no weights were read
+
+
+# -- prefix reuse (mmke_eval/adapters/prefix_cache.py) ----------------------------------------
+DEMONSTRATIONS = "".join(
+    f"New Fact: The {thing} is {colour}.\nPrompt: What colour is the {thing}? {colour}\n\n"
+    for thing, colour in [("dog", "red"), ("car", "blue"), ("house", "green"), ("bird", "yellow"),
+                          ("boat", "white"), ("tree", "brown"), ("lamp", "black"), ("cup", "grey")]
+) + "New Fact: The fox is purple.\nPrompt: "
+
+
+def test_prefix_reuse_gives_the_plain_results_and_computes_each_prefix_once(adapter):
+    # Two images of one size: the same token ids, other pixels, so an entry must not cross them.
+    red, blue = Image.new("RGB", (64, 64), (220, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 220))
+    queries = [Query(prompt, image, target, DEMONSTRATIONS)
+               for image in (None, red, blue)
+               for prompt, target in [("What colour is the fox?", "purple"), ("Which colour has the fox?", "purple fur")]]
+    queries.append(Query("What colour is the fox?", red, "purple"))  # no prefix: the plain path
+    plain_tf = adapter.teacher_forced(queries, k=5)
+    plain_gen = adapter.generate(queries, max_new_tokens=6)
+
+    lengths = []  # input length of every model call inside the block
+    hook = adapter.model.register_forward_pre_hook(lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        with adapter.reusing_prefixes():
+            assert adapter.prefix_cache is not None
+            reused_tf = adapter.teacher_forced(queries, k=5)
+            reused_gen = adapter.generate(queries, max_new_tokens=6)
+            made, served = adapter.prefix_cache.made, adapter.prefix_cache.reused
+    finally:
+        hook.remove()
+    assert adapter.prefix_cache is None  # nothing outlives the block
+
+    for plain, reused in zip(plain_tf, reused_tf):
+        assert reused.answer_ids == plain.answer_ids and reused.predicted_ids == plain.predicted_ids
+        assert reused.token_acc == plain.token_acc and reused.answer_positions == plain.answer_positions
+        assert torch.equal(reused.topk, plain.topk)
+    assert reused_gen == plain_gen
+    # One entry per image (none, red, blue), serving all 6 prefixed rows of both calls.
+    assert made == 3 and served == 12
+    n_prefix = len(adapter.tokenizer(DEMONSTRATIONS)["input_ids"])
+    assert n_prefix > 64
+    # Only the three entries ran the prefix; every other call ran a row's own tokens (or the
+    # short plain row, and generation steps).
+    assert n_image_tokens(adapter) + 12 < n_prefix - 8, "make DEMONSTRATIONS longer"
+    assert sorted(lengths)[-4:-3][0] < n_prefix - 8 <= sorted(lengths)[-3], lengths
+
+
+def test_prefix_reuse_is_off_outside_the_block_and_for_short_prefixes(adapter, monkeypatch):
+    made = []
+    monkeypatch.setattr(type(adapter), "_reusable_entry", lambda self, *a: made.append(1))
+    adapter.teacher_forced([Query("What colour is the fox?", None, "purple", DEMONSTRATIONS)], k=3)
+    assert made == []  # outside reusing_prefixes(): the batched path
+    monkeypatch.undo()
+    with adapter.reusing_prefixes():
+        adapter.teacher_forced([Query("What colour is the fox?", None, "purple", "New Fact: short.\nPrompt: ")], k=3)
+        assert adapter.prefix_cache.made == 0  # too short to be worth an entry: plain path

@@ -86,3 +86,30 @@ def test_mmke_eval_refuses_an_lmms_eval_config_file(capsys):
 
     assert cli.main(["--config", "run.yaml"]) == 1
     assert "LMMS_EVAL_PLUGINS=mmke_eval lmms-eval --config FILE" in capsys.readouterr().err
+
+
+def test_task_index_is_built_once_until_a_task_file_changes(tmp_path, monkeypatch):
+    from lmms_eval.tasks import TaskManager
+
+    install_fixes()
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    task = folder / "one.yaml"
+    task.write_text("task: probe_one\ndataset_path: x\noutput_type: generate_until\ndoc_to_text: q\n")
+    parsed = []
+    index_folder = TaskManager._get_task_and_group
+    monkeypatch.setattr(TaskManager, "_get_task_and_group", lambda self, d: parsed.append(d) or index_folder(self, d))
+
+    first = TaskManager("WARNING", include_path=[str(folder)], include_defaults=False)
+    second = TaskManager("WARNING", include_path=[str(folder)], include_defaults=False)
+    assert len(parsed) == 1 and first.all_tasks == second.all_tasks == ["probe_one"]
+    second._task_index["probe_one"]["type"] = "changed"  # each manager gets its own copy
+    assert TaskManager("WARNING", include_path=[str(folder)], include_defaults=False)._task_index["probe_one"]["type"] == "task"
+
+    (folder / "two.yaml").write_text(task.read_text().replace("probe_one", "probe_two"))
+    third = TaskManager("WARNING", include_path=[str(folder)], include_defaults=False)
+    assert len(parsed) == 2 and third.all_tasks == ["probe_one", "probe_two"]
+    task.write_text(task.read_text().replace("probe_one", "probe_uno"))  # same folder, other content
+    os.utime(task, ns=(task.stat().st_atime_ns, task.stat().st_mtime_ns + 10**9))
+    assert TaskManager("WARNING", include_path=[str(folder)], include_defaults=False).all_tasks == ["probe_two", "probe_uno"]
+    assert len(parsed) == 3

@@ -8,10 +8,13 @@ on these cases; docs/mmke-mini.md ("Editors on the world model") gives the run t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from mmke_eval import registry
+from mmke_eval.adapters.prefix_cache import PrefixCache
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.data.schema import ProbeDoc
 from mmke_eval.direct import score_cases
@@ -94,3 +97,26 @@ def test_sequential_edits_without_restore_lower_locality(adapter, cases, ft_llm)
     sequential = run(adapter, cases, "ft_llm", sequential=True)
     assert sequential["t_loc"] <= ft_llm["t_loc"] - 5, (sequential, ft_llm)
     assert sequential["i_loc"] <= ft_llm["i_loc"] - 15, (sequential, ft_llm)
+
+
+def test_ike_answers_are_the_same_with_and_without_prefix_reuse(adapter, cases, monkeypatch):
+    # The evaluator computes IKE's ~2k-token prefix once per image of a case; every response
+    # (score, generation, top-k locality) must be the plain path's.
+    from mmke_eval.direct import probe_requests
+
+    grouped = probe_requests(cases[::CASES_PER_TYPE])  # one case per knowledge type
+    editor = registry.build_editor("ike", family=adapter.family)
+
+    def answers():
+        results = [None] * sum(len(g) for g in grouped)
+        CaseEvaluator(adapter, editor, Protocol()).answer_cases(grouped, results, progress=False)
+        return [{**r, "edit": {k: v for k, v in r["edit"].items() if k != "seconds"}} for r in map(json.loads, results)]
+
+    made = []
+    add = PrefixCache.add
+    monkeypatch.setattr(PrefixCache, "add", lambda self, entry: made.append(len(entry.ids)) or add(self, entry))
+    reused = answers()
+    rows = sum(len(g) for g in grouped) * 2  # a teacher-forced pass and a generation per probe
+    assert 0 < len(made) <= rows / 2 and min(made) > 1000, made  # the demonstrations, computed far fewer times than used
+    monkeypatch.setattr(adapter, "reuses_prefixes", False)
+    assert answers() == reused

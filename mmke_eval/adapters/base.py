@@ -10,6 +10,7 @@ model names: that knowledge lives here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,13 @@ class ModelAdapter(ABC):
     @abstractmethod
     def count_tokens(self, query: Query) -> int:
         """Length of the model input for ``query`` (image tokens, prefix, prompt and target)."""
+
+    @contextmanager
+    def reusing_prefixes(self):
+        """Inside this block, queries that share a prefix and an image may reuse one computation of
+        that part of the input (IKE's demonstrations; mmke_eval/adapters/prefix_cache.py). The
+        caller promises that no weight changes inside it. Default: nothing is reused."""
+        yield
 
     @abstractmethod
     def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:

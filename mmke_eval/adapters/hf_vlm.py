@@ -24,12 +24,16 @@ it), so a tokenizer's leading-space handling (OPT's ``ĠParis``) never shifts th
 positions (for locality) are every position except the prefix tokens, found the same way
 (tokenize with and without the prefix). Batches are right-padded for teacher forcing (real
 positions unchanged) and left-padded for generation; image and text-only queries go in separate
-batches.
+batches. Inside ``reusing_prefixes()``, queries with a prefix reuse its key/value cache instead
+(mmke_eval/adapters/prefix_cache.py) where the adapter declares ``reuses_prefixes``: the model
+continues from a cache given only the new token ids (the cached part holds the image).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from mmke_eval.adapters.base import ForwardResult, ModelAdapter, Query
+from mmke_eval.adapters.prefix_cache import (BOUNDARY_MARGIN, MIN_BUDGET_BYTES, MIN_SHARED_TOKENS, PrefixCache,
+                                             PrefixEntry, crop_to, image_digest)
 
 PROMPT_FORMATS = ("raw", "chat")
 # Keys of a processor's output that describe the text, not the image.
@@ -128,6 +134,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
     parameter_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Where an lmms-eval backend instance keeps the model and the processor.
     lmms_processor_attribute: ClassVar[str] = "processor"
+    # The model continues from a key/value cache given only the new token ids, the image inside
+    # the cached part (no image inputs again): prefix reuse works (see the module docstring).
+    reuses_prefixes: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -150,6 +159,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
+        self.prefix_cache: PrefixCache | None = None  # set inside reusing_prefixes()
 
     @property
     def label(self) -> str:
@@ -307,9 +317,11 @@ class HFVisionLanguageAdapter(ModelAdapter):
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _chunks(self, queries: list[Query]) -> list[list[int]]:
-        """Indices of ``queries`` in batches: text-only and image queries apart, input order kept."""
-        groups = [[i for i, q in enumerate(queries) if q.image is None], [i for i, q in enumerate(queries) if q.image is not None]]
+    def _chunks(self, queries: list[Query], indices: list[int] | None = None) -> list[list[int]]:
+        """Indices of ``queries`` (of ``indices``, default all) in batches: text-only and image
+        queries apart, input order kept."""
+        indices = list(range(len(queries))) if indices is None else indices
+        groups = [[i for i in indices if queries[i].image is None], [i for i in indices if queries[i].image is not None]]
         return [g[s : s + self.batch_size] for g in groups for s in range(0, len(g), self.batch_size)]
 
     # -- model calls (overridden where a model needs more) ------------------------------------
@@ -332,7 +344,12 @@ class HFVisionLanguageAdapter(ModelAdapter):
     @torch.no_grad()
     def teacher_forced(self, queries: list[Query], k: int = 10) -> list[ForwardResult]:
         results: list[ForwardResult | None] = [None] * len(queries)
-        for chunk in self._chunks(queries):
+        plain = list(range(len(queries)))
+        if self.prefix_cache is not None:
+            for i in plain:
+                results[i] = self._teacher_forced_reusing(queries[i], k)
+            plain = [i for i in plain if results[i] is None]
+        for chunk in self._chunks(queries, plain):
             encoded, image_inputs = self._batch([queries[i] for i in chunk])
             ids, mask = self._padded(encoded, left=False)  # right padding: real positions unchanged
             logits = self._forward(ids, mask, image_inputs)
@@ -341,13 +358,19 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return results  # type: ignore[return-value]
 
     def _forward_result(self, logits: torch.Tensor, enc: Encoded, k: int) -> ForwardResult:
-        topk = logits[enc.kept].topk(k, dim=-1).indices.cpu()
+        """Scores of one row from its logits [positions, vocab]."""
+        return self._scored(logits[enc.kept], logits[enc.answer_start - 1 : len(enc.ids) - 1], enc, k)
+
+    def _scored(self, kept_logits: torch.Tensor, answer_logits: torch.Tensor, enc: Encoded, k: int) -> ForwardResult:
+        """Scores of one row from the logits at its kept positions and at the positions that
+        predict its answer tokens (``answer_start - 1`` to the second last)."""
+        topk = kept_logits.topk(k, dim=-1).indices.cpu()
         answer_ids = enc.ids[enc.answer_start :]
         if not answer_ids:
             n = len(enc.kept)
             return ForwardResult(float("nan"), [], [], topk, slice(n, n))
         first_row = enc.row_of(enc.answer_start - 1)  # logits[t-1] predict token t
-        predicted = logits[enc.answer_start - 1 : len(enc.ids) - 1].argmax(dim=-1).tolist()
+        predicted = answer_logits.argmax(dim=-1).tolist()
         correct = sum(p == a for p, a in zip(predicted, answer_ids))
         return ForwardResult(
             token_acc=correct / len(answer_ids),
@@ -375,25 +398,105 @@ class HFVisionLanguageAdapter(ModelAdapter):
 
     @torch.no_grad()
     def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
-        outputs = [""] * len(queries)
-        for chunk in self._chunks(queries):
+        outputs: list[str | None] = [None] * len(queries)
+        plain = list(range(len(queries)))
+        if self.prefix_cache is not None:
+            for i in plain:
+                outputs[i] = self._generate_reusing(queries[i], max_new_tokens, until)
+            plain = [i for i in plain if outputs[i] is None]
+        for chunk in self._chunks(queries, plain):
             # The target is never part of a generation input.
             encoded, image_inputs = self._batch([Query(q.prompt, q.image, "", q.prefix) for q in (queries[i] for i in chunk)])
             ids, mask = self._padded(encoded, left=True)  # left padding: every row continues at the end
-            new = self._generate_ids(
-                ids, mask, image_inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                # Stop decoding at the task's stop strings instead of paying for max_new_tokens.
-                **({"stop_strings": list(until), "tokenizer": self.tokenizer} if until else {}),
-            )
+            new = self._generate_ids(ids, mask, image_inputs, **self._generation_settings(max_new_tokens, until))
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(chunk, texts):
                 outputs[i] = cut(text, until or [])
-        return outputs
+        return outputs  # type: ignore[return-value]
+
+    def _generation_settings(self, max_new_tokens: int, until: list[str] | None) -> dict[str, Any]:
+        return dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            # Stop decoding at the task's stop strings instead of paying for max_new_tokens.
+            **({"stop_strings": list(until), "tokenizer": self.tokenizer} if until else {}),
+        )
+
+    # -- prefix reuse (prefix_cache.py) -------------------------------------------------------
+    @contextmanager
+    def reusing_prefixes(self):
+        if not self.reuses_prefixes or self.prefix_cache is not None:
+            yield
+            return
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.prefix_cache = PrefixCache(max(MIN_BUDGET_BYTES, weights // 4))
+        try:
+            yield
+        finally:
+            self.prefix_cache = None
+
+    def _with_cache(self, cache: Any) -> dict[str, Any]:
+        """The cache as the model's keyword: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+        name = "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
+        return {name: cache}
+
+    def _reusable_entry(self, query: Query, enc: Encoded, image_inputs: dict[str, torch.Tensor], limit: int) -> PrefixEntry | None:
+        """The entry ``enc`` runs on (found or made), or None for the plain path. ``limit``: the
+        first position the row must compute itself (scored logits after the cached part)."""
+        if not query.prefix:
+            return None
+        image = image_digest(query.image)
+        needed = enc.kept
+        entry = self.prefix_cache.find(image, enc.ids, needed, limit)
+        if entry is not None:
+            return entry
+        n = min(enc.prefix_start + enc.prefix_len - BOUNDARY_MARGIN, limit)
+        image_end = max((i + 1 for i, t in enumerate(enc.ids) if t == self.image_token_id), default=0)
+        if n < max(image_end, MIN_SHARED_TOKENS, enc.prefix_start):
+            return None
+        positions = [p for p in needed if p < n] or [n - 1]
+        ids = torch.tensor([enc.ids[:n]], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                         logits_to_keep=torch.tensor(positions, device=self.device), **image_inputs)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        entry = PrefixEntry(image, tuple(enc.ids[:n]), cache,
+                            {p: row for p, row in zip(positions, out.logits[0])})
+        self.prefix_cache.add(entry)
+        return entry
+
+    def _teacher_forced_reusing(self, query: Query, k: int) -> ForwardResult | None:
+        (enc,), image_inputs = self._batch([query])
+        limit = enc.answer_start - 1 if query.target else len(enc.ids) - 1
+        entry = self._reusable_entry(query, enc, image_inputs, limit)
+        if entry is None:
+            return None
+        n = len(entry.ids)
+        ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)
+        try:
+            suffix = self.model(input_ids=ids[:, n:], attention_mask=torch.ones_like(ids), use_cache=True,
+                                **self._with_cache(entry.cache)).logits[0]
+        finally:
+            crop_to(entry.cache, n)
+        kept = torch.stack([entry.logits[p] if p < n else suffix[p - n] for p in enc.kept])
+        return self._scored(kept, suffix[enc.answer_start - 1 - n : len(enc.ids) - 1 - n], enc, k)
+
+    def _generate_reusing(self, query: Query, max_new_tokens: int, until: list[str] | None) -> str | None:
+        (enc,), image_inputs = self._batch([Query(query.prompt, query.image, "", query.prefix)])
+        entry = self._reusable_entry(query, enc, image_inputs, len(enc.ids) - 1)
+        if entry is None:
+            return None
+        ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)
+        try:
+            # The full ids with the cache of their start: generate runs only the uncached ones.
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **self._with_cache(entry.cache),
+                                      **self._generation_settings(max_new_tokens, until))
+        finally:
+            crop_to(entry.cache, len(entry.ids))
+        text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return cut(text, until or [])
 
     # -- parameter groups ---------------------------------------------------------------------
     def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:

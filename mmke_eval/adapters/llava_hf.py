@@ -31,6 +31,7 @@ class LlavaHFAdapter(HFVisionLanguageAdapter):
 
     family = "llava"
     lmms_processor_attribute = "_image_processor"  # llava_hf keeps the processor there
+    reuses_prefixes = True  # image features enter only where the image tokens are computed
     parameter_groups = {
         # Reference FT-LLM edits two of the LLaMA MLP's three matrices (layers.31 in LLaVA-1.5-7B).
         "llm_last_mlp": (_LM_LAYER + r"mlp\.up_proj\.weight$", _LM_LAYER + r"mlp\.down_proj\.weight$"),
