@@ -1,6 +1,7 @@
 """The editing wrapper's case logic, on a fake adapter whose "knowledge" is a list of applied edits."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -26,9 +27,20 @@ class FakeAdapter:
         self.edits: list[str] = []
         self.calls: list[tuple[str, int, tuple[str, ...]]] = []  # (what, live edits, prefixes)
         self.queries: list[tuple[str, list]] = []  # (what, the queries of the call)
+        self.reusing = False  # inside reusing_prefixes()
+        self.in_reuse_block: list[bool] = []  # per teacher_forced call
+
+    @contextmanager
+    def reusing_prefixes(self):
+        self.reusing = True
+        try:
+            yield
+        finally:
+            self.reusing = False
 
     def teacher_forced(self, queries, k=10):
         self.calls.append(("tf", len(self.edits), tuple(q.prefix for q in queries)))
+        self.in_reuse_block.append(self.reusing)
         self.queries.append(("tf", list(queries)))
         results = []
         for q in queries:
@@ -137,6 +149,9 @@ def test_answer_span_and_prefix_for_in_context_editors():
     assert outputs[1]["score"] == 0.0
     post_calls = [c for c in lm.adapter.calls if c[1] == 1]
     assert post_calls and all(p == "New Fact: ...\nPrompt: " for c in post_calls for p in c[2])
+    # The prefixed post-edit calls run inside reusing_prefixes(), the pre-edit ones outside.
+    tf_live = [c[1] for c in lm.adapter.calls if c[0] == "tf"]
+    assert lm.adapter.in_reuse_block == [live == 1 for live in tf_live] and any(lm.adapter.in_reuse_block)
 
 
 def test_other_tasks_and_padding_pass_through_untouched():
