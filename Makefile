@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# One process per CPU core, at most 4 (docs/multi-process.md): each edits its share of the cases
+# and process 0 writes the table, number for number the one-process table. One torch thread each.
+DEMO_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 demo: $(STAMP)
-	$(VENV)/bin/mmke-eval --tasks mmke_mini --editor none,ft_llm,ft_alignment,ike,serac,mend,ke --output_path out/demo
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(DEMO_PROCS) -m mmke_eval.cli \
+		--tasks mmke_mini --editor none,ft_llm,ft_alignment,ike,serac,mend,ke --output_path out/demo
 
 # Two workers, one test file each at a time (module fixtures stay shared within a file).
 test: $(STAMP)
