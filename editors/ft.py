@@ -41,6 +41,10 @@ class FTConfig(EditorConfig):
         default=True,
         metadata={"help": "compute the layers below the edited ones once per case instead of at every step (same numbers)"},
     )
+    cache_vision: bool = field(
+        default=True,
+        metadata={"help": "compute the frozen vision tower's features of the edit image(s) once per case instead of at every step (same numbers)"},
+    )
     loss_scaling: str = field(
         default="auto",
         metadata={"help": "auto (dynamic on float16 models, off otherwise) | dynamic | off: loss scaling of the edit's backward pass"},
@@ -129,22 +133,29 @@ class FTEditor(Editor):
         weights = list(params.values())
         masters = [w.detach().to(torch.float32).clone() for w in weights]
         optimizer = torch.optim.AdamW(masters, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        vision = vision_tower_cached(adapter, list(params)) if self.config.cache_vision else nullcontext()
+        with _only_these_require_grad(adapter.model, weights), vision:
+            cached = lower_layers_cached(adapter, list(params), loss_fn, len(queries)) if self.config.cache_lower_layers else nullcontext()
+            with cached:
+                losses = self._steps(loss_fn, weights, masters, optimizer, scaler)
+        return losses
+
+    def _steps(self, loss_fn, weights, masters, optimizer, scaler: LossScaler) -> list[float]:
+        """The AdamW steps; the loss before each step and after the last."""
         losses = []
-        cached = lower_layers_cached(adapter, list(params), loss_fn, len(queries)) if self.config.cache_lower_layers else nullcontext()
-        with _only_these_require_grad(adapter.model, weights), cached:
-            for _ in range(self.config.steps):
-                loss, grads = scaler.gradients(loss_fn, weights)
-                for master, grad in zip(masters, grads):
-                    master.grad = grad
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for weight, master in zip(weights, masters):
-                        weight.copy_(master)  # copy_ casts to the weight's dtype
-                losses.append(float(loss.detach()))
-            if losses:
-                # Inside the context, so this forward builds no graph through the frozen parts.
-                losses.append(float(loss_fn().detach()))
+        for _ in range(self.config.steps):
+            loss, grads = scaler.gradients(loss_fn, weights)
+            for master, grad in zip(masters, grads):
+                master.grad = grad
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for weight, master in zip(weights, masters):
+                    weight.copy_(master)  # copy_ casts to the weight's dtype
+            losses.append(float(loss.detach()))
+        if losses:
+            # Inside the caller's contexts, so this forward builds no graph through the frozen parts.
+            losses.append(float(loss_fn().detach()))
         return losses
 
 
@@ -225,6 +236,88 @@ def lower_layers_cached(adapter, names: list[str], loss_fn, n_forwards: int) -> 
         hook.remove()
         for i, layer in enumerate(originals):
             layers[i] = layer
+
+
+@contextmanager
+def vision_tower_cached(adapter, names: list[str]) -> Iterator[bool]:
+    """Inside, the vision tower runs once per distinct image input: each call whose inputs equal an
+    earlier call's (the same pixel tensor values, the same options) gets that call's output back.
+    The tower is frozen during the edit (no edited tensor in it), so the loss and its gradients
+    are the same numbers as with the tower running at every step.
+
+    The tower is the module holding the adapter's ``vision`` parameter group. Yields False (and
+    changes nothing) when the adapter has no such group or an edited tensor lies in it.
+    """
+    try:
+        tower_names = list(adapter.parameter_group("vision"))
+    except (KeyError, ValueError, NotImplementedError):  # no vision group declared for this model
+        yield False
+        return
+    prefix = _common_module(tower_names)
+    if not prefix or any(name == prefix or name.startswith(prefix + ".") for name in names):
+        yield False
+        return
+    parent_name, _, child = prefix.rpartition(".")
+    parent = adapter.model.get_submodule(parent_name) if parent_name else adapter.model
+    tower = getattr(parent, child)
+    setattr(parent, child, _Memoized(tower))
+    try:
+        yield True
+    finally:
+        setattr(parent, child, tower)
+
+
+def _common_module(names: list[str]) -> str:
+    """The deepest module path that holds every one of the parameter ``names``."""
+    parts = [name.split(".")[:-1] for name in names]
+    common = []
+    for column in zip(*parts):
+        if any(part != column[0] for part in column[1:]):
+            break
+        common.append(column[0])
+    return ".".join(common)
+
+
+def _same_inputs(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and x.dtype == y.dtype and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class _Memoized(torch.nn.Module):
+    """Stands in for a frozen module: runs it for inputs it has not seen, returns the recorded
+    output for inputs equal to earlier ones. Other attributes answer as the original's."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        self.__dict__["original"] = original  # not a submodule: its parameters stay where they are
+        self.seen: list[tuple[tuple, object]] = []
+        self.runs = 0
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["original"], name)
+
+    def forward(self, *args, **kwargs):
+        key = (*args, *sorted(kwargs.items()))
+        flat = tuple(v for item in key for v in (item if isinstance(item, tuple) else (item,)))
+        for inputs, output in self.seen:
+            if _same_inputs(inputs, flat):
+                return output
+        with torch.no_grad():
+            output = self.__dict__["original"](*args, **kwargs)
+        self.runs += 1
+        self.seen.append((flat, output))
+        return output
 
 
 class _PassThrough(torch.nn.Module):

@@ -438,3 +438,32 @@ def test_ft_llm_with_lower_layers_cached_gives_the_same_weights_and_skips_them(a
     assert edited["calls_False"] == 2 * (FAST["steps"] + 1)  # two edit images, every step and the final loss
     assert edited["calls_True"] == 2  # only the recording pass
     assert all(type(layer).__name__ != "_PassThrough" for layer in layers)  # put back
+
+
+@pytest.mark.parametrize("target", ["alignment", "llm_last_mlp"])
+def test_ft_with_the_vision_tower_cached_gives_the_same_weights_and_runs_it_once(adapter, image, target):
+    """The frozen vision tower runs once per edit image (the recording pass), not at every step,
+    and the edited weights are bit-identical to the loop that runs it every time."""
+    tower = adapter.model.model.vision_tower
+    calls = {"n": 0}
+    hook = tower.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    two_images = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=image,
+                             extra_images=(Image.new("RGB", (48, 40), (30, 30, 230)),))
+    edited, runs = {}, {}
+    try:
+        for cache in (False, True):
+            editor = FTEditor(FTConfig(**{**FAST, "target": target}, cache_vision=cache))
+            calls["n"] = 0
+            with editor.editing(adapter, two_images) as handle:
+                params = dict(adapter.model.named_parameters())
+                edited[cache] = {n: params[n].detach().clone() for n in handle.touched}
+                losses = handle.stats["final_loss"]
+            runs[cache] = (calls["n"], losses)
+    finally:
+        hook.remove()
+    assert all(torch.equal(edited[True][n], edited[False][n]) for n in edited[True])
+    assert runs[True][1] == runs[False][1]
+    recording = 2 if target == "llm_last_mlp" else 0  # cache_lower_layers' recording pass
+    assert runs[False][0] == 2 * (FAST["steps"] + 1) + recording and runs[True][0] == 2  # two edit images
+    assert adapter.model.model.vision_tower is tower  # put back
+    assert any(p.requires_grad for p in tower.parameters()) == any(p.requires_grad for p in adapter.model.parameters())
