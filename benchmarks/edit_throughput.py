@@ -234,22 +234,22 @@ class CallCounter:
                 setattr(adapter, name, counted_row)
 
 
-def run_ours(adapter, editor, cases, n_probes, counter):
+def run_ours(adapter, editor, cases, n_probes, counter, generate=True):
     from mmke_eval.wrapper import CaseEvaluator, Protocol
 
-    evaluator = CaseEvaluator(adapter, editor, Protocol())
+    evaluator = CaseEvaluator(adapter, editor, Protocol(generate=generate))
     results: list = [None] * n_probes
     evaluator.answer_cases(cases, results, progress=False)
     return {i: json.loads(r) for i, r in enumerate(results)}
 
 
-def run_naive(adapter, editor, cases, n_probes, counter):
+def run_naive(adapter, editor, cases, n_probes, counter, generate=True):
     """Per case: deepcopy, edit the copy, every probe alone, pre-edit locality per probe, discard."""
     from mmke_eval import families, metrics
     from mmke_eval.adapters.llava_hf import LlavaHFAdapter
     from mmke_eval.wrapper import CaseEvaluator, Protocol
 
-    protocol = Protocol()
+    protocol = Protocol(generate=generate)
     span = editor.reference_locality_span if protocol.loc_span == "auto" else protocol.loc_span
     k = max(protocol.t_loc_k, protocol.i_loc_k)
     out = {}
@@ -262,14 +262,14 @@ def run_naive(adapter, editor, cases, n_probes, counter):
             max_new, until = int(gen.get("max_new_tokens", 32)), list(gen.get("until") or [])
             query = replace(probe.query, prefix=handle.prefix)
             post = edited.teacher_forced([query], k=k)[0]
-            generated = edited.generate([replace(query, target="")], max_new_tokens=max_new, until=until)[0]
+            generated = edited.generate([replace(query, target="")], max_new_tokens=max_new, until=until)[0] if generate else ""
             kind = families.kind_of(probe.doc)
             response = {"probe": kind.name, "generated": generated}
             if kind.is_locality:
                 pre = adapter.teacher_forced([probe.query], k=k)[0]
                 response["pre_generated"] = adapter.generate(
                     [replace(probe.query, target="")], max_new_tokens=max_new, until=until
-                )[0]
+                )[0] if generate else None
                 top = getattr(protocol, kind.locality)
                 if span == "answer":
                     response["score"] = metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], top)
@@ -414,7 +414,10 @@ def worker(spec: dict) -> dict:
         def run(adapter, editor, cases, n_probes, counter):
             return run_limit(adapter, editor, cases, n_probes, counter, prepared)
     else:
-        run = run_ours if spec["mode"] == "ours" else run_naive
+        path = run_ours if spec["mode"] == "ours" else run_naive
+
+        def run(adapter, editor, cases, n_probes, counter):
+            return path(adapter, editor, cases, n_probes, counter, generate=spec["generate"])
 
     seed_everything()
     method = reset_peak_rss()
@@ -528,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny (default): 2-layer random LLaVA; world: the shipped world model with the mmke_mini data; "
                              "compute: a random 12-layer hidden-512 LLaVA (CLIP 6 layers, 112 px / 14 px patches)")
     parser.add_argument("--no-limit", action="store_true", help="skip the limit measurement")
+    parser.add_argument("--no-generate", action="store_true",
+                        help="ours and naive without greedy generations (protocol generate=false), as the limit: "
+                             "shows how much of the gap to the limit is generation")
     args = parser.parse_args(argv)
 
     from mmke_eval import registry
@@ -557,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for mode in modes:
                 spec = {"editor": name, "mode": mode, "cases": args.cases, "steps": args.steps, "threads": args.threads,
-                        "model_dir": str(model_dir), "data_dir": str(data_dir)}
+                        "model_dir": str(model_dir), "data_dir": str(data_dir), "generate": not args.no_generate}
                 results[mode] = spawn(ctx, spec, tmp)
                 r = results[mode]
                 c = r["calls"]
@@ -578,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{args.model} LLaVA ({o.get('model_mb', 0):.2f} MB of fp32 weights), {args.cases} entity cases x "
           f"{o.get('probes', 0) // max(args.cases, 1)} probes, CPU, {args.threads} torch thread(s) per worker, "
-          f"FT steps {'registry default' if args.steps is None else args.steps}")
+          f"FT steps {'registry default' if args.steps is None else args.steps}"
+          f"{', no generations (--no-generate)' if args.no_generate else ''}")
     print(f"memory: {o.get('memory_method', '?')}; each (editor, path) in its own fresh worker process ({ctx.get_start_method()})")
     print(table(rows))
     ok = all(r["scores_identical"] for r in rows)
@@ -615,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "machine": {"cpus": os.cpu_count(), "threads_per_worker": args.threads, "platform": sys.platform,
                         "processor": platform.processor() or platform.machine()},
-            "model": args.model, "cases": args.cases, "steps": args.steps, "scores_identical": ok,
+            "model": args.model, "cases": args.cases, "steps": args.steps, "generate": not args.no_generate,
+            "scores_identical": ok,
             "editors": {r["editor"]: figures(r) for r in rows},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
