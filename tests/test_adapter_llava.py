@@ -357,3 +357,22 @@ def test_prefix_reuse_is_off_outside_the_block_and_for_short_prefixes(adapter, m
     with adapter.reusing_prefixes():
         adapter.teacher_forced([Query("What colour is the fox?", None, "purple", "New Fact: short.\nPrompt: ")], k=3)
         assert adapter.prefix_cache.made == 0  # too short to be worth an entry: plain path
+
+
+@pytest.mark.parametrize("builder", ["tiny_llava.build_tiny_onevision", "tiny_vlms.build_tiny_llava_next"])
+def test_prefix_reuse_on_the_anyres_llava_models(builder):
+    import importlib
+
+    module, name = builder.split(".")
+    model, processor = getattr(importlib.import_module(f"mmke_eval.testing.{module}"), name)()
+    adapter = LlavaHFAdapter(model, processor, batch_size=3)
+    tall, wide = Image.new("RGB", (40, 64), (200, 0, 0)), Image.new("RGB", (64, 30), (0, 0, 200))
+    queries = [Query(prompt, image, "purple", DEMONSTRATIONS) for image in (tall, wide, None)
+               for prompt in ("What colour is the fox?", "Which colour has the fox?")]
+    plain_tf, plain_gen = adapter.teacher_forced(queries, k=3), adapter.generate(queries, max_new_tokens=4)
+    with adapter.reusing_prefixes():
+        reused_tf, reused_gen = adapter.teacher_forced(queries, k=3), adapter.generate(queries, max_new_tokens=4)
+        assert adapter.prefix_cache.made == 3  # one per image (anyres: each its own token count)
+    assert reused_gen == plain_gen
+    for plain, reused in zip(plain_tf, reused_tf):
+        assert torch.equal(reused.topk, plain.topk) and reused.predicted_ids == plain.predicted_ids
