@@ -443,12 +443,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         name = "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
         return {name: cache}
 
-    def _reusable_entry(self, query: Query, enc: Encoded, image_inputs: dict[str, torch.Tensor], limit: int) -> PrefixEntry | None:
-        """The entry ``enc`` runs on (found or made), or None for the plain path. ``limit``: the
-        first position the row must compute itself (scored logits after the cached part)."""
-        if not query.prefix:
-            return None
-        image = image_digest(query.image)
+    def _reusable_entry(self, image: str, enc: Encoded, image_inputs: dict[str, torch.Tensor], limit: int) -> PrefixEntry | None:
+        """The entry ``enc`` (showing the image with digest ``image``) runs on, found or made, or
+        None for the plain path. ``limit``: the first position the row must compute itself."""
         needed = enc.kept
         entry = self.prefix_cache.find(image, enc.ids, needed, limit)
         if entry is not None:
@@ -467,10 +464,23 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.prefix_cache.add(entry)
         return entry
 
+    def _encoded_once(self, query: Query) -> tuple[Encoded, dict[str, torch.Tensor], str]:
+        """``_batch([query])`` plus the image's digest; each image is processed once per block."""
+        digest = image_digest(query.image)
+        if query.image is None:
+            return self._encode(query, 0), {}, digest
+        if digest not in self.prefix_cache.images:
+            image_inputs, (count,) = self._image_inputs([query])
+            self.prefix_cache.images[digest] = (image_inputs, count)
+        image_inputs, count = self.prefix_cache.images[digest]
+        return self._encode(query, count), image_inputs, digest
+
     def _teacher_forced_reusing(self, query: Query, k: int) -> ForwardResult | None:
-        (enc,), image_inputs = self._batch([query])
+        if not query.prefix:
+            return None
+        enc, image_inputs, image = self._encoded_once(query)
         limit = enc.answer_start - 1 if query.target else len(enc.ids) - 1
-        entry = self._reusable_entry(query, enc, image_inputs, limit)
+        entry = self._reusable_entry(image, enc, image_inputs, limit)
         if entry is None:
             return None
         n = len(entry.ids)
@@ -484,8 +494,10 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return self._scored(kept, suffix[enc.answer_start - 1 - n : len(enc.ids) - 1 - n], enc, k)
 
     def _generate_reusing(self, query: Query, max_new_tokens: int, until: list[str] | None) -> str | None:
-        (enc,), image_inputs = self._batch([Query(query.prompt, query.image, "", query.prefix)])
-        entry = self._reusable_entry(query, enc, image_inputs, len(enc.ids) - 1)
+        if not query.prefix:
+            return None
+        enc, image_inputs, image = self._encoded_once(Query(query.prompt, query.image, "", query.prefix))
+        entry = self._reusable_entry(image, enc, image_inputs, len(enc.ids) - 1)
         if entry is None:
             return None
         ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)

@@ -89,6 +89,7 @@ class PrefixCache:
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
         self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()
+        self.images: dict[str, tuple[dict, int]] = {}  # image digest -> (processed image inputs, image tokens)
         self.made = 0  # entries computed
         self.reused = 0  # probes served by an entry
 
