@@ -15,8 +15,9 @@ small gradients do not underflow (editors/precision.py). The results record both
 
 from __future__ import annotations
 
-import time
+import copy
 import re
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -312,12 +313,28 @@ class _Memoized(torch.nn.Module):
         flat = tuple(v for item in key for v in (item if isinstance(item, tuple) else (item,)))
         for inputs, output in self.seen:
             if _same_inputs(inputs, flat):
-                return output
+                return _copied(output)
         with torch.no_grad():
             output = self.__dict__["original"](*args, **kwargs)
         self.runs += 1
         self.seen.append((flat, output))
-        return output
+        return _copied(output)
+
+
+def _copied(value):
+    """A copy of a module output: new containers and cloned tensors. Callers modify what they get
+    (Qwen2-VL replaces ``pooler_output`` by its split), which must never reach the recorded one."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):  # ModelOutput included: a shallow copy, then each field copied
+        fresh = copy.copy(value)
+        for key, item in value.items():
+            fresh[key] = _copied(item)
+        return fresh
+    if isinstance(value, (tuple, list)):
+        items = [_copied(item) for item in value]
+        return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
+    return value
 
 
 class _PassThrough(torch.nn.Module):
