@@ -458,7 +458,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         ids = torch.tensor([enc.ids[:n]], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                          logits_to_keep=torch.tensor(positions, device=self.device), **image_inputs)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = getattr(out, "cache", None)
+        if cache is None:  # transformers before 5.24
+            cache = out.past_key_values
         entry = PrefixEntry(image, tuple(enc.ids[:n]), cache,
                             {p: row for p, row in zip(positions, out.logits[0])})
         self.prefix_cache.add(entry)
