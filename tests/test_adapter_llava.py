@@ -359,6 +359,18 @@ def test_prefix_reuse_is_off_outside_the_block_and_for_short_prefixes(adapter, m
         assert adapter.prefix_cache.made == 0  # too short to be worth an entry: plain path
 
 
+def test_prefix_reuse_can_be_turned_off_and_says_so(loaded):
+    from mmke_eval.options import OptionError
+
+    off = LlavaHFAdapter(*loaded, prefix_reuse="false")
+    with off.reusing_prefixes():
+        assert off.prefix_cache is None
+    assert off.describe()["prefix_reuse"] == "off"
+    assert LlavaHFAdapter(*loaded).describe()["prefix_reuse"] != "off"
+    with pytest.raises(OptionError, match="adapter.prefix_reuse='maybe'"):
+        LlavaHFAdapter(*loaded, prefix_reuse="maybe")
+
+
 @pytest.mark.parametrize("builder", ["tiny_llava.build_tiny_onevision", "tiny_vlms.build_tiny_llava_next"])
 def test_prefix_reuse_on_the_anyres_llava_models(builder):
     import importlib

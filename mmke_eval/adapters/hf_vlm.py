@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from mmke_eval.adapters.base import ForwardResult, ModelAdapter, Query
+from mmke_eval.options import parse_bool
 from mmke_eval.adapters.prefix_cache import (BOUNDARY_MARGIN, MIN_BUDGET_BYTES, MIN_SHARED_TOKENS, PrefixCache,
                                              PrefixEntry, crop_to, image_digest)
 
@@ -145,6 +146,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         device: torch.device | str | None = None,
         prompt_format: str | None = None,
         batch_size: int = 4,
+        prefix_reuse: bool | str = True,
     ):
         super().__init__(model, processor, device)
         prompt_format = self.default_prompt_format if prompt_format is None else prompt_format
@@ -154,6 +156,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
             raise ValueError(f"{self.label}: batch_size must be >= 1")
         self.prompt_format = prompt_format
         self.batch_size = int(batch_size)
+        # Off: every query takes the batched path, prefix and all (the results record which).
+        self.prefix_reuse = parse_bool("adapter.prefix_reuse", prefix_reuse)
         self.tokenizer = processor.tokenizer
         self.image_token_id = self._find_image_token_id()
         self.pad_token_id = self.tokenizer.pad_token_id
@@ -168,7 +172,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
     @classmethod
     def from_lmms(cls, lmms_model: Any, **options: Any) -> "HFVisionLanguageAdapter":
         """Share the model and processor of an lmms-eval backend instance (no copy)."""
-        known = {"prompt_format", "batch_size"}
+        known = {"prompt_format", "batch_size", "prefix_reuse"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
@@ -206,6 +210,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
             "query_positions": "all positions except the prefix tokens; image positions included",
             "max_length": self.max_length,
             "batch_size": self.batch_size,
+            "prefix_reuse": ("an in-context edit's prefix computed once per image of a case (prefix_cache.py)"
+                             if self.reuses_prefixes and self.prefix_reuse else "off"),
         }
 
     @property
@@ -428,7 +434,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
     # -- prefix reuse (prefix_cache.py) -------------------------------------------------------
     @contextmanager
     def reusing_prefixes(self):
-        if not self.reuses_prefixes or self.prefix_cache is not None:
+        if not (self.reuses_prefixes and self.prefix_reuse) or self.prefix_cache is not None:
             yield
             return
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
