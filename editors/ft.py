@@ -279,17 +279,14 @@ def _common_module(names: list[str]) -> str:
     return ".".join(common)
 
 
-def _same_inputs(a: tuple, b: tuple) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
-            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
-                    and x.dtype == y.dtype and torch.equal(x, y)):
-                return False
-        elif x != y:
-            return False
-    return True
+def _same_inputs(a, b) -> bool:
+    """Equal call inputs: tensors by shape, dtype and values; tuples and lists item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_inputs(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 class _Memoized(torch.nn.Module):
@@ -300,7 +297,6 @@ class _Memoized(torch.nn.Module):
         super().__init__()
         self.__dict__["original"] = original  # not a submodule: its parameters stay where they are
         self.seen: list[tuple[tuple, object]] = []
-        self.runs = 0
 
     def __getattr__(self, name):
         try:
@@ -309,15 +305,13 @@ class _Memoized(torch.nn.Module):
             return getattr(self.__dict__["original"], name)
 
     def forward(self, *args, **kwargs):
-        key = (*args, *sorted(kwargs.items()))
-        flat = tuple(v for item in key for v in (item if isinstance(item, tuple) else (item,)))
-        for inputs, output in self.seen:
-            if _same_inputs(inputs, flat):
+        inputs = (args, tuple(sorted(kwargs.items())))
+        for seen, output in self.seen:
+            if _same_inputs(seen, inputs):
                 return _copied(output)
         with torch.no_grad():
             output = self.__dict__["original"](*args, **kwargs)
-        self.runs += 1
-        self.seen.append((flat, output))
+        self.seen.append((inputs, output))
         return _copied(output)
 
 

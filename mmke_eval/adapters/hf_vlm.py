@@ -164,6 +164,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
         self.prefix_cache: PrefixCache | None = None  # set inside reusing_prefixes()
+        # The model's keyword for a key/value cache: ``cache`` from transformers 5.24, ``past_key_values`` before.
+        forward_parameters = inspect.signature(type(model).forward).parameters
+        self._cache_keyword = "cache" if "cache" in forward_parameters else "past_key_values"
 
     @property
     def label(self) -> str:
@@ -444,11 +447,6 @@ class HFVisionLanguageAdapter(ModelAdapter):
         finally:
             self.prefix_cache = None
 
-    def _with_cache(self, cache: Any) -> dict[str, Any]:
-        """The cache as the model's keyword: ``cache`` from transformers 5.24, ``past_key_values`` before."""
-        name = "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
-        return {name: cache}
-
     def _reusable_entry(self, image: str, enc: Encoded, image_inputs: dict[str, torch.Tensor], limit: int) -> PrefixEntry | None:
         """The entry ``enc`` (showing the image with digest ``image``) runs on, found or made, or
         None for the plain path. ``limit``: the first position the row must compute itself."""
@@ -495,7 +493,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)
         try:
             suffix = self.model(input_ids=ids[:, n:], attention_mask=torch.ones_like(ids), use_cache=True,
-                                **self._with_cache(entry.cache)).logits[0]
+                                **{self._cache_keyword: entry.cache}).logits[0]
         finally:
             crop_to(entry.cache, n)
         kept = torch.stack([entry.logits[p] if p < n else suffix[p - n] for p in enc.kept])
@@ -511,7 +509,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
         ids = torch.tensor([enc.ids], dtype=torch.long, device=self.device)
         try:
             # The full ids with the cache of their start: generate runs only the uncached ones.
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **self._with_cache(entry.cache),
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **{self._cache_keyword: entry.cache},
                                       **self._generation_settings(max_new_tokens, until))
         finally:
             crop_to(entry.cache, len(entry.ids))
