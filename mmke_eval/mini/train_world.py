@@ -1,6 +1,14 @@
 """Train the mmke_mini world model: a small LLaVA that knows the world of ``generate.py`` (seed 0).
 
-    python -m mmke_eval.mini.train_world --out mmke_eval/mini/world_model
+The shipped model was made in two runs (about 40 + 25 minutes on 2 cores):
+
+    python -m mmke_eval.mini.train_world --out stage1
+    python -m mmke_eval.mini.train_world --out mmke_eval/mini/world_model --init stage1 \
+        --vision_steps 0 --steps 6000 --lr 5e-4 --warmup 200 --scene_share 0.5 --perception_frac 0 --eval_every 0
+
+The second stage continues the first with half of the entity picture questions being MIKE's
+scene questions ("Does {name} appear in the picture?"): from scratch the model learns to answer
+"yes" to nearly all of them, and only the continuation teaches it to say "no".
 
 * Architecture: ``transformers.LlavaForConditionalGeneration`` with a small CLIP vision tower and
   a small Llama language model; a byte-level BPE tokenizer trained on the world's text (every
@@ -88,6 +96,8 @@ class Config:
     ike_every: int = 3  # one in-context-editing batch every this many steps (after perception)
     ike_batch: int = 6
     max_demos: int = 25
+    scene_share: float = 0.06  # of entity picture questions: MIKE's "Does {name} appear in the picture?"
+    init: str = ""  # a world-model folder to continue training from (needs vision_steps 0: no stage A)
     # data
     renders_per_subject: int = 24
     generic_renders: int = 16000
@@ -424,9 +434,10 @@ class Sampler:
         s = r.choice(self.by_type[kind])
         more = self.more_image_qa[id(s)]
         y = r.random()
-        if kind == "entity" and y < 0.06:
+        scene = self.cfg.scene_share
+        if kind == "entity" and y < scene:
             q, a = G.scene_question(self.world, s, r)
-        elif more and y < (0.4 if kind == "entity" else 0.2):
+        elif more and y < (scene + 0.34 if kind == "entity" else 0.2):
             q, a = r.choice(more)
         else:
             q, a = r.choice(self.image_qa[id(s)])
@@ -724,6 +735,11 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
+    if cfg.init:  # checked before anything is written into --out
+        if cfg.vision_steps:
+            raise ValueError(f"--init {cfg.init} continues a trained model: pass --vision_steps 0 (no vision pretraining)")
+        if Path(cfg.init).resolve() == out.resolve():
+            raise ValueError(f"--init {cfg.init} is also --out: continue into another folder")
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.txt"
     log_file = log_path.open("w")
@@ -744,6 +760,14 @@ def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
     tokenizer = build_tokenizer(world, cfg.vocab_size)
     processor = build_processor(tokenizer, cfg)
     model = build_model(tokenizer, cfg)
+    if cfg.init:
+        from transformers import LlavaForConditionalGeneration
+
+        start = LlavaForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
+        if start.config.text_config.vocab_size != model.config.text_config.vocab_size:
+            raise ValueError(f"--init {cfg.init}: another vocabulary size than this world's tokenizer")
+        model.load_state_dict(start.state_dict())
+        log(f"continuing from {cfg.init}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
     n_img = (cfg.image_size // cfg.patch_size) ** 2
