@@ -27,8 +27,9 @@ the reference's does with the tensors it learned (docs/editors.md, "What the SER
   query's scope score; the counterfactual positions are right-aligned to the base model's (the
   prefix comes first, so the last positions correspond). Teacher-forced results (argmax, top-k,
   token accuracy) come from ``log p`` through the adapter's own scoring; generation is greedy on
-  ``p``. A query whose score is exactly 0 (empty memory, or a distance so large that the exponential
-  underflows) is answered by the adapter itself, bit-identical to the unedited model.
+  ``p``, both models continuing from their key/value caches. A query whose score is exactly 0 (an
+  empty memory, or a distance so large that the exponential underflows) is answered by the adapter
+  itself, bit-identical to the unedited model.
 
 Only LLaVA-1.5 through ``llava_hf`` is supported (the reference's BLIP-2 SERAC is OPT-125m behind a
 projection, MiniGPT-4's a Vicuna fed by MiniGPT-4's own image path; neither is implemented).
@@ -36,6 +37,7 @@ projection, MiniGPT-4's a Vicuna fed by MiniGPT-4's own image path; neither is i
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -126,7 +128,8 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return meta, load_file(str(weights_path))
 
 
-def _pretrained(loader, name: str, option: str, **kwargs):
+def pretrained(loader, name: str, option: str, **kwargs):
+    """``loader.from_pretrained(name)``; a failure names the option to set."""
     try:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
@@ -140,7 +143,7 @@ def expected_shapes(name: str, option: str) -> dict[str, tuple[int, ...]]:
     ``small_name``'s AutoModelForCausalLM (from their configs; no weights are read)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    config = _pretrained(AutoConfig, name, option)
+    config = pretrained(AutoConfig, name, option)
     with torch.device("meta"):
         model = (AutoModel if option == "cls_name" else AutoModelForCausalLM).from_config(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -165,18 +168,12 @@ def mixture_log_probs(base_logits: torch.Tensor, cf_logits: torch.Tensor, s: flo
     return torch.logaddexp(base + torch.log1p(-s_t), cf + torch.log(s_t))
 
 
-def lm_logits(model, ids: list[int], image_token_id: int, features: torch.Tensor | None, last_only: bool = False,
-              input_len: int | None = None) -> torch.Tensor:
-    """Logits [positions, vocab] of a causal LM on ``ids``, the image features placed at the image
-    tokens' positions of its input embeddings (LLaVA's own merge, done for any LM of its width).
-    ``input_len``: image tokens are looked for in the first ``input_len`` ids only (a generated
-    token is text, whatever its id, as in transformers' generation)."""
-    device = model.get_input_embeddings().weight.device
-    ids_t = torch.tensor([ids], dtype=torch.long, device=device)
-    image = ids_t == image_token_id
-    if input_len is not None:
-        image[:, input_len:] = False
+def input_embeddings(model, ids: list[int], image_token_id: int, features: torch.Tensor | None) -> torch.Tensor:
+    """[1, positions, hidden] input embeddings of a causal LM for ``ids``, the image features at the
+    image tokens' positions (LLaVA's own merge, done for any LM of its width)."""
     table = model.get_input_embeddings()
+    ids_t = torch.tensor([ids], dtype=torch.long, device=table.weight.device)
+    image = ids_t == image_token_id
     outside = (~image) & (ids_t >= table.num_embeddings)
     if outside.any():
         raise ConfigError(f"editor 'serac_ref': token id {int(ids_t[outside][0])} is outside the vocabulary of "
@@ -188,8 +185,40 @@ def lm_logits(model, ids: list[int], image_token_id: int, features: torch.Tensor
         if features is None or features.shape[0] != n_image:
             raise ValueError(f"{n_image} image tokens but {0 if features is None else features.shape[0]} image features")
         embeds = embeds.masked_scatter(image.unsqueeze(-1).expand_as(embeds), features.to(embeds.device, embeds.dtype))
-    kwargs = {"logits_to_keep": 1} if last_only else {}
-    return model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t), use_cache=False, **kwargs).logits[0]
+    return embeds
+
+
+def lm_logits(model, ids: list[int], image_token_id: int, features: torch.Tensor | None) -> torch.Tensor:
+    """Logits [positions, vocab] of a causal LM on ``ids`` with the image features merged."""
+    embeds = input_embeddings(model, ids, image_token_id, features)
+    return model(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+                 use_cache=False).logits[0]
+
+
+class Decoder:
+    """Greedy decoding state of one causal LM: the input once (image features merged), then one
+    token at a time from its key/value cache. ``logits``: the next token's, [vocab]."""
+
+    def __init__(self, model, ids: list[int], image_token_id: int, features: torch.Tensor | None):
+        self.model, self.length = model, len(ids)
+        # The cache's keyword: ``cache`` from transformers 5.24, ``past_key_values`` before.
+        self.keyword = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+        embeds = input_embeddings(model, ids, image_token_id, features)
+        self._read(model(inputs_embeds=embeds, attention_mask=self._mask(), use_cache=True, logits_to_keep=1))
+
+    def _mask(self) -> torch.Tensor:
+        return torch.ones((1, self.length), dtype=torch.long, device=self.model.get_input_embeddings().weight.device)
+
+    def _read(self, out) -> None:
+        cache = getattr(out, "cache", None)
+        self.cache = out.past_key_values if cache is None else cache
+        self.logits = out.logits[0, -1]
+
+    def step(self, token: int) -> None:
+        self.length += 1
+        ids = torch.tensor([[token]], dtype=torch.long, device=self.model.get_input_embeddings().weight.device)
+        self._read(self.model(input_ids=ids, attention_mask=self._mask(), use_cache=True, logits_to_keep=1,
+                              **{self.keyword: self.cache}))
 
 
 # -- the editor ------------------------------------------------------------------------------------------
@@ -272,19 +301,19 @@ class SERACReferenceEditor(Editor):
         self.cls_name, self.small_name = self.default_names(adapter, meta)
         device, dtype = adapter.device, adapter.model.dtype
 
-        config = _pretrained(AutoConfig, self.cls_name, "cls_name")
-        self.cls_tokenizer = _pretrained(AutoTokenizer, self.cls_name, "cls_name")
+        config = pretrained(AutoConfig, self.cls_name, "cls_name")
+        self.cls_tokenizer = pretrained(AutoTokenizer, self.cls_name, "cls_name")
         classifier = AutoModel.from_config(config)
         state = {k[len("classifier."):]: v for k, v in tensors.items() if k.startswith("classifier.")}
         try:
             classifier.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise CheckpointError(f"{folder}: its classifier does not fit cls_name={self.cls_name}: {str(err).splitlines()[0]} "
-                                  f"{str(err).splitlines()[1:2]}") from None
+            detail = " ".join(line.strip() for line in str(err).splitlines()[:2])
+            raise CheckpointError(f"{folder}: its classifier does not fit cls_name={self.cls_name}: {detail}") from None
         self.classifier = classifier.to(device).eval()
         self.scale = float(tensors["scale"])
 
-        replacement = _pretrained(AutoModelForCausalLM, self.small_name, "small_name", dtype=dtype)
+        replacement = pretrained(AutoModelForCausalLM, self.small_name, "small_name", dtype=dtype)
         trained = {k[len("replacement."):]: v for k, v in tensors.items() if k.startswith("replacement.")}
         shapes = {k: tuple(v.shape) for k, v in replacement.state_dict().items()}
         wrong = [k for k, v in trained.items() if shapes.get(k) != tuple(v.shape)]
@@ -423,23 +452,24 @@ class SERACReferenceResponder:
 
     @torch.no_grad()
     def _generate_mixed(self, query: Query, entry: ReferenceEntry, s: float, max_new_tokens: int, until: list[str]) -> str:
-        """Greedy decoding on the mixture. Each step recomputes both inputs in full (no key/value
-        cache): simple and exact, slow for long generations on 7B models."""
+        """Greedy decoding on the mixture, both models continuing from their key/value caches. A
+        token the counterfactual model's vocabulary lacks (llava-hf's ``<image>``, ``<pad>``) ends it,
+        as end-of-sequence does: neither is text."""
         from mmke_eval.adapters.hf_vlm import cut
 
         enc, cf_ids = self._ids(query, entry)
-        base_ids, features = list(enc.ids), self._features(query)
+        features, image_id = self._features(query), self.adapter.image_token_id
+        base = Decoder(self.adapter.model, enc.ids, image_id, features)
+        cf = Decoder(self.editor.replacement, cf_ids, image_id, features)
         tokenizer, new = self.adapter.tokenizer, []
-        base_len, cf_len = len(base_ids), len(cf_ids)
         for _ in range(max_new_tokens):
-            base = lm_logits(self.adapter.model, base_ids, self.adapter.image_token_id, features, True, base_len)
-            cf = lm_logits(self.editor.replacement, cf_ids, self.adapter.image_token_id, features, True, cf_len)
-            token = int(mixture_log_probs(base[-1:], cf[-1:], s)[0].argmax())
-            if token == tokenizer.eos_token_id:
+            token = int(mixture_log_probs(base.logits[None], cf.logits[None], s)[0].argmax())
+            if token == tokenizer.eos_token_id or token >= cf.logits.shape[-1]:
                 break
             new.append(token)
-            base_ids.append(token)
-            cf_ids.append(token)
-            if until and any(stop in tokenizer.decode(new, skip_special_tokens=True) for stop in until if stop):
+            if len(new) == max_new_tokens or (until and any(stop in tokenizer.decode(new, skip_special_tokens=True)
+                                                             for stop in until if stop)):
                 break
+            base.step(token)
+            cf.step(token)
         return cut(tokenizer.decode(new, skip_special_tokens=True), until)

@@ -527,7 +527,7 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
         raise ConversionError(f"{path}: no 'replacement.*' tensor: nothing of the counterfactual model was trained")
     from transformers import AutoConfig
 
-    hidden = getattr(AutoConfig.from_pretrained(small_name), "hidden_size", None)
+    hidden = getattr(ref_serac.pretrained(AutoConfig, small_name, "small_name"), "hidden_size", None)
     if hidden != width:
         raise ConversionError(f"small_name={small_name} has hidden size {hidden}; this model's image features have {width}")
     sha = sha256_of(path)

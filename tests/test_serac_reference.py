@@ -227,6 +227,21 @@ def test_small_name_of_another_width_is_refused(tiny, names, tmp_path):
         convert(editor, tiny, tmp_path / "ref.pt", tmp_path / "out")
 
 
+def test_a_checkpoint_is_refused_for_another_base_model_or_missing_names(tiny, converted):
+    projector = tiny.model.model.multi_modal_projector.linear_1.weight
+    saved = projector.detach().clone()
+    try:
+        with torch.no_grad():
+            projector.mul_(2.0)  # another fine-tune of the same architecture
+        with pytest.raises(Exception, match="converted for another base model"):
+            loaded(tiny, converted)
+    finally:
+        with torch.no_grad():
+            projector.copy_(saved)
+    with pytest.raises(ConfigError, match="cls_name=/no/such/distilbert: cannot load it.*--editor_args cls_name=PATH"):
+        loaded(tiny, converted, cls_name="/no/such/distilbert")
+
+
 def test_other_models_are_refused_naming_them():
     from mmke_eval.adapters.blip2 import Blip2Adapter
     from mmke_eval.testing.tiny_vlms import build_tiny_blip2
@@ -358,11 +373,25 @@ def test_the_mixture_equals_a_hand_computation(tiny, names, converted):
     assert result.predicted_ids == answer_rows.argmax(-1).tolist() and result.answer_ids == enc.ids[enc.answer_start:]
     assert torch.equal(result.topk, log_p.topk(4, dim=-1).indices)
     assert result.token_acc == sum(a == b for a, b in zip(result.predicted_ids, result.answer_ids)) / len(result.answer_ids)
-    # Greedy generation follows the mixture's argmax.
-    (text,) = handle.responder.generate([probe], max_new_tokens=1)
-    gen_enc = tiny.encoded(replace(probe, target=""))
-    first = int(log_p[len(gen_enc.ids) - 1].argmax())  # the position after the prompt predicts the first token
-    assert text == tiny.tokenizer.decode([first], skip_special_tokens=True).strip()
+
+    # Greedy generation follows the mixture's argmax, token by token (here recomputed in full each step).
+    asked = replace(probe, target="")
+    base_ids, cf_ids, new = tiny.encoded(asked).ids, tiny.encoded(replace(asked, prefix=f"{PROMPT} {TARGET} ")).ids, []
+    image_rows = torch.tensor(cf_ids) == tiny.image_token_id
+    with torch.no_grad():
+        for _ in range(5):
+            base = model(input_ids=torch.tensor([base_ids + new]), pixel_values=pixel).logits[0, -1]
+            ids = torch.tensor(cf_ids + new)
+            embeds = cf_model.model.embed_tokens(ids.clamp(max=cf_model.config.vocab_size - 1)).clone()
+            embeds[: len(cf_ids)][image_rows] = features
+            cf = cf_model(inputs_embeds=embeds[None]).logits[0, -1]
+            token = int(((1 - s) * base.softmax(-1) + s * cf.softmax(-1)).argmax())
+            if token == tiny.tokenizer.eos_token_id:
+                break
+            new.append(token)
+    assert len(new) > 1
+    (text,) = handle.responder.generate([probe], max_new_tokens=5)
+    assert text == tiny.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def test_mixture_gives_ids_the_counterfactual_vocabulary_lacks_its_base_share():
