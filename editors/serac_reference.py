@@ -292,6 +292,8 @@ class SERACReferenceEditor(Editor):
         width = self.check_adapter(adapter)
         folder = Path(self.config.checkpoint).expanduser()
         meta, tensors = read_checkpoint(folder)
+        if "scale" not in tensors:
+            raise CheckpointError(f"{folder}: {WEIGHTS_FILE} has no 'scale' (the scope similarity's buffer)")
         saved, now = meta.get("base_model") or {}, model_fingerprint(adapter, image_path_modules(adapter))
         if (saved.get("fingerprint"), saved.get("config_digest")) != (now["fingerprint"], now["config_digest"]):
             raise CheckpointError(

@@ -504,8 +504,9 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
             continue
         part, _, inner = key.partition(".")
         if part not in expected:
+            hint = "; 'language_projection.*' is the BLIP-2 / MiniGPT-4 design, not supported" if part == "language_projection" else ""
             raise ConversionError(f"{path}: unexpected key {key!r} (a SERAC_MULTI state dict for LLaVA holds 'classifier.*', "
-                                  "'replacement.*', 'scale' and 'model_config')")
+                                  f"'replacement.*', 'scale' and 'model_config'{hint})")
         if inner not in expected[part]:
             if ref_serac.is_rebuilt_buffer(inner):
                 rebuilt.append(key)

@@ -331,6 +331,26 @@ def test_scope_zero_answers_bit_identically_to_the_adapter(tiny, converted):
     assert same_results(handle.responder.teacher_forced(probes, k=5), base)
 
 
+def test_memory_is_empty_between_cases_and_accumulates_in_sequential_mode(tiny, converted, mmke_fixture_root):
+    from mmke_eval.data.mmke import load_cases
+    from mmke_eval.direct import probe_requests, score_cases
+    from mmke_eval.protocol import Protocol
+    from mmke_eval.wrapper import CaseEvaluator
+
+    cases = load_cases(mmke_fixture_root, "entity_level", "eval")[0][:3]
+    none = score_cases(tiny, registry.build_editor("none"), cases, Protocol(generate=False))
+    for sequential in (False, True):
+        editor = loaded(tiny, converted)
+        grouped = probe_requests(cases)
+        results = [None] * sum(len(g) for g in grouped)
+        CaseEvaluator(tiny, editor, Protocol(generate=False, sequential=sequential)).answer_cases(grouped, results, progress=False)
+        sizes = [json.loads(results[g[0].index])["edit"]["memory"] for g in grouped]
+        assert sizes == ([1, 2, 3] if sequential else [1, 1, 1]) and editor.memory == []
+        editor.scale = 1e30  # s = 0 for every probe that is not an edit prompt itself: the base model's numbers
+        scores = score_cases(tiny, editor, cases, Protocol(generate=False, sequential=sequential))
+        assert scores["t_loc"] == 100.0 and scores["i_loc"] == 100.0 and scores["port"] == none["port"]
+
+
 def cf_by_hand(tiny, names, sd):
     from transformers import LlamaForCausalLM
 
