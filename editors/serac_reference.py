@@ -17,12 +17,14 @@ the reference's does with the tensors it learned (docs/editors.md, "What the SER
   probe's prompt, never the probe's answer; ``reference`` the paper's: the edit text ``"src alt"``
   without its last whitespace word with the probe's prompt and answer (reference pitfall 4: the
   classifier sees the answer being scored). Generation has no answer: both compare the prompt.
-* **Counterfactual model**: a separate causal LM (``small_name``, Vicuna-7B-v1.5 for LLaVA) whose
-  trained tensors (layer 31 in the reference) come from the checkpoint. It reads the entry's prefix
-  ``"{src} {alt} "`` before the probe's text, in the base model's input layout (BOS, image tokens,
-  text); at the image-token positions it receives the base model's own image features (vision
-  tower, projector: ``adapter.image_token_features``), as the reference's
-  ``prepare_inputs_labels_for_multimodal`` gives them.
+* **Counterfactual model**: a separate causal LM (``small_name``) whose trained tensors come from
+  the checkpoint. It reads the entry's prefix ``"{src} {alt} "`` before the probe's text, in the
+  base model's input layout (the adapter's token ids: image tokens, then the text). At the
+  image-token positions it receives, for LLaVA-1.5 (Vicuna-7B-v1.5, layer 31 trained), the base
+  model's own image features (vision tower, projector: ``adapter.image_token_features``), as the
+  reference's ``prepare_inputs_labels_for_multimodal`` gives them; for BLIP-2 (all of OPT-125m
+  trained), the base model's Q-Former outputs through the checkpoint's own ``language_projection``
+  (never trained by the reference: reference pitfall 5; its saved values are the ones it used).
 * **Output**: per position ``p = (1 - s) softmax(base) + s softmax(counterfactual)``, ``s`` the
   query's scope score; the counterfactual positions are right-aligned to the base model's (the
   prefix comes first, so the last positions correspond). Teacher-forced results (argmax, top-k,
@@ -31,8 +33,8 @@ the reference's does with the tensors it learned (docs/editors.md, "What the SER
   empty memory, or a distance so large that the exponential underflows) is answered by the adapter
   itself, bit-identical to the unedited model.
 
-Only LLaVA-1.5 through ``llava_hf`` is supported (the reference's BLIP-2 SERAC is OPT-125m behind a
-projection, MiniGPT-4's a Vicuna fed by MiniGPT-4's own image path; neither is implemented).
+LLaVA-1.5 (``llava_hf``) and BLIP-2 (``blip2_hf``) are supported; MiniGPT-4's SERAC (a Vicuna fed
+by MiniGPT-4's own image path) and every other model are refused, naming the model.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from mmke_eval.adapters.base import ForwardResult, Query
 CLS_INPUTS = ("prompt", "reference")
 DEFAULT_CLS_NAME = "distilbert-base-uncased"  # the reference's hparams/TRAINING/SERAC cls_name
 # The reference's counterfactual model per model family (hparams/TRAINING/SERAC small_name).
-DEFAULT_SMALL_NAMES = {"llava": "lmsys/vicuna-7b-v1.5"}
+DEFAULT_SMALL_NAMES = {"llava": "lmsys/vicuna-7b-v1.5", "blip2": "facebook/opt-125m"}
 CF_PREFIX = "{prompt} {target} "  # the reference's cached "src alt "
 # Buffers that older transformers saved and that are rebuilt from the config: a file may hold them.
 REBUILT_BUFFERS = ("position_ids", "rotary_emb.inv_freq")
@@ -138,15 +140,21 @@ def pretrained(loader, name: str, option: str, **kwargs):
                           f"{option}=PATH") from None
 
 
-def expected_shapes(name: str, option: str) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the state dict of ``cls_name``'s AutoModel (``option`` 'cls_name') or
-    ``small_name``'s AutoModelForCausalLM (from their configs; no weights are read)."""
+def meta_model(name: str, option: str) -> torch.nn.Module:
+    """``cls_name``'s AutoModel (``option`` 'cls_name') or ``small_name``'s AutoModelForCausalLM,
+    built from its config on the meta device (no weights read, no memory used): names and shapes."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     config = pretrained(AutoConfig, name, option)
     with torch.device("meta"):
-        model = (AutoModel if option == "cls_name" else AutoModelForCausalLM).from_config(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return (AutoModel if option == "cls_name" else AutoModelForCausalLM).from_config(config)
+
+
+def own_projection(adapter) -> bool:
+    """Whether the reference's counterfactual model reads this model's images through a projection
+    of its own (BLIP-2: its ``language_projection`` of the Q-Former's outputs, never trained:
+    pitfall 5) instead of the base model's image features (LLaVA)."""
+    return callable(getattr(adapter, "query_outputs", None))
 
 
 def is_rebuilt_buffer(key: str) -> bool:
@@ -246,7 +254,7 @@ class SERACReferenceEditor(Editor):
     def __init__(self, config: SERACReferenceConfig | None = None):
         super().__init__(config)
         self.memory: list[ReferenceEntry] = []
-        self.classifier = self.cls_tokenizer = self.replacement = None
+        self.classifier = self.cls_tokenizer = self.replacement = self.projection = None
         self.scale: float = 1.0
         self.cls_name = self.config.cls_name
         self.small_name = self.config.small_name
@@ -256,19 +264,22 @@ class SERACReferenceEditor(Editor):
     # -- loading ---------------------------------------------------------------------------------------------
     @staticmethod
     def check_adapter(adapter) -> int:
-        """Refuse a model this editor cannot serve; return the width of its image features."""
+        """Refuse a model this editor cannot serve; return the width of what the counterfactual
+        model's image path starts from (the base model's image features, or BLIP-2's Q-Former outputs)."""
         from PIL import Image
 
         model = type(getattr(adapter, "model", None)).__name__
-        if not callable(getattr(adapter, "image_token_features", None)):
+        if not all(callable(getattr(adapter, m, None)) for m in ("image_token_features", "text_model")):
             raise ConfigError(
-                f"editor 'serac_ref': the reference's SERAC is implemented for LLaVA-1.5 (--model llava_hf) only, not "
-                f"{model} (family {getattr(adapter, 'family', '?')!r}): the reference's BLIP-2 SERAC (OPT-125m behind an "
-                "untrained projection) and MiniGPT-4 SERAC are not. mmke-eval's own SERAC (--editor serac) runs on every model")
+                f"editor 'serac_ref': the reference's SERAC is implemented for LLaVA-1.5 (--model llava_hf) and BLIP-2 "
+                f"(--model blip2_hf), not {model} (family {getattr(adapter, 'family', '?')!r}); MiniGPT-4's (a Vicuna fed "
+                "by MiniGPT-4's own image path) is not. mmke-eval's own SERAC (--editor serac) runs on every model")
+        blank = Image.new("RGB", (32, 32))
         try:
-            return int(adapter.image_token_features(Image.new("RGB", (32, 32))).shape[-1])
+            start = adapter.query_outputs(blank) if own_projection(adapter) else adapter.image_token_features(blank)
         except ValueError as err:
             raise ConfigError(f"editor 'serac_ref': {err}") from None
+        return int(start.shape[-1])
 
     def default_names(self, adapter, meta: dict[str, Any] | None = None) -> tuple[str, str]:
         """(cls_name, small_name): the options, else the checkpoint's, else the reference's for the family."""
@@ -323,8 +334,18 @@ class SERACReferenceEditor(Editor):
             raise CheckpointError(f"{folder}: replacement.{wrong[0]} has shape {list(trained[wrong[0]].shape)}; small_name="
                                   f"{self.small_name} has {list(shapes[wrong[0]]) if wrong[0] in shapes else 'no such tensor'}")
         replacement.load_state_dict(trained, strict=False)  # the trained tensors; the rest stays small_name's
-        if int(replacement.config.hidden_size) != width:
-            raise ConfigError(f"editor 'serac_ref': small_name={self.small_name} has hidden size {replacement.config.hidden_size}; "
+        embed = replacement.get_input_embeddings().embedding_dim
+        self.projection = None
+        if own_projection(adapter):
+            weight, bias = tensors.get("language_projection.weight"), tensors.get("language_projection.bias")
+            if weight is None or bias is None or tuple(weight.shape) != (embed, width) or tuple(bias.shape) != (embed,):
+                raise CheckpointError(f"{folder}: needs language_projection.weight [{embed}, {width}] and .bias [{embed}] "
+                                      f"(this model's Q-Former to small_name={self.small_name}); it has "
+                                      f"{None if weight is None else list(weight.shape)}, {None if bias is None else list(bias.shape)}")
+            self.projection = torch.nn.Linear(width, embed).to(device, dtype)
+            self.projection.load_state_dict({"weight": weight, "bias": bias})
+        elif embed != width:
+            raise ConfigError(f"editor 'serac_ref': small_name={self.small_name} embeds tokens in {embed} dimensions; "
                               f"the base model's image features have {width}")
         self.replacement = replacement.to(device).eval()
         self._meta = meta
@@ -398,8 +419,15 @@ class SERACReferenceResponder:
         self.editor, self.adapter, self.entry = editor, adapter, entry
         self.last_scope: list[float] = []  # scope scores of the last call's queries (diagnostics)
 
-    def _features(self, query: Query) -> torch.Tensor | None:
-        return None if query.image is None else self.adapter.image_token_features(query.image)
+    @torch.no_grad()
+    def _features(self, query: Query) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The image features the base model and the counterfactual model read for ``query``."""
+        if query.image is None:
+            return None, None
+        base = self.adapter.image_token_features(query.image)
+        if self.editor.projection is None:
+            return base, base
+        return base, self.editor.projection(self.adapter.query_outputs(query.image).to(self.editor.projection.weight.dtype))
 
     def _ids(self, query: Query, entry: ReferenceEntry) -> tuple[Any, list[int]]:
         """The base model's encoding of ``query`` and the counterfactual model's ids (prefix first)."""
@@ -409,9 +437,9 @@ class SERACReferenceResponder:
     def mixed_log_probs(self, query: Query, entry: ReferenceEntry, s: float):
         """(the base model's encoding of ``query``, ``log p`` [its positions, vocab]) of the mixture."""
         enc, cf_ids = self._ids(query, entry)
-        features = self._features(query)
-        base = lm_logits(self.adapter.model, enc.ids, self.adapter.image_token_id, features)
-        cf = lm_logits(self.editor.replacement, cf_ids, self.adapter.image_token_id, features)
+        base_features, cf_features = self._features(query)
+        base = lm_logits(self.adapter.text_model(), enc.ids, self.adapter.image_token_id, base_features)
+        cf = lm_logits(self.editor.replacement, cf_ids, self.adapter.image_token_id, cf_features)
         shift = len(cf_ids) - len(enc.ids)
         answer = enc.ids[enc.answer_start:]
         if shift < 0 or (answer and cf_ids[len(cf_ids) - len(answer):] != answer):
@@ -460,9 +488,9 @@ class SERACReferenceResponder:
         from mmke_eval.adapters.hf_vlm import cut
 
         enc, cf_ids = self._ids(query, entry)
-        features, image_id = self._features(query), self.adapter.image_token_id
-        base = Decoder(self.adapter.model, enc.ids, image_id, features)
-        cf = Decoder(self.editor.replacement, cf_ids, image_id, features)
+        (base_features, cf_features), image_id = self._features(query), self.adapter.image_token_id
+        base = Decoder(self.adapter.text_model(), enc.ids, image_id, base_features)
+        cf = Decoder(self.editor.replacement, cf_ids, image_id, cf_features)
         tokenizer, new = self.adapter.tokenizer, []
         for _ in range(max_new_tokens):
             token = int(mixture_log_probs(base.logits[None], cf.logits[None], s)[0].argmax())

@@ -23,9 +23,9 @@ is not importable here); only a dict with the expected keys is then loaded by ``
 
 A SERAC file (``SERAC_MULTI``, the same trainer's dict) becomes a checkpoint of ``serac_ref``
 (editors/serac_reference.py), which runs the reference's design: its classifier (DistilBERT), its
-``scale`` and the trained tensors of its counterfactual LM, each checked against the configs of
-``cls_name`` and ``small_name``; its JSON holds the base model's fingerprint (the projector whose
-image features the counterfactual model reads).
+``scale``, the trained tensors of its counterfactual LM and (BLIP-2) its projection of the Q-Former's
+outputs, each checked against the configs of ``cls_name`` and ``small_name``; its JSON holds the
+base model's fingerprint (its alignment module, whose image features the counterfactual model reads).
 
 The output folder of MEND and KE is an ordinary checkpoint (``editor.safetensors`` + ``editor.json``) with
 ``converted_from`` (file, sha256, format, step) and no base-model fingerprint: the reference does
@@ -471,8 +471,9 @@ def convert_ke(editor, adapter, ref: dict[str, Any], path: Path, inner_params: l
 # -- SERAC ------------------------------------------------------------------------------------------
 def convert_serac(editor, adapter, reference: str | Path, output: str | Path, command: str = "") -> dict[str, Any]:
     """A reference SERAC_MULTI file as a serac_ref checkpoint (editors/serac_reference.py): the
-    classifier's DistilBERT tensors, the ``scale`` buffer and the counterfactual model's trained
-    tensors, each checked against ``cls_name``'s and ``small_name``'s configs. Returns the meta."""
+    classifier's DistilBERT tensors, the ``scale`` buffer, the counterfactual model's trained
+    tensors and, for BLIP-2, its projection of the Q-Former's outputs, each checked against
+    ``cls_name``'s and ``small_name``'s configs and this model's widths. Returns the meta."""
     from editors import serac_reference as ref_serac
 
     path, out = Path(reference).expanduser(), Path(output).expanduser()
@@ -484,9 +485,17 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
     model = ref["model"]
     width = ref_serac.SERACReferenceEditor.check_adapter(adapter)
     cls_name, small_name = editor.default_names(adapter)
-    expected = {"classifier": ref_serac.expected_shapes(cls_name, "cls_name"),
-                "replacement": ref_serac.expected_shapes(small_name, "small_name")}
+    lm = ref_serac.meta_model(small_name, "small_name")
+    expected = {"classifier": _shapes(ref_serac.meta_model(cls_name, "cls_name")), "replacement": _shapes(lm)}
     names = {"classifier": f"cls_name={cls_name}", "replacement": f"small_name={small_name}"}
+    embed = lm.get_input_embeddings().embedding_dim
+    projection = ref_serac.own_projection(adapter)
+    if projection:  # BLIP-2: the file's projection from the Q-Former's outputs into small_name's embeddings
+        expected["language_projection"] = {"weight": (embed, width), "bias": (embed,)}
+        names["language_projection"] = f"the projection from this model's Q-Former ({width}) into small_name={small_name} ({embed})"
+    elif embed != width:
+        raise ConversionError(f"small_name={small_name} embeds tokens in {embed} dimensions; this model's image features "
+                              f"have {width}")
     tensors: dict[str, torch.Tensor] = {}
     rebuilt, base_keys = [], 0
     for key, value in model.items():
@@ -504,9 +513,10 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
             continue
         part, _, inner = key.partition(".")
         if part not in expected:
-            hint = "; 'language_projection.*' is the BLIP-2 / MiniGPT-4 design, not supported" if part == "language_projection" else ""
-            raise ConversionError(f"{path}: unexpected key {key!r} (a SERAC_MULTI state dict for LLaVA holds 'classifier.*', "
-                                  f"'replacement.*', 'scale' and 'model_config'{hint})")
+            hint = (f"; 'language_projection.*' belongs to a SERAC for BLIP-2 or MiniGPT-4, not for "
+                    f"{type(adapter.model).__name__}") if part == "language_projection" else ""
+            raise ConversionError(f"{path}: unexpected key {key!r} (a SERAC_MULTI state dict holds 'classifier.*', "
+                                  f"'replacement.*', 'scale', 'model_config'{', language_projection.*' if projection else ''}{hint})")
         if inner not in expected[part]:
             if ref_serac.is_rebuilt_buffer(inner):
                 rebuilt.append(key)
@@ -515,8 +525,8 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
         if tuple(value.shape) != expected[part][inner]:
             raise ConversionError(f"{path}: {key!r} has shape {_shape(value)}; {names[part]} has {list(expected[part][inner])} "
                                   f"for {inner}")
-        # The classifier in float32 (it is small); the language model's tensors as trained.
-        tensors[key] = value.detach().float() if part == "classifier" else value.detach().clone()
+        # The classifier and the projection in float32 (they are small); the language model's tensors as trained.
+        tensors[key] = value.detach().clone() if part == "replacement" else value.detach().float()
     if "scale" not in tensors:
         raise ConversionError(f"{path}: missing key 'scale' in 'model' (the scope similarity's buffer)")
     missing = sorted(k for k in expected["classifier"] if f"classifier.{k}" not in tensors)
@@ -526,11 +536,10 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
     trained = sorted(k[len("replacement."):] for k in tensors if k.startswith("replacement."))
     if not trained:
         raise ConversionError(f"{path}: no 'replacement.*' tensor: nothing of the counterfactual model was trained")
-    from transformers import AutoConfig
-
-    hidden = getattr(ref_serac.pretrained(AutoConfig, small_name, "small_name"), "hidden_size", None)
-    if hidden != width:
-        raise ConversionError(f"small_name={small_name} has hidden size {hidden}; this model's image features have {width}")
+    for inner in expected.get("language_projection", {}):
+        if f"language_projection.{inner}" not in tensors:
+            raise ConversionError(f"{path}: missing key 'language_projection.{inner}' ({names['language_projection']}; "
+                                  "the reference never trained it, but its values are the ones it used)")
     sha = sha256_of(path)
     step = _int_step(ref.get("step"))
     converted = {
@@ -538,12 +547,18 @@ def convert_serac(editor, adapter, reference: str | Path, output: str | Path, co
         "replacement_tensors": trained,
         "replacement_layers": sorted({int(m.group(1)) for k in trained if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", k))}),
         "classifier_tensors": len(expected["classifier"]), "scale": float(tensors["scale"]),
+        "image_path": ("the file's language_projection of the Q-Former's outputs (untrained in the reference)" if projection
+                       else "the base model's image features"),
         "ignored_keys": {"base_model": base_keys, "rebuilt_buffers": rebuilt},
         "model_config": _describe_config(model.get("model_config")), "command": command,
     }
     meta = ref_serac.checkpoint_meta(adapter, cls_name, small_name, converted)
     ref_serac.save_checkpoint(out, tensors, meta)
     return meta
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def check_serac_file(path: Path) -> None:

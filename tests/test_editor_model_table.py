@@ -39,7 +39,7 @@ TRAIN_RECORDS = [
 ]
 # Editors this table cannot run from the registry alone, and where they are tested instead.
 ELSEWHERE = {"serac_ref": "needs a converted reference checkpoint and its DistilBERT and counterfactual LM folders; "
-                          "tests/test_serac_reference.py runs it on the tiny LLaVA and checks that other models are refused"}
+                          "tests/test_serac_reference.py runs it on the tiny LLaVA and BLIP-2 and checks that other models are refused"}
 MODELS = [(adapter, model) for adapter in registry.adapter_names() for model in registry.adapter_test_models(adapter)]
 
 

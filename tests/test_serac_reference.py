@@ -6,8 +6,10 @@ The tiny stand-ins: ``cls_name`` is a folder holding a tiny DistilBERT config an
 tokenizer built from a vocab written here; ``small_name`` a tiny LlamaForCausalLM of the base
 model's text width. The reference saves the counterfactual model's trained layer 31 of Vicuna-7B;
 the tiny model's last layer is 1, and the file holds layer 1's tensors (the converter takes every
-``replacement.*`` tensor the file holds, whatever its layer). The expected values are computed here
-by hand from the documented behaviour, not with the editor's helpers.
+``replacement.*`` tensor the file holds, whatever its layer). For BLIP-2 the file holds all of a
+tiny OPT (the reference's OPT-125m) and the projection from the Q-Former's outputs into it, of
+another width than the base model's. The expected values are computed here by hand from the
+documented behaviour, not with the editor's helpers.
 """
 
 from __future__ import annotations
@@ -100,10 +102,10 @@ def reference_state(names, seed=5) -> dict:
     return sd
 
 
-def write_reference(path, names, mutate=None, seed=5) -> dict:
-    """torch.save of the EasyEdit trainer's dict, model_config an instance of a class that is not
-    importable when the file is read (the reference's LlavaConfig)."""
-    sd = reference_state(names, seed)
+def write_reference(path, names, mutate=None, seed=5, sd=None) -> dict:
+    """torch.save of the EasyEdit trainer's dict (``sd``, default the LLaVA one), model_config an
+    instance of a class that is not importable when the file is read (the reference's LlavaConfig)."""
+    sd = reference_state(names, seed) if sd is None else sd
     if mutate:
         sd = mutate(sd)
     module = types.ModuleType("llava_reference_config")
@@ -223,7 +225,7 @@ def test_small_name_of_another_width_is_refused(tiny, names, tmp_path):
     LlamaForCausalLM(small_lm_config(tiny.tokenizer, hidden=32)).save_pretrained(tmp_path / "narrow")
     editor = registry.build_editor("serac_ref", overrides={"cls_name": names[0], "small_name": str(tmp_path / "narrow")})
     write_reference(tmp_path / "ref.pt", names)
-    with pytest.raises(ConversionError, match="'replacement.model.layers.1.self_attn.q_proj.weight' has shape \\[64, 64\\]"):
+    with pytest.raises(ConversionError, match="narrow embeds tokens in 32 dimensions; this model's image features have 64"):
         convert(editor, tiny, tmp_path / "ref.pt", tmp_path / "out")
 
 
@@ -243,13 +245,12 @@ def test_a_checkpoint_is_refused_for_another_base_model_or_missing_names(tiny, c
 
 
 def test_other_models_are_refused_naming_them():
-    from mmke_eval.adapters.blip2 import Blip2Adapter
-    from mmke_eval.testing.tiny_vlms import build_tiny_blip2
+    from mmke_eval.testing.tiny_vlms import build_tiny_minigpt4
 
-    model, processor = build_tiny_blip2()
+    model, processor = build_tiny_minigpt4()
     editor = registry.build_editor("serac_ref", overrides={"checkpoint": "/nonexistent"})
-    with pytest.raises(ConfigError, match="LLaVA-1.5 .*not Blip2ForConditionalGeneration .*--editor serac"):
-        editor.ensure_ready(Blip2Adapter(model.eval(), processor))
+    with pytest.raises(ConfigError, match=f"LLaVA-1.5 .*BLIP-2 .*not {type(model).__name__} .*--editor serac"):
+        editor.ensure_ready(registry.adapter_class("minigpt4")(model.eval(), processor))
     with pytest.raises(ConfigError, match="cls_input"):
         registry.build_editor("serac_ref", overrides={"cls_input": "answer"})
     with pytest.raises(ConfigError, match="needs a converted reference checkpoint"):
@@ -453,3 +454,102 @@ def test_convert_and_evaluate_from_the_command_line(tiny_llava_dir, mmke_fixture
     assert described["small_name_resolved"] == names[1] and described["checkpoint_info"]["converted_from"]["step"] == 7000
     rows = json.loads((out / "mmke_table.json").read_text())
     assert rows[0]["editor"] == "serac_ref" and 0 <= rows[0]["t_loc"] <= 100
+
+
+# -- BLIP-2: OPT-125m reading the Q-Former's outputs through the file's own projection ---------------------
+OPT_WIDTH = 48  # the tiny OPT-125m stand-in's width, not the base model's 64: the projection bridges them
+
+
+@pytest.fixture(scope="module")
+def blip2():
+    from mmke_eval.adapters.blip2 import Blip2Adapter
+    from mmke_eval.testing.tiny_vlms import build_tiny_blip2
+
+    model, processor = build_tiny_blip2()
+    return Blip2Adapter(model.eval(), processor)
+
+
+@pytest.fixture(scope="module")
+def blip2_converted(blip2, names, tmp_path_factory):
+    """(the file's state dict, the converted checkpoint, the OPT-125m stand-in's folder)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    root = tmp_path_factory.mktemp("serac_blip2")
+    tok = blip2.tokenizer
+    config = OPTConfig(vocab_size=len(tok), hidden_size=OPT_WIDTH, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+                       word_embed_proj_dim=OPT_WIDTH, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    seeded(lambda: OPTForCausalLM(config), 21).save_pretrained(root / "opt125m")
+    qformer = blip2.model.config.qformer_config.hidden_size
+    sd = {k: v for k, v in reference_state(names).items() if not k.startswith("replacement.")}
+    # All of OPT-125m is trained and saved; the projection is saved with its (untrained) random values.
+    sd.update({f"replacement.{k}": v.clone() for k, v in seeded(lambda: OPTForCausalLM(config), 22).state_dict().items()})
+    sd["language_projection.weight"] = seeded(lambda: torch.randn(OPT_WIDTH, qformer), 23) * 0.1
+    sd["language_projection.bias"] = seeded(lambda: torch.randn(OPT_WIDTH), 24) * 0.1
+    write_reference(root / "serac_blip2.pt", names, sd=sd)
+    editor = registry.build_editor("serac_ref", overrides={"cls_name": names[0], "small_name": str(root / "opt125m")})
+    convert(editor, blip2, root / "serac_blip2.pt", root / "ckpt")
+    return sd, root / "ckpt", root / "opt125m"
+
+
+def test_blip2_conversion_keeps_the_projection_and_all_of_opt(blip2, names, blip2_converted, tmp_path):
+    from safetensors.torch import load_file
+
+    sd, ckpt, _ = blip2_converted
+    tensors = load_file(str(ckpt / WEIGHTS_FILE))
+    assert set(tensors) == set(sd) and all(torch.equal(tensors[k], sd[k]) for k in sd)
+    meta = json.loads((ckpt / META_FILE).read_text())
+    assert "language_projection" in meta["converted_from"]["image_path"] and meta["base_model"]["class"] == "Blip2ForConditionalGeneration"
+    editor = registry.build_editor("serac_ref", family=blip2.family, overrides={"checkpoint": str(ckpt)})
+    editor.ensure_ready(blip2)
+    assert all(torch.equal(v, sd[f"replacement.{k}"]) for k, v in editor.replacement.state_dict().items())
+    assert torch.equal(editor.projection.weight, sd["language_projection.weight"])
+    # A LLaVA file (no projection) does not fit BLIP-2.
+    write_reference(tmp_path / "llava.pt", names)
+    bad = registry.build_editor("serac_ref", overrides={"cls_name": names[0], "small_name": str(blip2_converted[2])})
+    with pytest.raises(ConversionError, match="'replacement.model.layers.1.self_attn.q_proj.weight' is not a tensor of small_name"):
+        convert(bad, blip2, tmp_path / "llava.pt", tmp_path / "out")
+    write_reference(tmp_path / "noproj.pt", names, sd={k: v for k, v in sd.items() if not k.startswith("language_projection.")})
+    with pytest.raises(ConversionError, match="missing key 'language_projection.weight'"):
+        convert(bad, blip2, tmp_path / "noproj.pt", tmp_path / "out2")
+
+
+def test_blip2_mixture_equals_a_hand_computation(blip2, blip2_converted):
+    from transformers import OPTForCausalLM
+
+    sd, ckpt, opt_dir = blip2_converted
+    editor = registry.build_editor("serac_ref", family=blip2.family, overrides={"checkpoint": str(ckpt)})
+    editor.ensure_ready(blip2)
+    handle = editor.apply(blip2, edit())
+    cf_model = OPTForCausalLM.from_pretrained(opt_dir).eval()
+    cf_model.load_state_dict({k[len("replacement."):]: v for k, v in sd.items() if k.startswith("replacement.")})
+    model = blip2.model
+    for probe in (Query("What does the picture show?", image((20, 20, 220)), "A red circle"),
+                  Query("Where does this person live?", None, "Paris")):
+        ((entry, s),) = editor.scope([probe])
+        assert 0.05 < s < 0.999
+        enc = blip2.encoded(probe)
+        cf_ids = torch.tensor(blip2.encoded(replace(probe, prefix=f"{PROMPT} {TARGET} ")).ids)
+        with torch.no_grad():
+            embeds = cf_model.get_input_embeddings()(cf_ids.clamp(max=cf_model.config.vocab_size - 1)).clone()
+            if probe.image is not None:
+                pixel = blip2.processor.image_processor([probe.image], return_tensors="pt")["pixel_values"]
+                base = model(input_ids=torch.tensor([enc.ids]), pixel_values=pixel).logits[0]
+                queries = model.get_image_features(pixel_values=pixel, return_dict=True).qformer_outputs[0][0]
+                embeds[cf_ids == blip2.image_token_id] = queries @ sd["language_projection.weight"].T + sd["language_projection.bias"]
+            else:  # the language model alone, as the adapter answers a text-only query
+                base = model.language_model(input_ids=torch.tensor([enc.ids])).logits[0]
+            cf = cf_model(inputs_embeds=embeds[None]).logits[0]
+        cf = cf[cf.shape[0] - base.shape[0]:]
+        p = (1 - s) * base.softmax(-1) + s * cf.softmax(-1)
+        _, log_p = handle.responder.mixed_log_probs(probe, entry, s)
+        torch.testing.assert_close(log_p.exp(), p, rtol=1e-4, atol=1e-6)
+        (result,) = handle.responder.teacher_forced([probe], k=3)
+        assert result.predicted_ids == p[enc.answer_start - 1: len(enc.ids) - 1].argmax(-1).tolist()
+        assert len(handle.responder.generate([probe], max_new_tokens=3)) == 1
+    # s = 0: the adapter's own answers.
+    probes = [Query("Which building is this?", image(), "a castle"), Query("Where does this person live?", None, "Paris")]
+    base_results = blip2.teacher_forced(probes, k=5)
+    editor.scale = 1e30
+    assert same_results(handle.responder.teacher_forced(probes, k=5), base_results)
+    assert handle.responder.generate(probes, max_new_tokens=3) == blip2.generate(probes, max_new_tokens=3)

@@ -42,6 +42,10 @@ class LlavaHFAdapter(HFVisionLanguageAdapter):
         "vision": (r"(^|\.)vision_tower\.",),
     }
 
+    def text_model(self) -> torch.nn.Module:
+        """The module giving logits from input embeddings (the image features already in them)."""
+        return self.model
+
     @torch.no_grad()
     def image_token_features(self, image) -> torch.Tensor:
         """What this model's language model receives at the image-token positions for ``image``
