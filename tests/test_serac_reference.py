@@ -245,12 +245,15 @@ def test_a_checkpoint_is_refused_for_another_base_model_or_missing_names(tiny, c
 
 
 def test_other_models_are_refused_naming_them():
-    from mmke_eval.testing.tiny_vlms import build_tiny_minigpt4
+    from mmke_eval.testing.tiny_vlms import build_tiny_llava_next, build_tiny_minigpt4
 
     model, processor = build_tiny_minigpt4()
     editor = registry.build_editor("serac_ref", overrides={"checkpoint": "/nonexistent"})
     with pytest.raises(ConfigError, match=f"LLaVA-1.5 .*BLIP-2 .*not {type(model).__name__} .*--editor serac"):
         editor.ensure_ready(registry.adapter_class("minigpt4")(model.eval(), processor))
+    model, processor = build_tiny_llava_next()  # llava_hf, but not LLaVA-1.5's layout
+    with pytest.raises(ConfigError, match="LlavaNextForConditionalGeneration \\('llava_next'\\)"):
+        editor.ensure_ready(LlavaHFAdapter(model.eval(), processor))
     with pytest.raises(ConfigError, match="cls_input"):
         registry.build_editor("serac_ref", overrides={"cls_input": "answer"})
     with pytest.raises(ConfigError, match="needs a converted reference checkpoint"):
