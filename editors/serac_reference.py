@@ -71,7 +71,7 @@ class SERACReferenceConfig(EditorConfig):
                 "weights come from the checkpoint; default: the checkpoint's (distilbert-base-uncased)"})
     small_name: str = field(default="", metadata={
         "help": "the counterfactual language model (folder or hub name) whose tensors the checkpoint's trained ones "
-                "replace; default: the checkpoint's (lmsys/vicuna-7b-v1.5 for LLaVA)"})
+                "replace; default: the checkpoint's (lmsys/vicuna-7b-v1.5 for LLaVA, facebook/opt-125m for BLIP-2)"})
     cls_input: str = field(default="prompt", metadata={
         "help": "what the scope classifier compares: 'prompt' (the edit prompt with the probe's prompt, never its "
                 "answer) or 'reference' (the paper's: the edit text minus its last word with the probe's prompt and "
@@ -87,8 +87,9 @@ CLASS_NAME = "editors.serac_reference:SERACReferenceEditor"
 
 
 def image_path_modules(adapter) -> dict[str, tuple[int, ...]]:
-    """The base model's weights a checkpoint is fingerprinted on: its projector, whose image
-    features the counterfactual model reads."""
+    """The base model's weights a checkpoint is fingerprinted on: its alignment module (LLaVA's
+    projector; BLIP-2's Q-Former, query tokens and projection), whose outputs the counterfactual
+    model reads."""
     return {name: tuple(p.shape) for name, p in adapter.parameter_group("alignment").items()}
 
 
@@ -309,8 +310,8 @@ class SERACReferenceEditor(Editor):
         if (saved.get("fingerprint"), saved.get("config_digest")) != (now["fingerprint"], now["config_digest"]):
             raise CheckpointError(
                 f"{folder} was converted for another base model: checkpoint {saved.get('name_or_path')!r} ({saved.get('class')}, "
-                f"config {str(saved.get('config_digest'))[:12]}, projector {str(saved.get('fingerprint'))[:12]}); this run "
-                f"{now['name_or_path']!r} ({now['class']}, config {now['config_digest'][:12]}, projector {now['fingerprint'][:12]})")
+                f"config {str(saved.get('config_digest'))[:12]}, alignment module {str(saved.get('fingerprint'))[:12]}); this run "
+                f"{now['name_or_path']!r} ({now['class']}, config {now['config_digest'][:12]}, alignment module {now['fingerprint'][:12]})")
         self.cls_name, self.small_name = self.default_names(adapter, meta)
         device, dtype = adapter.device, adapter.model.dtype
 
