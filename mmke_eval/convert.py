@@ -1,5 +1,5 @@
-"""`mmke-eval convert-checkpoint`: a published MEND or KE checkpoint of the reference trainers, as an
-mmke-eval editor checkpoint.
+"""`mmke-eval convert-checkpoint`: a published MEND, KE or SERAC checkpoint of the reference trainers,
+as an mmke-eval editor checkpoint.
 
     mmke-eval convert-checkpoint --editor mend --reference MEND/llava_...-step_5000.pt \\
         --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf --output_path ckpt/mend_mmke
@@ -21,7 +21,13 @@ inert stand-in (the reference pickles its model's config class, e.g. LLaVA's ``L
 is not importable here); only a dict with the expected keys is then loaded by ``torch.load``
 (``weights_only=False``, the same stand-ins, memory-mapped).
 
-The output folder is an ordinary checkpoint (``editor.safetensors`` + ``editor.json``) with
+A SERAC file (``SERAC_MULTI``, the same trainer's dict) becomes a checkpoint of ``serac_ref``
+(editors/serac_reference.py), which runs the reference's design: its classifier (DistilBERT), its
+``scale``, the trained tensors of its counterfactual LM and (BLIP-2) its projection of the Q-Former's
+outputs, each checked against the configs of ``cls_name`` and ``small_name``; its JSON holds the
+base model's fingerprint (its alignment module, whose image features the counterfactual model reads).
+
+The output folder of MEND and KE is an ordinary checkpoint (``editor.safetensors`` + ``editor.json``) with
 ``converted_from`` (file, sha256, format, step) and no base-model fingerprint: the reference does
 not record its weights, so only the edited modules' names and shapes are checked when it is loaded.
 """
@@ -40,24 +46,15 @@ from typing import Any
 
 import torch
 
-from editors.learned import META_FILE, LearnedEditor
+from editors.learned import META_FILE
 
 FORMAT_MEND = "EasyEdit trainer (BaseTrainer.save_state), MEND"
 FORMAT_KE = "PyTorch-Lightning checkpoint, KE OneShotLearner"
-CONVERTIBLE = ("mend", "ke")
-# Editors whose published checkpoints cannot become ours, and why (docs/editors.md).
-NOT_CONVERTIBLE = {
-    "serac": (
-        "the reference's SERAC (SERAC_MULTI) cannot be loaded into mmke-eval's: its scope classifier is a DistilBERT "
-        "(distilbert-base-uncased, CLS embedding, squared-L2 similarity) that reads text through DistilBERT's own "
-        "WordPiece vocabulary, which the checkpoint does not hold and which cannot be fetched offline, where ours "
-        "compares the base model's own token embeddings by cosine; its counterfactual model is a separate language "
-        "model (Vicuna-7B-v1.5 with its layer 31 trained for LLaVA and MiniGPT-4, OPT-125m behind an untrained "
-        "projection for BLIP-2) mixed softly with the base model, where ours is the base model with a trained copy "
-        "of its last MLP, routed hard. Its tensors would not compute the reference's SERAC; train ours with "
-        "`mmke-eval train-editor --editor serac`"
-    ),
-}
+FORMAT_SERAC = "EasyEdit trainer (BaseTrainer.save_state), SERAC_MULTI"
+CONVERTIBLE = ("mend", "ke", "serac")
+# A reference SERAC file becomes a checkpoint of serac_ref (editors/serac_reference.py), the
+# reference's design; mmke-eval's own SERAC (--editor serac at evaluation) is another one.
+SERAC_NAMES = ("serac", "serac_ref")
 
 
 class ConversionError(ValueError):
@@ -471,18 +468,134 @@ def convert_ke(editor, adapter, ref: dict[str, Any], path: Path, inner_params: l
     }
 
 
+# -- SERAC ------------------------------------------------------------------------------------------
+def convert_serac(editor, adapter, reference: str | Path, output: str | Path, command: str = "") -> dict[str, Any]:
+    """A reference SERAC_MULTI file as a serac_ref checkpoint (editors/serac_reference.py): the
+    classifier's DistilBERT tensors, the ``scale`` buffer, the counterfactual model's trained
+    tensors and, for BLIP-2, its projection of the Q-Former's outputs, each checked against
+    ``cls_name``'s and ``small_name``'s configs and this model's widths. Returns the meta."""
+    from editors import serac_reference as ref_serac
+
+    path, out = Path(reference).expanduser(), Path(output).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference {reference}: no such file")
+    if (out / META_FILE).exists():
+        raise ConversionError(f"--output_path {out} already holds a checkpoint ({META_FILE}); choose another folder or remove it")
+    ref = serac_reference_file(path)
+    model = ref["model"]
+    width = ref_serac.SERACReferenceEditor.check_adapter(adapter)
+    cls_name, small_name = editor.default_names(adapter)
+    lm = ref_serac.meta_model(small_name, "small_name")
+    expected = {"classifier": _shapes(ref_serac.meta_model(cls_name, "cls_name")), "replacement": _shapes(lm)}
+    names = {"classifier": f"cls_name={cls_name}", "replacement": f"small_name={small_name}"}
+    embed = lm.get_input_embeddings().embedding_dim
+    projection = ref_serac.own_projection(adapter)
+    if projection:  # BLIP-2: the file's projection from the Q-Former's outputs into small_name's embeddings
+        expected["language_projection"] = {"weight": (embed, width), "bias": (embed,)}
+        names["language_projection"] = f"the projection from this model's Q-Former ({width}) into small_name={small_name} ({embed})"
+    elif embed != width:
+        raise ConversionError(f"small_name={small_name} embeds tokens in {embed} dimensions; this model's image features "
+                              f"have {width}")
+    tensors: dict[str, torch.Tensor] = {}
+    rebuilt, base_keys = [], 0
+    for key, value in model.items():
+        if key == "model_config":
+            continue
+        if key.startswith("model."):  # the base model's, when a file holds them
+            base_keys += 1
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"{path}: key {key!r} holds a {type(value).__name__}, not a tensor")
+        if key == "scale":
+            if value.numel() != 1:
+                raise ConversionError(f"{path}: 'scale' has shape {_shape(value)}; the similarity's scale is one number")
+            tensors["scale"] = value.detach().float().reshape(())
+            continue
+        part, _, inner = key.partition(".")
+        if part not in expected:
+            hint = (f"; 'language_projection.*' belongs to a SERAC for BLIP-2 or MiniGPT-4, not for "
+                    f"{type(adapter.model).__name__}") if part == "language_projection" else ""
+            raise ConversionError(f"{path}: unexpected key {key!r} (a SERAC_MULTI state dict holds 'classifier.*', "
+                                  f"'replacement.*', 'scale', 'model_config'{', language_projection.*' if projection else ''}{hint})")
+        if inner not in expected[part]:
+            if ref_serac.is_rebuilt_buffer(inner):
+                rebuilt.append(key)
+                continue
+            raise ConversionError(f"{path}: {key!r} is not a tensor of {names[part]} ({_listing(expected[part])})")
+        if tuple(value.shape) != expected[part][inner]:
+            raise ConversionError(f"{path}: {key!r} has shape {_shape(value)}; {names[part]} has {list(expected[part][inner])} "
+                                  f"for {inner}")
+        # The classifier and the projection in float32 (they are small); the language model's tensors as trained.
+        tensors[key] = value.detach().clone() if part == "replacement" else value.detach().float()
+    if "scale" not in tensors:
+        raise ConversionError(f"{path}: missing key 'scale' in 'model' (the scope similarity's buffer)")
+    missing = sorted(k for k in expected["classifier"] if f"classifier.{k}" not in tensors)
+    if missing:
+        raise ConversionError(f"{path}: missing key {'classifier.' + missing[0]!r} ({len(missing)} of {names['classifier']}'s "
+                              f"{len(expected['classifier'])} tensors missing)")
+    trained = sorted(k[len("replacement."):] for k in tensors if k.startswith("replacement."))
+    if not trained:
+        raise ConversionError(f"{path}: no 'replacement.*' tensor: nothing of the counterfactual model was trained")
+    for inner in expected.get("language_projection", {}):
+        if f"language_projection.{inner}" not in tensors:
+            raise ConversionError(f"{path}: missing key 'language_projection.{inner}' ({names['language_projection']}; "
+                                  "the reference never trained it, but its values are the ones it used)")
+    sha = sha256_of(path)
+    step = _int_step(ref.get("step"))
+    converted = {
+        "file": str(path.resolve()), "sha256": sha, "format": FORMAT_SERAC, "step": step,
+        "replacement_tensors": trained,
+        "replacement_layers": sorted({int(m.group(1)) for k in trained if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", k))}),
+        "classifier_tensors": len(expected["classifier"]), "scale": float(tensors["scale"]),
+        "image_path": ("the file's language_projection of the Q-Former's outputs (untrained in the reference)" if projection
+                       else "the base model's image features"),
+        "ignored_keys": {"base_model": base_keys, "rebuilt_buffers": rebuilt},
+        "model_config": _describe_config(model.get("model_config")), "command": command,
+    }
+    meta = ref_serac.checkpoint_meta(adapter, cls_name, small_name, converted)
+    ref_serac.save_checkpoint(out, tensors, meta)
+    return meta
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_serac_file(path: Path) -> None:
+    """Refuse, reading no tensor, a file whose ``"model"`` is not a SERAC state dict."""
+    top = peek(path)
+    if isinstance(top, dict) and isinstance(top.get("model"), dict) and not any(str(k).startswith("classifier.") for k in top["model"]):
+        raise ConversionError(f"{path}: no 'classifier.*' key in 'model': not a SERAC checkpoint (has "
+                              f"{sorted(map(str, top['model']))[:4]})")
+
+
+def serac_reference_file(path: Path) -> dict[str, Any]:
+    """A reference SERAC file's dict, after checking that its ``"model"`` is a SERAC state dict."""
+    check_serac_file(path)
+    ref = read_reference(path, ("model",))
+    if not isinstance(ref["model"], dict):
+        raise ConversionError(f"{path}: 'model' holds a {type(ref['model']).__name__}, not the editor's state dict")
+    return ref
+
+
+def _int_step(step: Any) -> int | None:
+    return int(step) if isinstance(step, (int, float)) or (isinstance(step, torch.Tensor) and step.numel() == 1) else None
+
+
 # -- the conversion ---------------------------------------------------------------------------------
 def _not_convertible(name: str) -> str:
-    why = NOT_CONVERTIBLE.get(name)
-    if why:
-        return f"--editor {name}: {why}"
     return f"--editor {name}: only {', '.join(CONVERTIBLE)} checkpoints of the reference trainers can be converted"
 
 
-def convert(editor: LearnedEditor, adapter, reference: str | Path, output: str | Path,
+def convert(editor, adapter, reference: str | Path, output: str | Path,
             inner_params: list[str] | None = None, command: str = "") -> dict[str, Any]:
-    """Read ``reference``, load its tensors into ``editor``'s networks for ``adapter`` and write the
-    checkpoint folder ``output``. Returns the checkpoint's meta."""
+    """Read ``reference``, load its tensors into ``editor``'s networks for ``adapter`` (a serac_ref
+    editor: into its checkpoint's tensors) and write the checkpoint folder ``output``. Returns the
+    checkpoint's meta."""
+    if editor.name in SERAC_NAMES:
+        if inner_params:
+            raise ConversionError("--inner_params: a SERAC file edits no weight of the base model")
+        return convert_serac(editor, adapter, reference, output, command)
     path = Path(reference).expanduser()
     if editor.name not in CONVERTIBLE:
         raise ConversionError(_not_convertible(editor.name))
@@ -501,7 +614,7 @@ def convert(editor: LearnedEditor, adapter, reference: str | Path, output: str |
         details, fmt = convert_ke(editor, adapter, ref, path, inner_params), FORMAT_KE
         step = ref.get("global_step")
     editor.learned.eval()
-    step = int(step) if isinstance(step, (int, float)) or (isinstance(step, torch.Tensor) and step.numel() == 1) else None
+    step = _int_step(step)
     sha = sha256_of(path)
     val_stats = ref.get("val_stats") if isinstance(ref.get("val_stats"), dict) else {}
     meta = editor.checkpoint_meta(
@@ -524,7 +637,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmke-eval convert-checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("--editor", required=True, help="the editor the file trained: " + ", ".join(CONVERTIBLE))
     parser.add_argument("--reference", required=True, help="the reference's checkpoint file (.pt from the EasyEdit "
-                        "trainer for MEND, .ckpt from PyTorch-Lightning for KE)")
+                        "trainer for MEND and SERAC, .ckpt from PyTorch-Lightning for KE)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL)
     parser.add_argument("--model_args", default=None)
     parser.add_argument("--editor_args", default="", help="k=v,... editor settings, if the reference used others "
@@ -533,24 +646,33 @@ def main(argv: list[str]) -> int:
                         "order, comma-separated (default: the reference's: the edited layers ascending, modules by name)")
     parser.add_argument("--output_path", required=True, help="checkpoint folder to write")
     args = parser.parse_args(argv)
-    if args.editor not in CONVERTIBLE:
+    if args.editor not in CONVERTIBLE + SERAC_NAMES:
         raise ConversionError(_not_convertible(args.editor))
+    name = "serac_ref" if args.editor in SERAC_NAMES else args.editor  # the reference's SERAC runs as serac_ref
     overrides = runner.parse_key_values(args.editor_args, "--editor_args")
     if "checkpoint" in overrides:
         raise ConversionError("--editor_args checkpoint=...: conversion writes a checkpoint (--output_path); it does not read one")
-    registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
+    registry.build_editor(name, overrides=overrides)  # bad values fail before the model loads
     path = Path(args.reference).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--reference {args.reference}: no such file")
-    peek(path)  # not a torch.save file: say so before the model loads
+    check_serac_file(path) if name == "serac_ref" else peek(path)  # a wrong file: say so before the model loads
     if (Path(args.output_path).expanduser() / META_FILE).exists():
         raise ConversionError(f"--output_path {args.output_path} already holds a checkpoint ({META_FILE}); choose another "
                               "folder or remove it")
     adapter = load_adapter(args.model, args.model_args)
-    editor = registry.build_editor(args.editor, family=adapter.family, overrides=overrides)
+    editor = registry.build_editor(name, family=adapter.family, overrides=overrides)
     inner = [n.strip() for n in args.inner_params.split(",") if n.strip()] or None
     command = "mmke-eval convert-checkpoint " + " ".join(shlex.quote(a) for a in argv)
     meta = convert(editor, adapter, path, args.output_path, inner_params=inner, command=command)
+    if name == "serac_ref":
+        conv = meta["converted_from"]
+        print(f"mmke-eval convert-checkpoint: SERAC from {path.name} (step {conv['step']}): the classifier "
+              f"({conv['classifier_tensors']} tensors of {meta['config']['cls_name']}) and {len(conv['replacement_tensors'])} "
+              f"trained tensors of {meta['config']['small_name']} (layers {conv['replacement_layers']}); checkpoint in "
+              f"{args.output_path}. Use it with --editor serac_ref --editor_args checkpoint={args.output_path}"
+              + (f",{args.editor_args}" if args.editor_args else ""))
+        return 0
     edited = meta["edited_modules"]
     print(f"mmke-eval convert-checkpoint: {args.editor} from {path.name} (step {meta['converted_from']['step']}) for "
           f"{len(edited)} weights of {meta['base_model']['class']}; checkpoint in {args.output_path}. "

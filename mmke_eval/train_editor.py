@@ -276,6 +276,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output_path", required=True, help="checkpoint folder")
     parser.add_argument("--restart", action="store_true", help="train afresh even if the folder holds a run")
     args = parser.parse_args(argv)
+    note = getattr(registry.editor_class(args.editor), "training_note", "") if args.editor in registry.editor_names() else ""
+    if note:
+        raise TrainingError(f"--editor {args.editor}: {note}")
     if args.editor not in learned_editor_names():
         raise TrainingError(f"--editor {args.editor}: not a learned editor; learned editors: {', '.join(learned_editor_names())}")
     if args.data:

@@ -37,6 +37,9 @@ TRAIN_RECORDS = [
     {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
     {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner"},
 ]
+# Editors this table cannot run from the registry alone, and where they are tested instead.
+ELSEWHERE = {"serac_ref": "needs a converted reference checkpoint and its DistilBERT and counterfactual LM folders; "
+                          "tests/test_serac_reference.py runs it on the tiny LLaVA and BLIP-2 and checks that other models are refused"}
 MODELS = [(adapter, model) for adapter in registry.adapter_names() for model in registry.adapter_test_models(adapter)]
 
 
@@ -86,6 +89,8 @@ def test_every_adapter_declares_tiny_models_or_says_why_not():
 
 @pytest.mark.parametrize("editor_name", sorted(registry.editor_names()))
 def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_fixture_root):
+    if editor_name in ELSEWHERE:
+        pytest.skip(ELSEWHERE[editor_name])
     model = adapter.model
     editor = fast_editor(editor_name, adapter)
     image = Image.new("RGB", (48, 40), (230, 30, 30))

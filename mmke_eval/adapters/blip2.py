@@ -79,6 +79,26 @@ class Blip2Adapter(_QFormerAdapter):
     }
 
 
+    # What the reference's SERAC (editors/serac_reference.py) needs of the model: its language model
+    # alone, the features it receives for an image, and the Q-Former's outputs before the projection.
+    def text_model(self) -> torch.nn.Module:
+        """The module giving logits from input embeddings (the image features already in them)."""
+        return self.model.language_model
+
+    @torch.no_grad()
+    def _image_features(self, image):
+        pixels = self._image_inputs([Query("", image)])[0]["pixel_values"]
+        return self.model.get_image_features(pixel_values=pixels, return_dict=True)
+
+    def image_token_features(self, image) -> torch.Tensor:
+        """What the language model receives at the query-token positions: [query tokens, hidden]."""
+        return self._image_features(image).pooler_output[0]
+
+    def query_outputs(self, image) -> torch.Tensor:
+        """The Q-Former's outputs before the language projection: [query tokens, Q-Former hidden]."""
+        return self._image_features(image).qformer_outputs[0][0]
+
+
 class InstructBlipAdapter(_QFormerAdapter):
     """InstructBLIP with a Vicuna (LLaMA) language model; see the module docstring."""
 

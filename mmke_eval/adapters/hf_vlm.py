@@ -228,8 +228,12 @@ class HFVisionLanguageAdapter(ModelAdapter):
 
     def count_tokens(self, query: Query) -> int:
         """Positions the model sees for ``query`` (special, image, prefix, prompt and target tokens)."""
+        return len(self.encoded(query).ids)
+
+    def encoded(self, query: Query) -> Encoded:
+        """``query`` as this model's token ids (image tokens expanded), with its prefix and answer spans."""
         counts = self._image_inputs([query])[1] if query.image is not None else [0]
-        return len(self._encode(query, counts[0]).ids)
+        return self._encode(query, counts[0])
 
     # -- input building ---------------------------------------------------------------------
     def _image_block(self) -> list[int]:
@@ -365,6 +369,11 @@ class HFVisionLanguageAdapter(ModelAdapter):
             for row, (i, enc) in enumerate(zip(chunk, encoded)):
                 results[i] = self._forward_result(logits[row, : len(enc.ids)], enc, k)
         return results  # type: ignore[return-value]
+
+    def result_from_scores(self, scores: torch.Tensor, enc: Encoded, k: int) -> ForwardResult:
+        """``teacher_forced``'s result for ``enc`` from scores [its positions, vocab] that rank tokens
+        as logits do (log-probabilities of another distribution: the reference SERAC's mixture)."""
+        return self._forward_result(scores[: len(enc.ids)], enc, k)
 
     def _forward_result(self, logits: torch.Tensor, enc: Encoded, k: int) -> ForwardResult:
         """Scores of one row from its logits [positions, vocab]."""

@@ -19,6 +19,8 @@ their processors return ``image_sizes``, which are passed on.
 
 from __future__ import annotations
 
+import torch
+
 from mmke_eval.adapters.hf_vlm import HFVisionLanguageAdapter
 
 # transformers 5 nests the language model as model.language_model.layers, 4.x as
@@ -39,3 +41,28 @@ class LlavaHFAdapter(HFVisionLanguageAdapter):
         "alignment": (r"(^|\.)multi_modal_projector\.",),
         "vision": (r"(^|\.)vision_tower\.",),
     }
+
+    def text_model(self) -> torch.nn.Module:
+        """The module giving logits from input embeddings (the image features already in them)."""
+        return self.model
+
+    @torch.no_grad()
+    def image_token_features(self, image) -> torch.Tensor:
+        """What this model's language model receives at the image-token positions for ``image``
+        (vision tower, feature selection, projector): [image tokens, hidden]. The reference's SERAC
+        feeds these to its counterfactual Vicuna (``prepare_inputs_labels_for_multimodal``).
+        LLaVA-1.5 only: NeXT and OneVision arrange their anyres tiles around the features."""
+        from mmke_eval.adapters.base import Query
+
+        config = self.model.config
+        if getattr(config, "model_type", "") != "llava":
+            raise ValueError(f"{self.label}: image features for another language model are implemented for LLaVA-1.5 "
+                             f"(model_type 'llava'), not {type(self.model).__name__} ({config.model_type!r})")
+        image_inputs, (count,) = self._image_inputs([Query("", image)])
+        out = self.model.get_image_features(
+            pixel_values=image_inputs["pixel_values"], vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy, return_dict=True)
+        features = torch.cat(list(out.pooler_output), dim=0)
+        if features.shape[0] != count:
+            raise ValueError(f"{self.label}: {features.shape[0]} image features for {count} image tokens")
+        return features
