@@ -30,9 +30,10 @@ import copy
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmms_eval.models.registry_v2 import ModelManifest
+if TYPE_CHECKING:
+    from lmms_eval.models.registry_v2 import ModelManifest
 
 PLUGINS_ENV = "LMMS_EVAL_PLUGINS"
 PACKAGE = "mmke_eval"
@@ -40,6 +41,11 @@ TASKS_PACKAGE = "mmke_tasks"
 
 
 def manifests() -> list[ModelManifest]:
+    # Imported here, not at the top: importing lmms_eval.models builds its registry, which calls
+    # this function; a top-level import would make importing this module first leave 'edited'
+    # out of the registry (a circular import lmms-eval only logs).
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     from mmke_eval.backends.no_torchvision import allow_image_only_processors
 
     allow_image_only_processors()  # Qwen2-VL / OneVision processors on a CPU torch without torchvision

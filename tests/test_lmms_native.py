@@ -113,3 +113,16 @@ def test_task_index_is_built_once_until_a_task_file_changes(tmp_path, monkeypatc
     os.utime(task, ns=(task.stat().st_atime_ns, task.stat().st_mtime_ns + 10**9))
     assert TaskManager("WARNING", include_path=[str(folder)], include_defaults=False).all_tasks == ["probe_two", "probe_uno"]
     assert len(parsed) == 3
+
+
+def test_importing_the_plugin_first_still_registers_the_edited_model(tmp_path):
+    """lmms-eval builds its model registry when lmms_eval.models is first imported, calling our entry
+    point; if that import came from this module's own top level, the half-initialised module had no
+    ``manifests`` yet, lmms-eval only logged it, and ``--model edited`` was "not found"."""
+    code = ("import mmke_eval.lmms_plugin\n"
+            "import lmms_eval.models as models\n"
+            "names = models.MODEL_REGISTRY_V2.list_model_names()\n"
+            "print(sorted(n for n in ('edited', 'blip2_hf', 'minigpt4') if n in names))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['blip2_hf', 'edited', 'minigpt4']", done.stderr[-2000:]
