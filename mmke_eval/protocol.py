@@ -108,6 +108,20 @@ def check_model_args(model_args: dict[str, str]) -> Protocol:
     return protocol
 
 
+def check_device_map(backend_cls: type, base_args: dict[str, Any], several_processes: bool = False) -> None:
+    """Several lmms-eval 0.7.3 backends (llava_hf, idefics2, ...) default to ``device_map=""`` and
+    pass it to transformers, which refuses an empty device map after loading nothing: say so before
+    loading, with the option to add. In several processes the backend fills it in itself."""
+    import inspect
+
+    param = inspect.signature(backend_cls.__init__).parameters.get("device_map")
+    if several_processes or param is None or param.default != "" or str(base_args.get("device_map", "")).strip():
+        return
+    device = str(base_args.get("device", "")).strip() or "cuda"
+    raise ValueError(f"--model_args: add device_map={device} (or device_map=auto): {backend_cls.__name__} passes its default "
+                     f"device_map='' to transformers, which refuses it")
+
+
 def check_pretrained(value: Any) -> None:
     """A ``pretrained=`` that names a missing folder fails as such (the backend would report a Hub
     "repo id" error). Something shaped like a Hub id (``owner/name``) is left to the backend,

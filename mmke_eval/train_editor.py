@@ -250,7 +250,7 @@ def load_adapter(model: str, model_args: str | None):
     from lmms_eval.models import get_model
 
     from mmke_eval import registry, runner
-    from mmke_eval.protocol import check_pretrained
+    from mmke_eval.protocol import check_device_map, check_pretrained
 
     args = runner.parse_key_values(runner.model_args_for(model, model_args), "--model_args")
     adapter_args = {k[len("adapter."):]: v for k, v in args.items() if k.startswith("adapter.")}
@@ -258,7 +258,9 @@ def load_adapter(model: str, model_args: str | None):
     adapter_cls = registry.adapter_class(model)
     adapter_cls.check_backend(model)
     check_pretrained(base_args.get("pretrained"))
-    base = get_model(model, force_simple=True)(**base_args)
+    backend_cls = get_model(model, force_simple=True)
+    check_device_map(backend_cls, base_args)
+    base = backend_cls(**base_args)
     return adapter_cls.from_lmms(base, **adapter_args)
 
 
