@@ -1,7 +1,7 @@
 """The reference's SERAC (MMKE-Bench / VLKEB ``SERAC_MULTI``), run from its published checkpoints.
 
     mmke-eval convert-checkpoint --editor serac --reference SERAC/llava_...pt --model llava_hf \\
-        --model_args pretrained=llava-hf/llava-1.5-7b-hf --output_path ckpt/serac_mmke
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf,device=cuda,device_map=cuda,dtype=float16 --output_path ckpt/serac_mmke
     mmke-eval --editor serac_ref --editor_args checkpoint=ckpt/serac_mmke --model llava_hf ...
 
 mmke-eval's own SERAC (editors/serac.py) is another design, trained here. This editor computes what

@@ -2,7 +2,7 @@
 as an mmke-eval editor checkpoint.
 
     mmke-eval convert-checkpoint --editor mend --reference MEND/llava_...-step_5000.pt \\
-        --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf --output_path ckpt/mend_mmke
+        --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf,device=cuda,device_map=cuda,dtype=float16 --output_path ckpt/mend_mmke
     mmke-eval --editor mend --editor_args checkpoint=ckpt/mend_mmke --model llava_hf ...
 
 MMKE-Bench and VLKEB publish the networks their trainers learned: MEND as the EasyEdit-derived

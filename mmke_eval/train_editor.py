@@ -1,7 +1,7 @@
 """`mmke-eval train-editor`: train a learned editor (SERAC, MEND, KE) on a benchmark's train split.
 
     mmke-eval train-editor --editor mend --tasks mmke_mini --output_path ckpt/mend
-    mmke-eval train-editor --editor serac --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf \\
+    mmke-eval train-editor --editor serac --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf,device=cuda,device_map=cuda,dtype=float32 \\
         --tasks mmke_entity --data /data/MMKE --output_path ckpt/serac_llava
 
 The cases come from the train split of every named task (its source card with ``split: train``);
