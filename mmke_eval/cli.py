@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -112,11 +113,28 @@ def _check_passthrough(passthrough: list[str]) -> None:
             raise FileNotFoundError(f"--include_path {path}: no such folder")
 
 
+@contextmanager
+def environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set while the block runs, as it was after: a second run in the
+    same process (a library caller, a test) must not inherit this run's --data or --cases."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     _check_passthrough(passthrough)
     if os.path.isdir(args.tasks):  # lmms-eval would read it as a folder of task YAMLs and find none
         raise ValueError(f"--tasks {args.tasks}: a folder of that name is in the current directory, and lmms-eval reads "
                          "--tasks as a folder of task YAMLs when one exists; run from another folder (or rename it)")
+    env: dict[str, str] = {}
     if args.data:
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():
@@ -124,14 +142,18 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         variables = data_variables(args.tasks, runner._include_paths(passthrough))
         if not variables:
             raise ValueError(f"--data {args.data}: none of the tasks {args.tasks} reads a data folder (no data_env in their source cards)")
-        for name in variables:
-            os.environ[name] = str(data)
+        env.update({name: str(data) for name in variables})
     if args.cases is not None:
         if args.cases < 1:
             raise ValueError("--cases must be at least 1")
         from mmke_eval.data.source import MAX_CASES_ENV
 
-        os.environ[MAX_CASES_ENV] = str(args.cases)
+        env[MAX_CASES_ENV] = str(args.cases)
+    with environment(env):
+        return _evaluate(args, passthrough)
+
+
+def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
     editors = [e.strip() for e in args.editor.split(",") if e.strip()]
     per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
     from mmke_eval import registry

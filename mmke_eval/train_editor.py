@@ -283,16 +283,21 @@ def main(argv: list[str]) -> int:
         raise TrainingError(f"--editor {args.editor}: {note}")
     if args.editor not in learned_editor_names():
         raise TrainingError(f"--editor {args.editor}: not a learned editor; learned editors: {', '.join(learned_editor_names())}")
+    from mmke_eval.cli import data_variables, environment
+
+    env: dict[str, str] = {}
     if args.data:
-        import os
-
-        from mmke_eval.cli import data_variables
-
         data = Path(args.data).expanduser().resolve()
         if not data.is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
-        for name in data_variables(args.tasks):
-            os.environ[name] = str(data)
+        env = {name: str(data) for name in data_variables(args.tasks)}
+    with environment(env):
+        return _train_command(args, argv)
+
+
+def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from mmke_eval import registry, runner
+
     overrides = runner.parse_key_values(args.editor_args, "--editor_args")
     if "checkpoint" in overrides:
         raise TrainingError("--editor_args checkpoint=...: training writes a checkpoint (--output_path); it does not read one")

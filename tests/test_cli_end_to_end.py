@@ -106,6 +106,22 @@ def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_in_process_leaves_the_environment_as_it_found_it(mmke_fixture_root, monkeypatch, capsys):
+    """--data and --cases reach the loaders through environment variables; a second run in the same
+    process (a library caller, a test) must not inherit them: it would score the first run's case
+    count, or read its data, without saying so."""
+    from mmke_eval import cli
+    from mmke_eval.data.source import MAX_CASES_ENV
+
+    monkeypatch.delenv(MAX_CASES_ENV, raising=False)
+    monkeypatch.setenv("MMKE_DATA", "/somewhere/else")
+    # fails after the variables are set (the option is checked with the run's other options)
+    assert cli.main(["--tasks", "mmke_entity", "--data", str(mmke_fixture_root), "--cases", "2",
+                     "--model_args", "sequential=maybe"]) == 1
+    assert "sequential='maybe'" in capsys.readouterr().err
+    assert MAX_CASES_ENV not in os.environ and os.environ["MMKE_DATA"] == "/somewhere/else"
+
+
 def test_bad_data_fails_with_the_file_case_and_field(tiny_llava_dir, mmke_fixture_root, tmp_path):
     import shutil
 
