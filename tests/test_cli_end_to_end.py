@@ -105,7 +105,6 @@ def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
     assert missing.returncode == 1 and "nowhere" in missing.stderr
 
 
-@pytest.mark.slow
 def test_a_run_in_process_leaves_the_environment_as_it_found_it(mmke_fixture_root, monkeypatch, capsys):
     """--data and --cases reach the loaders through environment variables; a second run in the same
     process (a library caller, a test) must not inherit them: it would score the first run's case
@@ -122,6 +121,7 @@ def test_a_run_in_process_leaves_the_environment_as_it_found_it(mmke_fixture_roo
     assert MAX_CASES_ENV not in os.environ and os.environ["MMKE_DATA"] == "/somewhere/else"
 
 
+@pytest.mark.slow
 def test_bad_data_fails_with_the_file_case_and_field(tiny_llava_dir, mmke_fixture_root, tmp_path):
     import shutil
 
