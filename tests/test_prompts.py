@@ -105,3 +105,18 @@ def test_the_edit_request_and_the_record_follow_the_resolved_path(mmedit_cases):
     editor = CaseEvaluator(None, IKEEditor(), Protocol())
     assert editor.prompt_path == "editor" and editor.edit_request(first).prompt == case.prompt
     assert CaseEvaluator(None, IKEEditor(), Protocol(prompt_path="trainer")).edit_request(first).prompt == request.prompt
+
+
+def test_the_edited_model_sets_the_path_lmms_eval_renders_with_and_records_it(tiny_llava_dir):
+    """lmms-eval builds the model before it renders the tasks' prompts (doc_to_text)."""
+    from mmke_eval.wrapper import EditedLMM
+
+    hooks = importlib.import_module("mmke_tasks.hooks")
+    question = doc("vqa", "rel")
+    for option, editor, expected in (("auto", "ike", "editor"), ("auto", "none", "trainer"), ("editor", "none", "editor")):
+        lm = EditedLMM(base="llava_hf", editor=editor, pretrained=str(tiny_llava_dir), device="cpu", device_map="cpu",
+                       prompt_path=option)
+        record = lm.describe()["protocol"]
+        assert (record["prompt_path"], record["prompt_path_resolved"]) == (option, expected)
+        assert hooks.doc_to_text(question, {}) == prompts.probe_prompt(question, path=expected)
+    assert hooks.doc_to_text(question, {}) == "What sport is this?"  # the last model: the editor path
