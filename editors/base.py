@@ -105,6 +105,11 @@ class Editor(ABC):
     # Image of the portability question in this method's reference code, per knowledge type:
     # "edit" (the edit image) where it is not the image the data names ("data", the default).
     reference_port_images: dict[str, str] = {}
+    # The reference code path whose prompts this method's published numbers come from, where a
+    # family builds prompts differently per path (MMEdit, registry.yaml prompt_paths): EasyEdit's
+    # MultimodalTrainer ("trainer") trained and scored MEND/SERAC; FT and KE have no public
+    # MMEdit code and are scored as VLKEB/MMKE-Bench score them, through the trainer.
+    reference_prompt_path: str = "trainer"
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()

@@ -108,6 +108,8 @@ class IKEEditor(Editor):
     # The reference's IKE path asks the user-type portability question on the edit image (its
     # trainer path, used for FT/MEND/SERAC/KE, on one_hop_img).
     reference_port_images = {"user_specific": "edit"}
+    # EasyEdit scores IKE through MultimodalEditor.edit_dataset: the questions as the records hold them.
+    reference_prompt_path = "editor"
 
     def __init__(self, config: IKEConfig | None = None):
         super().__init__(config)

@@ -8,24 +8,25 @@ column the way the task's ``process_results`` + ``case_mean`` do.
 
 from __future__ import annotations
 
-from mmke_eval import families, metrics
+from mmke_eval import families, metrics, prompts
 from mmke_eval.adapters.base import Query
 from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import EditCase, ProbeDoc
-from mmke_eval.templates import render
 from mmke_eval.wrapper import CaseEvaluator, ProbeRequest, Protocol
 
 # The generation settings of the task YAML (mmke_tasks/mmke/_default_template_yaml).
 TASK_GEN_KWARGS = {"max_new_tokens": 32, "until": ["\n"], "do_sample": False, "temperature": 0}
 
 
-def probe_requests(cases: list[EditCase], template: str = "mmke/probe.jinja") -> list[list[ProbeRequest]]:
+def probe_requests(cases: list[EditCase], template: str = prompts.DEFAULT_TEMPLATE,
+                   path: str = prompts.TRAINING_PATH) -> list[list[ProbeRequest]]:
+    """The requests of ``cases``; prompts as the task's doc_to_text builds them on prompt ``path``."""
     grouped, index = [], 0
     for case in cases:
         probes = []
         for doc in ProbeDoc.rows(case):
             query = Query(
-                prompt=render(template, question=doc["question"]),
+                prompt=prompts.probe_prompt(doc, template, path),
                 image=load_optional_image(doc["image"], doc["case_id"]),
                 target=doc["answer"],
             )
@@ -40,7 +41,7 @@ def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Pro
 
     ``journal``: a ``mmke_eval.journal.CaseJournal`` that finished cases are written to and
     answered from (resume)."""
-    grouped = probe_requests(cases)
+    grouped = probe_requests(cases, path=prompts.resolve(protocol.prompt_path, editor))
     results: list = [None] * sum(len(g) for g in grouped)
     CaseEvaluator(adapter, editor, protocol, journal=journal).answer_cases(grouped, results, progress=False)
     columns: dict[str, list[dict]] = {}

@@ -18,6 +18,12 @@ from functools import lru_cache
 from typing import Any, Callable
 
 IMAGES = ("none", "edit", "rephrase", "locality", "data")
+# A family's prompt paths (``prompt_paths``): where the reference builds prompts differently on its
+# code paths (EasyEdit's MMEdit: the trainer's collate_fn and the MultimodalEditor), the template
+# of each probe kind per path and knowledge type; ``edit`` names the edit request's prompt and
+# rephrase prompt. Which path a run uses is the ``prompt_path`` option (mmke_eval/prompts.py).
+PROMPT_PATHS = ("trainer", "editor")
+EDIT_PROMPT = "edit"
 LOCALITY_OPTIONS = ("t_loc_k", "i_loc_k")
 
 
@@ -57,6 +63,19 @@ class Family:
     table: tuple[tuple[str, str], ...] = ()  # (metric, title) of the main table; default: the probe kinds
     # Source-card keys that pick eval-only files (VLKEB's hop, subset): left out to read the train split.
     train_ignores: tuple[str, ...] = ()
+    # path -> ((knowledge type, ((kind or "edit", template), ...)), ...); empty: one way to prompt.
+    prompt_paths: tuple[tuple[str, tuple[tuple[str, tuple[tuple[str, str], ...]], ...]], ...] = ()
+
+    def path_template(self, path: str, knowledge_type: str, key: str) -> str | None:
+        """The template ``path`` declares for ``key`` (a probe kind, or "edit") of a knowledge type, or None."""
+        for name, per_type in self.prompt_paths:
+            if name == path:
+                for kt, templates in per_type:
+                    if kt == knowledge_type:
+                        return dict(templates).get(key)
+                return None
+        raise FamilyError(f"benchmark {self.name!r} declares no prompt path {path!r}; its paths: "
+                          f"{', '.join(n for n, _ in self.prompt_paths) or 'none'}")
 
     def probe(self, kind: str) -> ProbeKind:
         for probe in self.probes:
@@ -133,7 +152,36 @@ def get(name: str) -> Family:
         required=tuple(entry.get("required", ())),
         table=_table(name, entry.get("table") or [], probes),
         train_ignores=tuple(entry.get("train_ignores", ())),
+        prompt_paths=_prompt_paths(name, entry.get("prompt_paths") or {}, probes),
     )
+
+
+def _prompt_paths(family: str, declared: Any, probes: tuple[ProbeKind, ...]):
+    """The declared prompt paths: every path of PROMPT_PATHS, each {knowledge type: {kind or edit: template}}."""
+    from mmke_eval.resources import resource_path
+
+    key = f"registry.yaml benchmarks.{family}.prompt_paths"
+    if not declared:
+        return ()
+    if not isinstance(declared, dict) or sorted(declared) != sorted(PROMPT_PATHS):
+        raise FamilyError(f"{key}: expected a mapping with exactly the paths {PROMPT_PATHS}")
+    known = {p.name for p in probes} | {EDIT_PROMPT}
+    paths = []
+    for path in PROMPT_PATHS:
+        per_type = declared[path] or {}
+        if not isinstance(per_type, dict):
+            raise FamilyError(f"{key}.{path}: expected {{knowledge type: {{probe kind or edit: template}}}}")
+        entries = []
+        for knowledge_type, templates in per_type.items():
+            if not isinstance(templates, dict) or set(templates) - known:
+                raise FamilyError(f"{key}.{path}.{knowledge_type}: expected {{probe kind or edit: template}}, "
+                                  f"kinds among {', '.join(sorted(known))}")
+            for name, template in templates.items():
+                if not isinstance(template, str) or not (resource_path("templates") / template).is_file():
+                    raise FamilyError(f"{key}.{path}.{knowledge_type}.{name}: no template {template!r} under templates/")
+            entries.append((str(knowledge_type), tuple(sorted(templates.items()))))
+        paths.append((path, tuple(entries)))
+    return tuple(paths)
 
 
 def _table(family: str, entries: list, probes: tuple[ProbeKind, ...]) -> tuple[tuple[str, str], ...]:

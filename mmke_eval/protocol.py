@@ -15,9 +15,10 @@ from mmke_eval.data.augment import AUGMENTATIONS
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 
 PORT_IMAGES = ("auto", "data", "edit")
+PROMPT_PATHS = ("auto", "trainer", "editor")  # = mmke_eval.prompts.PROMPT_PATH_OPTIONS (kept light: no jinja here)
 LOC_SPANS = ("auto", "sequence", "answer")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number")
+                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
 
 
@@ -54,6 +55,10 @@ class Protocol:
     # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
     # them is scored, undone before the next group. 1: independent edits.
     user_number: int = 1
+    # Where the reference builds prompts differently on its code paths (MMEdit: EasyEdit's trainer
+    # and editor paths, registry.yaml prompt_paths): "auto" (the editor's reference path: IKE's
+    # numbers come from the editor path, every other editor's from the trainer), "trainer", "editor".
+    prompt_path: str = "auto"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -72,6 +77,8 @@ class Protocol:
             raise ValueError("user_number must be >= 1")
         if self.user_number > 1 and self.sequential:
             raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
+        if self.prompt_path not in PROMPT_PATHS:
+            raise ValueError(f"prompt_path must be one of {PROMPT_PATHS}, not {self.prompt_path!r}")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -94,6 +101,7 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         edit_augment=parse_choice("edit_augment", values["edit_augment"], AUGMENTATIONS),
         augment_seed=parse_int("augment_seed", values["augment_seed"]),
         user_number=parse_int("user_number", values["user_number"], minimum=1),
+        prompt_path=parse_choice("prompt_path", values["prompt_path"], PROMPT_PATHS),
     )
 
 

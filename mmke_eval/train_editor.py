@@ -108,21 +108,23 @@ def training_cases(sources: list[tuple[str, dict, str]]) -> tuple[list[tuple[Edi
 
 def training_example(case: EditCase, template: str) -> TrainingExample:
     """In-scope probes (not locality, not portability) with the new answer; locality probes."""
-    from mmke_tasks.hooks import doc_to_text
+    from mmke_eval.prompts import TRAINING_PATH, edit_prompts, probe_prompt
 
     family = families.get(case.family)
     in_scope, locality = [], []
     for doc in ProbeDoc.rows(case):
         kind = family.probe(doc["probe"])
-        query = Query(doc_to_text(doc, {"prompt_template": template}), load_optional_image(doc["image"], case.case_id), doc["answer"])
+        # The prompts the reference trains on (its trainer path, where a family has several).
+        query = Query(probe_prompt(doc, template, TRAINING_PATH), load_optional_image(doc["image"], case.case_id), doc["answer"])
         if kind.is_locality:
             locality.append(query)
         elif not kind.portability:
             in_scope.append(query)
+    prompt, rephrase_prompt = edit_prompts(case.family, case.knowledge_type, case.prompt, case.rephrase_prompt, TRAINING_PATH)
     edit = EditRequest(
-        case_id=case.case_id, prompt=case.prompt, target=case.target,
+        case_id=case.case_id, prompt=prompt, target=case.target,
         image=load_optional_image(case.image, case.case_id), original=case.original,
-        rephrase_prompt=case.rephrase_prompt, rephrase_image=load_optional_image(case.rephrase_image, case.case_id),
+        rephrase_prompt=rephrase_prompt, rephrase_image=load_optional_image(case.rephrase_image, case.case_id),
         knowledge_type=case.knowledge_type, train_file=case.train_file, family=case.family,
     )
     return TrainingExample(case.case_id, edit, in_scope, locality)

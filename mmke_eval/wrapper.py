@@ -33,7 +33,7 @@ from typing import Any
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from mmke_eval import families, metrics, parallel, registry
+from mmke_eval import families, metrics, parallel, prompts, registry
 from mmke_eval.adapters.base import ForwardResult, Query
 from mmke_eval.data.augment import augment
 from mmke_eval.data.images import load_optional_image
@@ -176,6 +176,7 @@ class EditedLMM(lmms):
         edit_augment: str = "none",
         augment_seed: int = 0,
         user_number: int = 1,
+        prompt_path: str = "auto",
         journal: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -185,7 +186,7 @@ class EditedLMM(lmms):
             self._build(base, editor, batch_size, device, journal, kwargs, dict(
                 t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
                 sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
-                augment_seed=augment_seed, user_number=user_number))
+                augment_seed=augment_seed, user_number=user_number, prompt_path=prompt_path))
 
     def _build(self, base, editor, batch_size, device, journal, kwargs, options) -> None:
         global _last_evaluator
@@ -235,6 +236,8 @@ class EditedLMM(lmms):
         })
         case_journal = CaseJournal(self.journal_path, self.run_key) if self.journal_path else None
         self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol, journal=case_journal)
+        # lmms-eval renders the tasks' prompts after building the model: doc_to_text reads this.
+        prompts.set_active_path(self.evaluator.prompt_path)
         self.padding_docs: dict[str, list[int]] = {}  # per task: ids of the filler documents answered (several processes)
         _last_evaluator = self.evaluator
         _bypass_response_cache()
@@ -266,6 +269,7 @@ class EditedLMM(lmms):
             "protocol": {
                 **asdict(self.protocol),
                 "loc_span_resolved": self.evaluator.locality_span,
+                "prompt_path_resolved": self.evaluator.prompt_path,
                 "port_image_resolved": {"default": self.evaluator.port_image_for(""),
                                         **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
@@ -396,6 +400,11 @@ class CaseEvaluator:
     def locality_span(self) -> str:
         span = self.protocol.loc_span
         return self.editor.reference_locality_span if span == "auto" else span
+
+    @property
+    def prompt_path(self) -> str:
+        """The prompt path of the run (mmke_eval/prompts.py): the option, or the editor's reference."""
+        return prompts.resolve(self.protocol.prompt_path, self.editor)
 
     def port_image_for(self, knowledge_type: str) -> str:
         """"edit" or "data": which image the portability question of this knowledge type is asked on."""
@@ -548,14 +557,16 @@ class CaseEvaluator:
                             f"{doc['family']} data gives {1 + len(extra)}")
         images = [load_optional_image(path, case) for path in [doc["edit_image"], *extra[: k - 1]]]
         images = [augment(image, self.protocol.edit_augment, self.protocol.augment_seed, case) for image in images]
+        prompt, rephrase_prompt = prompts.edit_prompts(doc["family"], doc["knowledge_type"], doc["edit_prompt"],
+                                                       doc["rephrase_prompt"], self.prompt_path)
         return EditRequest(
             case_id=case,
-            prompt=doc["edit_prompt"],
+            prompt=prompt,
             target=doc["edit_target"],
             image=images[0],
             extra_images=tuple(images[1:]),
             original=doc["edit_original"],
-            rephrase_prompt=doc["rephrase_prompt"],
+            rephrase_prompt=rephrase_prompt,
             rephrase_image=load_optional_image(doc["rephrase_image"], case),
             knowledge_type=doc["knowledge_type"],
             train_file=doc["train_file"],

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import datasets
 
-from mmke_eval import families, metrics
+from mmke_eval import families, metrics, prompts
 from mmke_eval.data.images import load_image
 from mmke_eval.data.schema import DataError
-from mmke_eval.templates import render
 
-DEFAULT_TEMPLATE = "mmke/probe.jinja"
+DEFAULT_TEMPLATE = prompts.DEFAULT_TEMPLATE
 
 
 def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -37,9 +36,9 @@ def doc_to_visual(doc: dict) -> list:
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """The probe's prompt: its kind's own template if the family declares one, else the task's."""
-    template = families.kind_of(doc).template or (lmms_eval_specific_kwargs or {}).get("prompt_template", DEFAULT_TEMPLATE)
-    return render(template, question=doc["question"])
+    """The probe's prompt (mmke_eval/prompts.py): on the prompt path of the `edited` model, the
+    template its family declares for that path, else its kind's own, else the task's."""
+    return prompts.probe_prompt(doc, (lmms_eval_specific_kwargs or {}).get("prompt_template", DEFAULT_TEMPLATE))
 
 
 def process_results(doc: dict, results: list) -> dict:

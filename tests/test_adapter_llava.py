@@ -274,7 +274,7 @@ def test_llava_next_anyres_batches_equal_one_at_a_time():
     from mmke_eval.testing.tiny_vlms import build_tiny_llava_next
 
     model, processor = build_tiny_llava_next()
-    adapter = LlavaHFAdapter(model, processor, batch_size=3)
+    adapter = LlavaHFAdapter(model, processor, batch_size=3, prompt_format="raw")  # the hand expansion below is raw
     tall, wide = Image.new("RGB", (40, 64), (200, 0, 0)), Image.new("RGB", (64, 30), (0, 0, 200))
     queries = [Query("What is shown in the image?", tall, "A red circle"), Query("Where?", None, "Paris"),
                Query("Who is it?", wide, "a dog", "New Fact: x y\nPrompt: "), Query("Who is it?", wide, "a dog")]
@@ -371,20 +371,52 @@ def test_prefix_reuse_can_be_turned_off_and_says_so(loaded):
         LlavaHFAdapter(*loaded, prefix_reuse="maybe")
 
 
+@pytest.mark.parametrize("prompt_format", ["raw", "chat"])
 @pytest.mark.parametrize("builder", ["tiny_llava.build_tiny_onevision", "tiny_vlms.build_tiny_llava_next"])
-def test_prefix_reuse_on_the_anyres_llava_models(builder):
+def test_prefix_reuse_on_the_anyres_llava_models(builder, prompt_format):
     import importlib
 
     module, name = builder.split(".")
     model, processor = getattr(importlib.import_module(f"mmke_eval.testing.{module}"), name)()
-    adapter = LlavaHFAdapter(model, processor, batch_size=3)
+    adapter = LlavaHFAdapter(model, processor, batch_size=3, prompt_format=prompt_format)
     tall, wide = Image.new("RGB", (40, 64), (200, 0, 0)), Image.new("RGB", (64, 30), (0, 0, 200))
     queries = [Query(prompt, image, "purple", DEMONSTRATIONS) for image in (tall, wide, None)
                for prompt in ("What colour is the fox?", "Which colour has the fox?")]
     plain_tf, plain_gen = adapter.teacher_forced(queries, k=3), adapter.generate(queries, max_new_tokens=4)
     with adapter.reusing_prefixes():
         reused_tf, reused_gen = adapter.teacher_forced(queries, k=3), adapter.generate(queries, max_new_tokens=4)
-        assert adapter.prefix_cache.made == 3  # one per image (anyres: each its own token count)
+        # One per image (anyres: each its own token count). In the chat layout a text-only query's
+        # prefix boundary can shift by a token with the prompt (the template's "USER: " merges
+        # with it), so the text-only pair may make one more: slower, never different numbers.
+        assert adapter.prefix_cache.made == 3 if prompt_format == "raw" else 3 <= adapter.prefix_cache.made <= 4
     assert reused_gen == plain_gen
     for plain, reused in zip(plain_tf, reused_tf):
         assert torch.equal(reused.topk, plain.topk) and reused.predicted_ids == plain.predicted_ids
+
+
+def test_onevision_and_next_default_to_the_chat_layout_llava15_to_raw(loaded):
+    """EasyEdit (the reference that reports OneVision) always builds OneVision's inputs with the
+    processor's chat template, image then text in the user turn, the generation prompt, then the
+    target; VLKEB/MMKE-Bench's LLaVA-1.5 has no template (docs/models.md)."""
+    from mmke_eval.testing.tiny_llava import build_tiny_onevision
+    from mmke_eval.testing.tiny_vlms import build_tiny_llava_next
+
+    model, processor = build_tiny_onevision()
+    adapter = LlavaHFAdapter(model, processor)
+    assert adapter.prompt_format == "chat" and adapter.describe()["prompt_format"] == "chat"
+    image = Image.new("RGB", (40, 64), (200, 0, 0))
+    prompt, target = "What is shown in the image?", "A red circle"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full_text = text + (target if text[-1:].isspace() else " " + target)
+    full = processor(text=[full_text], images=[image], return_tensors="pt")
+    short = processor(text=[text], images=[image], return_tensors="pt")
+    (result,) = adapter.teacher_forced([Query(prompt, image, target)], k=3)
+    n_prompt = short["input_ids"].shape[1]
+    assert result.answer_ids == full["input_ids"][0, n_prompt:].tolist()
+    with torch.no_grad():
+        logits = model(**full).logits[0]
+    assert torch.equal(result.topk, logits.topk(3, dim=-1).indices)
+    assert LlavaHFAdapter(model, processor, prompt_format="raw").prompt_format == "raw"  # the option keeps raw
+    assert LlavaHFAdapter(*build_tiny_llava_next()).prompt_format == "chat"
+    assert LlavaHFAdapter(*loaded).prompt_format == "raw"  # LLaVA-1.5: VLKEB/MMKE-Bench's layout

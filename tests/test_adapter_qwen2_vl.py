@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mmke_eval.adapters.base import Query
-from mmke_eval.adapters.qwen2_vl import QwenVLAdapter
+from mmke_eval.adapters.qwen2_vl import QwenVLAdapter, reference_image, reference_image_size
 from mmke_eval.testing.tiny_vlms import QWEN_PIXELS, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, save_tiny
 
 BUILDERS = {"qwen2_vl": build_tiny_qwen2_vl, "qwen2_5_vl": build_tiny_qwen2_5_vl}
@@ -30,7 +30,7 @@ def image():
 
 def test_chat_input_is_the_processors_and_the_answer_follows_the_generation_prompt(loaded, image):
     _, (model, processor) = loaded
-    adapter = QwenVLAdapter(model, processor)
+    adapter = QwenVLAdapter(model, processor, image_loading="processor")  # the layout here; the loading below
     assert adapter.prompt_format == "chat"  # the reference's (EasyEdit) for these models
     prompt, target = "Where does this person live?", "Paris"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -51,9 +51,60 @@ def test_chat_input_is_the_processors_and_the_answer_follows_the_generation_prom
     assert result.predicted_ids == logits[n_prompt - 1 : -1].argmax(-1).tolist()
 
 
+def test_reference_image_size_by_hand():
+    # 34x60: sides round to 28x56 (1568 px), under 4 blocks of 28x28 (3136 px): both scaled by
+    # sqrt(3136 / 2040) = 1.2399 and ceiled to multiples of 28: 42.2 -> 56, 74.4 -> 84.
+    assert reference_image_size(34, 60) == (56, 84)
+    assert reference_image_size(100, 200) == (112, 196)  # 3.57 -> 4 x 28, 7.14 -> 7 x 28; area in range
+    # 5000x4000 (20 Mpx) over 16384 blocks (12.8 Mpx): scaled by 1/1.2478 and floored: 4007 -> 4004, 3205.6 -> 3192.
+    assert reference_image_size(4000, 5000) == (3192, 4004)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        reference_image_size(1, 300)
+
+
+def test_reference_image_equals_qwen_vl_utils_fetch_image(monkeypatch):
+    """Our resize against the package's own function. qwen_vl_utils imports torchvision at import
+    time (absent here) but fetch_image uses only PIL: stand-in modules let it import."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("qwen_vl_utils") is None:
+        pytest.skip("qwen-vl-utils is not installed")
+    for name in ("torchvision", "torchvision.io", "torchvision.transforms"):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.__version__ = "0.0"
+            stub.io, stub.transforms, stub.InterpolationMode = stub, stub, None
+            monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.delitem(sys.modules, "qwen_vl_utils.vision_process", raising=False)
+    from qwen_vl_utils.vision_process import fetch_image
+
+    rgba = Image.new("RGBA", (45, 70), (10, 200, 30, 128))
+    for img in (Image.new("RGB", (60, 34), (220, 20, 20)), rgba, Image.new("RGB", (700, 300), (1, 2, 3))):
+        ours, theirs = reference_image(img), fetch_image({"image": img})
+        assert ours.size == theirs.size and ours.tobytes() == theirs.tobytes()
+
+
+def test_reference_image_loading_is_the_default_and_changes_the_image_tokens(loaded, image):
+    """EasyEdit (and lmms-eval's qwen2_vl) resize through qwen_vl_utils before the processor."""
+    _, (model, processor) = loaded
+    adapter, direct = QwenVLAdapter(model, processor), QwenVLAdapter(model, processor, image_loading="processor")
+    assert adapter.image_loading == "reference" and adapter.describe()["image_loading"] == "reference"
+    assert adapter.loaded_image(image).size == (84, 56)  # (width, height)
+    # The tiny processor (8 px patches merged 2x2, 1024 to 4096 px) then resizes 56x84 to 48x64
+    # (12 tokens) and 34x60 to 32x64 (8 tokens).
+    assert adapter._image_inputs([Query("x", image)])[1] == [12]
+    assert direct._image_inputs([Query("x", image)])[1] == [8]
+    grid = processor.image_processor([reference_image(image)], return_tensors="pt")["image_grid_thw"][0]
+    assert grid.tolist() == [1, 6, 8]
+    with pytest.raises(ValueError, match="image_loading"):
+        QwenVLAdapter(model, processor, image_loading="pil")
+
+
 def test_raw_layout_wraps_the_image_tokens_in_vision_tokens(loaded, image):
     _, (model, processor) = loaded
-    adapter = QwenVLAdapter(model, processor, prompt_format="raw")
+    adapter = QwenVLAdapter(model, processor, prompt_format="raw", image_loading="processor")
     tok = processor.tokenizer
     grid = processor.image_processor([image], return_tensors="pt")["image_grid_thw"][0]
     n_image = int(grid.prod()) // 4  # 2x2 patches merged into one token

@@ -52,9 +52,15 @@ def test_mmedit_caption_reads_the_edit_files(mmedit_root):
     assert cases[0].train_file.endswith("caption/caption_train_edit.json")
 
 
-def test_mmedit_locality_image_question_uses_easyedits_short_answer_template():
+def test_mmedit_declares_easyedits_prompts_per_code_path():
     family = families.get("mmedit")
-    assert family.probe("i_loc").template == "mmke/short_answer.jinja" and family.probe("rel").template is None
+    short = "mmke/short_answer.jinja"
+    assert [family.path_template("trainer", "vqa", k) for k in ("edit", "rel", "t_gen", "i_gen", "t_loc", "i_loc")] == \
+        [short, short, short, short, None, short]
+    assert [family.path_template("trainer", "caption", k) for k in ("edit", "rel", "i_loc")] == [None, None, short]
+    assert family.path_template("editor", "vqa", "i_loc") is None
+    with pytest.raises(families.FamilyError, match="no prompt path 'hf'"):
+        family.path_template("hf", "vqa", "rel")
     assert [name for name, _ in family.columns] == ["rel", "t_gen", "i_gen", "t_loc", "i_loc"]
 
 

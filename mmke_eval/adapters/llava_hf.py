@@ -5,13 +5,15 @@
 
 Input formats (``prompt_format``):
 
-* ``raw`` (default, the VLKEB/MMKE-Bench LLaVA protocol): the text is tokenized on its own with
+* ``raw`` (LLaVA-1.5's default, the VLKEB/MMKE-Bench LLaVA protocol): the text is tokenized on its own with
   the tokenizer's special tokens (BOS for LLaMA; none for OneVision's Qwen2), and the image
   placeholder is inserted right after BOS, then expanded to the image's patch tokens. No
   conversation template.
-* ``chat``: the processor's chat template, the image in the user turn before the text, the
-  generation prompt added; the target follows the generation prompt (EasyEdit's layout for the
-  models it loads through transformers, LLaVA-OneVision among them).
+* ``chat`` (LLaVA-OneVision's and LLaVA-NeXT's default): the processor's chat template, the image
+  in the user turn before the text, the generation prompt added; the target follows the
+  generation prompt. EasyEdit, the reference that reports OneVision, always builds its inputs so
+  (``prepare_multimodal_hf_edit``); no knowledge-editing reference runs NeXT, which, like
+  OneVision, is an instruction-tuned chat model (its model card and lmms-eval prompt it so).
 
 LLaVA-NeXT and OneVision expand an image into a size-dependent number of tokens ("anyres") and
 their processors return ``image_sizes``, which are passed on.
@@ -28,8 +30,17 @@ from mmke_eval.adapters.hf_vlm import HFVisionLanguageAdapter
 _LM_LAYER = r"(^|\.)language_model\.(model\.)?layers\.{last}\."
 
 
+# The reference's layout per checkpoint model_type (module docstring); any other LLaVA: raw.
+REFERENCE_PROMPT_FORMATS = {"llava": "raw", "llava_next": "chat", "llava_onevision": "chat"}
+
+
 class LlavaHFAdapter(HFVisionLanguageAdapter):
     """LLaVA-1.5 / LLaVA-NeXT / LLaVA-OneVision through transformers; see the module docstring."""
+
+    def __init__(self, model, processor, device=None, prompt_format: str | None = None, **kwargs):
+        if prompt_format is None:
+            prompt_format = REFERENCE_PROMPT_FORMATS.get(getattr(model.config, "model_type", ""), "raw")
+        super().__init__(model, processor, device, prompt_format, **kwargs)
 
     family = "llava"
     lmms_processor_attribute = "_image_processor"  # llava_hf keeps the processor there

@@ -1,0 +1,70 @@
+"""How a probe's prompt and the edit's prompt are built: the one place for both entry points.
+
+The lmms-eval tasks (``mmke_tasks.hooks.doc_to_text``), the direct scorer (``mmke_eval.direct``),
+the `edited` model (the edit request) and editor training all call these functions, so they
+build the same text for every probe kind.
+
+A probe's template: the one its family declares for the run's prompt path (``prompt_paths`` in
+registry.yaml: EasyEdit builds MMEdit prompts differently on its trainer and editor paths,
+docs/benchmarks.md), else its kind's own template, else the task's (``mmke/probe.jinja``: the
+question as is). The prompt path of a run is the ``prompt_path`` option: ``auto`` resolves to the
+editor's reference path (``Editor.reference_prompt_path``: IKE's numbers come from the editor
+path, every other editor's from the trainer path), ``trainer`` or ``editor`` force one.
+"""
+
+from __future__ import annotations
+
+from mmke_eval import families
+from mmke_eval.templates import render
+
+DEFAULT_TEMPLATE = "mmke/probe.jinja"
+PROMPT_PATH_OPTIONS = ("auto",) + families.PROMPT_PATHS
+# Editor training (mmke-eval train-editor) always builds what the reference trained on: the
+# trainer path (EasyEdit's MultimodalTrainer, VLKEB's, MMKE-Bench's).
+TRAINING_PATH = "trainer"
+
+# The prompt path of the `edited` model built last in this process: lmms-eval builds the model
+# before it renders the tasks' prompts (doc_to_text), which cannot see the model otherwise.
+_active_path: str | None = None
+
+
+def resolve(option: str, editor) -> str:
+    """The prompt path a run uses: the option, or with ``auto`` the editor's reference path."""
+    if option not in PROMPT_PATH_OPTIONS:
+        raise ValueError(f"prompt_path must be one of {', '.join(PROMPT_PATH_OPTIONS)}, not {option!r}")
+    return getattr(editor, "reference_prompt_path", TRAINING_PATH) if option == "auto" else option
+
+
+def set_active_path(path: str | None) -> None:
+    """Called by the `edited` model when it is built: the path doc_to_text renders with."""
+    global _active_path
+    if path is not None and path not in families.PROMPT_PATHS:
+        raise ValueError(f"prompt path must be one of {families.PROMPT_PATHS}, not {path!r}")
+    _active_path = path
+
+
+def active_path() -> str:
+    """The path of the `edited` model built last, else the trainer path (the default of every editor but IKE)."""
+    return _active_path or TRAINING_PATH
+
+
+def probe_template(doc: dict, task_template: str = DEFAULT_TEMPLATE, path: str | None = None) -> str:
+    """The template of a probe document (see the module docstring); ``path`` None: the active one."""
+    family = families.get(doc["family"])
+    kind = family.probe(doc["probe"])
+    declared = family.path_template(path or active_path(), doc["knowledge_type"], kind.name) if family.prompt_paths else None
+    return declared or kind.template or task_template
+
+
+def probe_prompt(doc: dict, task_template: str = DEFAULT_TEMPLATE, path: str | None = None) -> str:
+    return render(probe_template(doc, task_template, path), question=doc["question"])
+
+
+def edit_prompts(family: str, knowledge_type: str, prompt: str, rephrase_prompt: str, path: str) -> tuple[str, str]:
+    """The edit request's prompt and rephrase prompt on ``path`` (wrapped where the family declares
+    an ``edit`` template for it, as EasyEdit's trainer wraps E-VQA's edit_inner / edit_outer)."""
+    declared = families.get(family) if family else None
+    template = declared.path_template(path, knowledge_type, families.EDIT_PROMPT) if declared and declared.prompt_paths else None
+    if template is None:
+        return prompt, rephrase_prompt
+    return render(template, question=prompt), (render(template, question=rephrase_prompt) if rephrase_prompt else "")
