@@ -14,7 +14,7 @@ from mmke_eval import cli
 from mmke_eval.report.bootstrap import Bootstrap, NoInterval, paired_difference, task_rng
 from mmke_eval.report.compare import compare
 from mmke_eval.report.runs import load_runs
-from mmke_eval.report.tables import build_tables, render
+from mmke_eval.report.tables import build_tables
 from mmke_eval.testing.results import write_run
 
 M = ("t_rel", "i_rel", "i_gen", "t_loc", "i_loc", "port")

@@ -54,7 +54,7 @@ class Table:
     columns: list[tuple[str, str]]
     rows: list[Row]
     percent: bool  # benchmark numbers (percent, one decimal); otherwise lmms-eval's own metrics
-    ci: "Bootstrap | None" = None  # intervals asked for (report --ci)
+    ci: Bootstrap | None = None  # intervals asked for (report --ci)
 
 
 class Labels:
@@ -113,7 +113,7 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def build_tables(runs: list[Run], by: str = "task", ci: "Bootstrap | None" = None) -> list[Table]:
+def build_tables(runs: list[Run], by: str = "task", ci: Bootstrap | None = None) -> list[Table]:
     """The tables; with ``ci``, each benchmark cell gets its 95% interval (bootstrap.py)."""
     if by not in BY:
         raise ReportError(f"--by {by!r}: expected one of {', '.join(BY)}")
@@ -153,7 +153,7 @@ def build_tables(runs: list[Run], by: str = "task", ci: "Bootstrap | None" = Non
     return tables
 
 
-def _add_intervals(table: Table, options: "Bootstrap") -> None:
+def _add_intervals(table: Table, options: Bootstrap) -> None:
     from mmke_eval.report.bootstrap import row_intervals
 
     table.ci = options
