@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmke_eval.report.bootstrap import Bootstrap, NoInterval, paired_difference, task_rng
+from mmke_eval.report.bootstrap import MIN_CASES, Bootstrap, NoInterval, paired_difference, task_rng
 from mmke_eval.report.runs import Entry, ReportError, Run, case_scores, load_runs, model_label
 from mmke_eval.report.tables import number
 
@@ -182,6 +182,8 @@ def _compare_task(a: Entry, b: Entry, bootstrap: Bootstrap) -> tuple[list[str], 
         elif only_a or only_b:
             notes.append(f"- beyond noise: not tested, the runs are not on the same cases ({only_a} only in A, {only_b} only "
                          "in B; their numbers are means over different cases): rerun both with the same data and --cases")
+        elif len(common) < MIN_CASES:
+            notes.append(f"- beyond noise: not tested, {len(common)} case(s) in both runs; a paired test needs {MIN_CASES} or more")
         else:
             paired = True
             notes.append(f"- beyond noise: paired bootstrap over the {len(common)} cases of both runs ({bootstrap.resamples} "
