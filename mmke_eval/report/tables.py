@@ -208,6 +208,11 @@ def _title(by: str, entry: Entry, labels: Labels) -> str:
 
     what = families.get(entry.family).title if entry.family else "lmms-eval task"
     if by == "task" and entry.is_group:
+        # the group's benchmark as its tasks' cards name it (mmke_mini is not MMKE-Bench)
+        cards = [entry.run.cards.get(task) for task in entry.run.groups[entry.task]]
+        benchmarks = {card.get("benchmark") for card in cards if card}
+        if entry.family and len(benchmarks) == 1:
+            what = families.get(entry.family).release_title(benchmarks.pop())
         return f"{labels.of_task(entry)} ({what}, mean of its tasks)"
     if by == "task":
         card = entry.run.cards.get(entry.task)
