@@ -279,7 +279,7 @@ def _bars(entries: list[Entry], names: Names, title: str):
     rotate = len(tasks) > 3
     ticks = [f"{task}{' ' if rotate else chr(10)}(n={_count_text([case_count(e) for e in entries if names.task(e) == task])})"
              for task in tasks]
-    figure, axes = _grid(len(columns), 4.4, 3.2)
+    figure, axes = _grid(len(columns), max(4.4, 1.2 * len(tasks)) if rotate else 4.4, 3.2 + (0.8 if rotate else 0))
     width = 0.8 / max(len(variants), 1)
     any_missing = False
     for ax, (key, column_title) in zip(axes, columns):
@@ -305,7 +305,8 @@ def _bars(entries: list[Entry], names: Names, title: str):
                        hatch="///", linewidth=0.0, label="_missing")
                 for x in missing:
                     ax.text(x, 50, MISSING, rotation=90, ha="center", va="center", fontsize=8, color="0.2")
-        ax.set_xticks(range(len(tasks)), ticks, rotation=20 if rotate else 0, ha="right" if rotate else "center")
+        ax.set_xticks(range(len(tasks)), ticks, rotation=30 if rotate else 0, ha="right" if rotate else "center",
+                      rotation_mode="anchor" if rotate else "default")
         ax.set_ylim(0, 100)
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel(Y_LABEL)
@@ -379,6 +380,8 @@ def _legend(figure, axes, count: int, extra: list | None = None, caption: str = 
         handles.append(handle)
         names.append(handle.get_label())
     if handles:
+        import textwrap
+
         legend = figure.legend(handles, names, loc="outside lower center", ncols=min(count, 4), frameon=False,
-                               title=caption or None, title_fontsize=9)
+                               title="\n".join(textwrap.wrap(caption, 150)) or None, title_fontsize=9)
         legend.get_title().set_color("0.25")
