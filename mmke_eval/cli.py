@@ -265,15 +265,20 @@ def _report(argv: list[str]) -> int:
         "Runs of different models or data are never merged; protocol differences are shown above each table.",
     )
     parser.add_argument("results", nargs="+", help="results folders (searched for *_results.json) or results files")
-    parser.add_argument("--format", default="md", choices=tables.FORMATS, help="md (default), latex (booktabs) or csv (one line per number)")
+    parser.add_argument("--format", default="md", choices=tables.FORMATS,
+                        help="md (default), latex (booktabs), csv (one line per number) or json (every table as data)")
     parser.add_argument("--by", default="task", choices=tables.BY,
                         help="one table per task (rows: editors; default), per editor (rows: tasks), or per model (rows: tasks x editors)")
     parser.add_argument("--plot", metavar="DIR", help="also write radar, bar and sequential-gap figures (PNG and PDF) into DIR")
+    parser.add_argument("--ci", action="store_true",
+                        help="give each benchmark cell its 95%% interval from a case-level bootstrap (needs the samples files)")
+    _bootstrap_options(parser)
     args = parser.parse_args(argv)
+    options = _bootstrap(parser, args) if args.ci else None
     found, notes = runs.load_runs(args.results)
     for note in notes:
         print(f"mmke-eval report: note: {note}", file=sys.stderr)
-    print(tables.render(tables.build_tables(found, args.by), args.format), end="")
+    print(tables.render(tables.build_tables(found, args.by, ci=options), args.format), end="")
     if args.plot:
         from mmke_eval.report.plots import write_plots
 
@@ -295,9 +300,27 @@ def _compare(argv: list[str]) -> int:
     parser.add_argument("a", metavar="A", help="results folder or file: the run before")
     parser.add_argument("b", metavar="B", help="results folder or file: the run after")
     parser.add_argument("--top", type=int, default=10, help="how many of the cases that moved most to list (default: %(default)s)")
+    _bootstrap_options(parser)
     args = parser.parse_args(argv)
-    print(compare(args.a, args.b, top=args.top), end="")
+    print(compare(args.a, args.b, top=args.top, bootstrap=_bootstrap(parser, args)), end="")
     return 0
+
+
+def _bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    from mmke_eval.report.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help="bootstrap resamples of the cases (default: %(default)s; at least 100)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap (default: %(default)s)")
+
+
+def _bootstrap(parser: argparse.ArgumentParser, args):
+    from mmke_eval.report.bootstrap import Bootstrap
+
+    try:
+        return Bootstrap(args.resamples, args.seed)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _list() -> int:

@@ -76,6 +76,8 @@ class Family:
                 return None
         raise FamilyError(f"benchmark {self.name!r} declares no prompt path {path!r}; its paths: "
                           f"{', '.join(n for n, _ in self.prompt_paths) or 'none'}")
+    releases: tuple[tuple[str, str], ...] = ()  # (card's benchmark, its name in figures)
+    subsets: tuple[tuple[str, str], ...] = ()  # (card's knowledge_type / subset, or "eval": its name in figures)
 
     def probe(self, kind: str) -> ProbeKind:
         for probe in self.probes:
@@ -97,6 +99,22 @@ class Family:
     def train_card(self, card: dict) -> dict:
         """The source card of the train split the card's cases come from (editor training)."""
         return {**{k: v for k, v in card.items() if k not in self.train_ignores}, "split": "train"}
+
+    def release_title(self, benchmark: str | None) -> str:
+        """The declared name of one benchmark of the family (``mmke_mini``: "MMKE-Bench mini
+        (generated)"); an undeclared one is named with the family's title beside it."""
+        declared = dict(self.releases)
+        if benchmark in declared:
+            return declared[benchmark]
+        return self.title if benchmark in (None, self.name) else f"{benchmark} ({self.title})"
+
+    def subset_title(self, card: dict) -> str:
+        """A task's subset as figures name it: the declared name of its card's knowledge type or
+        subset, "k-hop" for a hop, the declared ``eval`` name for a task with neither."""
+        if card.get("hop") is not None:
+            return f"{card['hop']}-hop"
+        key = str(card.get("knowledge_type") or card.get("subset") or "eval")
+        return dict(self.subsets).get(key, key)
 
     def demonstration_pool(self, train_file: str) -> list[tuple[str, str, str, str]]:
         return _import(self.demonstrations, f"benchmarks.{self.name}.demonstrations")(train_file)
@@ -153,6 +171,8 @@ def get(name: str) -> Family:
         table=_table(name, entry.get("table") or [], probes),
         train_ignores=tuple(entry.get("train_ignores", ())),
         prompt_paths=_prompt_paths(name, entry.get("prompt_paths") or {}, probes),
+        releases=_names(name, "releases", entry.get("releases")),
+        subsets=_names(name, "subsets", entry.get("subsets")),
     )
 
 
@@ -182,6 +202,14 @@ def _prompt_paths(family: str, declared: Any, probes: tuple[ProbeKind, ...]):
             entries.append((str(knowledge_type), tuple(sorted(templates.items()))))
         paths.append((path, tuple(entries)))
     return tuple(paths)
+
+
+def _names(family: str, key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise FamilyError(f"registry.yaml benchmarks.{family}.{key}: expected a mapping of names to non-empty titles")
+    return tuple((str(k), v) for k, v in value.items())
 
 
 def _table(family: str, entries: list, probes: tuple[ProbeKind, ...]) -> tuple[tuple[str, str], ...]:

@@ -83,6 +83,36 @@ class Protocol:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
 
+# How each setting reads in figures (mmke-eval report --plot names variants of an editor by the
+# settings in which they differ: "FT-LLM (sequential, gap 10)"); value -> text.
+SETTING_TEXT: dict[str, Any] = {
+    "t_loc_k": "T-Loc top-{}".format,
+    "i_loc_k": "I-Loc top-{}".format,
+    "loc_span": lambda v: "locality span per editor" if v == "auto" else f"locality over the {v}",
+    "generate": lambda v: "with generations" if v else "no generations",
+    "sequential": lambda v: "sequential" if v else "one edit at a time",
+    "sequential_gap": "gap {}".format,
+    "port_image": lambda v: "Port image per editor" if v == "auto" else f"Port on the {v} image",
+    "edit_images": lambda v: f"{v} edit image{'s' * (v != 1)}",
+    "edit_augment": "augmentation {}".format,
+    "augment_seed": "augmentation seed {}".format,
+    "user_number": "user number {}".format,
+}
+
+
+def describe_settings(values: dict[str, Any]) -> str:
+    """Protocol settings (typed values) as a reader would say them: {sequential: True,
+    sequential_gap: 1} -> "sequential, gap 1"; the gap of a run that is not sequential is left
+    out (it has none). Keys that are not protocol options read as key=value."""
+    parts = []
+    for key, value in values.items():
+        if key == "sequential_gap" and values.get("sequential") is False:
+            continue
+        text = SETTING_TEXT.get(key)
+        parts.append(text(value) if text else f"{key}={value}")
+    return ", ".join(parts)
+
+
 def protocol_from_options(base_args: dict[str, Any] | None = None, **options: Any) -> Protocol:
     """A Protocol from option values as text (or typed); ``base_args`` are the keys meant for the
     base backend, where a near-miss of an option name is refused as a typo."""

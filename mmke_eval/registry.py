@@ -51,6 +51,13 @@ def editor_names() -> list[str]:
     return sorted(load_registry()["editors"])
 
 
+def editor_title(name: str) -> str:
+    """The editor's name in figures (its ``title`` in registry.yaml, e.g. FT-LLM); an editor
+    not in the registry (a results folder from elsewhere) keeps its own name."""
+    entry = load_registry()["editors"].get(name)
+    return str(entry.get("title") or name) if isinstance(entry, dict) else name
+
+
 def editor_defaults(name: str, family: str = "") -> dict[str, Any]:
     entry = _entry("editors", name)
     return {**entry.get("defaults", {}), **entry.get("families", {}).get(family, {})}

@@ -22,6 +22,8 @@ def test_compare_lists_the_changed_cases_and_the_setup_change(tmp_path, capsys):
     assert cli.main(["compare", str(tmp_path / "A"), str(tmp_path / "B")]) == 0
     out = capsys.readouterr().out
     assert "- editor option lr: (none) -> 0.001" in out
+    assert "- beyond noise: not tested, 4 case(s) in both runs; a paired test needs 5 or more" in out
+    assert "Beyond noise |" not in out
     assert "| T-Rel | 50.0 | 62.5 | +12.5 | 4 | 1 | 1 | 0 |" in out
     assert "| I-Rel | 50.0 | 50.0 | +0.0 | 4 | 0 | 0 | 0 |" in out
     assert "| I-Loc | 50.0 | 43.8 | -6.2 | 4 | 1 | 0 | 1 |" in out

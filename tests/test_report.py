@@ -79,7 +79,7 @@ Best value per column in bold, among the edited rows of the same model and task 
 | ike | 50.0 | **100.0** | **75.0** | 70.0 | 30.0 | **50.0** | **62.5** |
 | ft_llm [sequential=true, sequential_gap=10] | 75.0 | 50.0 | 25.0 | 80.0 | 40.0 | 0.0 | 45.0 |
 
-### mmke_mini (MMKE-Bench, mean of its tasks)
+### mmke_mini (MMKE-Bench mini (generated), mean of its tasks)
 
 - Model: world_model (llava_hf; dtype=float32, pretrained=/models/world_model)
 - Data: mean of mmke_mini_entity, mmke_mini_user
@@ -141,7 +141,7 @@ ft\_llm [sequential=true, sequential\_gap=10] & 75.0 & 50.0 & 25.0 & 80.0 & 40.0
 % loc_span=auto is each editor's reference: sequence (none, ft_llm [sequential=false, sequential_gap=0], ft_llm [sequential=true, sequential_gap=10]); answer (ike)
 \begin{table}[ht]
 \centering
-\caption{mmke\_mini (MMKE-Bench, mean of its tasks). Mixed protocols (see the comments above).}
+\caption{mmke\_mini (MMKE-Bench mini (generated), mean of its tasks). Mixed protocols (see the comments above).}
 \begin{tabular}{lrrrrrrr}
 \toprule
 Editor & T-Rel & I-Rel & I-Gen & T-Loc & I-Loc & Port & Avg \\

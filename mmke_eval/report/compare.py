@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmke_eval.report.runs import Entry, ReportError, Run, load_runs, model_label
+from mmke_eval.report.bootstrap import MIN_CASES, Bootstrap, NoInterval, paired_difference, task_rng
+from mmke_eval.report.runs import Entry, ReportError, Run, case_scores, load_runs, model_label
 from mmke_eval.report.tables import number
 
 EPSILON = 1e-9  # per-case values are percentages of float scores: anything above is a change
@@ -38,26 +39,6 @@ class CaseDelta:
 
     def moved(self, metrics: list[str]) -> float:
         return sum(abs(d) for d in (self.delta(m) for m in metrics) if d is not None)
-
-
-def case_scores(path: Path) -> dict[str, dict[str, float]]:
-    """case id -> metric -> the case's score in percent, from an lmms-eval samples file: each
-    document's metrics are ``{"case", "score"}`` items; a case's value is the mean of its items
-    (NaN left out), as the tasks aggregate them (metrics.case_mean)."""
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError as err:
-                raise ReportError(f"{path}, line {line_number}: not JSON ({err})") from None
-            for metric, item in doc.items():
-                if isinstance(item, dict) and "case" in item and isinstance(item.get("score"), (int, float)):
-                    if item["score"] == item["score"]:  # NaN: no answer tokens, left out
-                        scores[str(item["case"])][metric].append(float(item["score"]))
-    return {case: {m: 100.0 * sum(v) / len(v) for m, v in metrics.items()} for case, metrics in scores.items()}
 
 
 def pair_runs(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]:
@@ -81,14 +62,17 @@ def pair_runs(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[tuple[Run, Run
     return pairs, notes
 
 
-def compare(a: str | Path, b: str | Path, top: int = 10) -> str:
+def compare(a: str | Path, b: str | Path, top: int = 10, bootstrap: Bootstrap | None = None) -> str:
+    """The report of what changed from A to B; per task, whether each metric's change is beyond
+    noise (a paired bootstrap over the cases both runs scored, when they are the same cases)."""
+    bootstrap = bootstrap or Bootstrap()
     if top < 0:
         raise ReportError(f"--top {top}: must be 0 or more")
     runs_a, _ = load_runs([a])
     runs_b, _ = load_runs([b])
     pairs, notes = pair_runs(runs_a, runs_b)
     blocks = [f"# Compare A: {a} -> B: {b}"] + ([("- " + "\n- ".join(notes))] if notes else [])
-    blocks += [_compare_pair(run_a, run_b, top) for run_a, run_b in pairs]
+    blocks += [_compare_pair(run_a, run_b, top, bootstrap) for run_a, run_b in pairs]
     return "\n\n".join(blocks) + "\n"
 
 
@@ -132,7 +116,7 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
 
 
-def _compare_pair(a: Run, b: Run, top: int) -> str:
+def _compare_pair(a: Run, b: Run, top: int, bootstrap: Bootstrap) -> str:
     title = a.editor if a.editor == b.editor else f"{a.editor or a.backend} -> {b.editor or b.backend}"
     lines = [f"## {title}", "", f"- A: {a.path}", f"- B: {b.path}"]
     differences = setup_differences(a, b)
@@ -150,7 +134,7 @@ def _compare_pair(a: Run, b: Run, top: int) -> str:
             lines += ["", f"### {entry_a.task}", "", "- the two runs score this task with different metrics; not compared"]
             continue
         columns.update(entry_a.columns)
-        task_lines, deltas = _compare_task(entry_a, entry_b)
+        task_lines, deltas = _compare_task(entry_a, entry_b, bootstrap)
         lines += ["", f"### {entry_a.task}", ""] + task_lines
         moved += deltas
     metrics = list(columns)
@@ -171,16 +155,19 @@ def _signed(value: float | None) -> str:
     return "" if abs(value) <= EPSILON else f"{value:+.1f}"
 
 
-def _compare_task(a: Entry, b: Entry) -> tuple[list[str], list[CaseDelta]]:
+def _compare_task(a: Entry, b: Entry, bootstrap: Bootstrap) -> tuple[list[str], list[CaseDelta]]:
     notes: list[str] = []
     per_case = None
+    paired = False  # the same cases on both sides: the paired test applies
     if a.is_group or b.is_group:
         pass  # a group's number is the mean of its tasks': its cases are compared there
     elif a.task not in a.run.samples or a.task not in b.run.samples:
         missing = " and ".join(side for side, run in (("A", a.run), ("B", b.run)) if a.task not in run.samples)
         notes.append(f"- per case: no samples file in {missing} (mmke-eval --output_path writes them; lmms-eval: --log_samples)")
+        notes.append("- beyond noise: not tested, it needs the per-case scores of both runs")
     elif a.data.files and b.data.files and a.data.files != b.data.files:
         notes.append("- per case: left out, the data files differ (a case id may name another case)")
+        notes.append("- beyond noise: not tested, the runs are not on the same cases (the data files differ)")
     else:
         scores_a, scores_b = case_scores(a.run.samples[a.task]), case_scores(b.run.samples[b.task])
         common = [case for case in scores_a if case in scores_b]
@@ -190,8 +177,21 @@ def _compare_task(a: Entry, b: Entry) -> tuple[list[str], list[CaseDelta]]:
             notes.append(f"- per case: {len(common)} cases in both; {only_a} only in A, {only_b} only in B")
         if not (a.data.files and b.data.files):
             notes.append("- per case: matched by case id (a plain lmms-eval run records no data hash)")
+            notes.append("- beyond noise: not tested, a plain lmms-eval run records no data hash, so the cases "
+                         "cannot be shown to be the same (run both with mmke-eval --output_path)")
+        elif only_a or only_b:
+            notes.append(f"- beyond noise: not tested, the runs are not on the same cases ({only_a} only in A, {only_b} only "
+                         "in B; their numbers are means over different cases): rerun both with the same data and --cases")
+        elif len(common) < MIN_CASES:
+            notes.append(f"- beyond noise: not tested, {len(common)} case(s) in both runs; a paired test needs {MIN_CASES} or more")
+        else:
+            paired = True
+            notes.append(f"- beyond noise: paired bootstrap over the {len(common)} cases of both runs ({bootstrap.resamples} "
+                         f"resamples, seed {bootstrap.seed}): the 95% interval of B - A, p two-sided; yes when p < 0.05")
     header = "| Metric | A | B | B - A |" + (" Cases | Changed | Up | Down |" if per_case is not None else "")
-    lines = [header, "|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if per_case is not None else "")]
+    header += " B - A, 95% interval | p | Beyond noise |" if paired else ""
+    lines = [header, "|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if per_case is not None else "")
+             + ("---:|---:|---|" if paired else "")]
     for key, title in a.columns:
         va, vb = a.values.get(key), b.values.get(key)
         percent = a.family is not None
@@ -202,5 +202,21 @@ def _compare_task(a: Entry, b: Entry) -> tuple[list[str], list[CaseDelta]]:
             deltas = [x for x in deltas if x is not None]
             up, down = sum(x > EPSILON for x in deltas), sum(x < -EPSILON for x in deltas)
             row += f" {len(deltas)} | {up + down} | {up} | {down} |"
+        if paired:
+            row += _paired_cells(a, key, scores_a, scores_b, bootstrap, notes)
         lines.append(row)
     return lines + ([""] + notes if notes else []), per_case or []
+
+
+def _paired_cells(a: Entry, key: str, scores_a: dict, scores_b: dict, bootstrap: Bootstrap, notes: list[str]) -> str:
+    """The paired test of one metric: a case counts where both runs scored it on this metric.
+    The generator is the task's (the same case draws for every metric)."""
+    values_a = {case: m[key] for case, m in scores_a.items() if key in m}
+    values_b = {case: m[key] for case, m in scores_b.items() if key in m}
+    try:
+        test = paired_difference(values_a, values_b, task_rng(bootstrap.seed, a.task), bootstrap.resamples)
+    except NoInterval as why:
+        notes.append(f"- beyond noise, {key}: not tested, {why}")
+        return " - | - | - |"
+    verdict = "yes" if test.beyond_noise else "no"
+    return f" {test.difference:+.1f} [{test.low:+.1f}, {test.high:+.1f}] | {test.p:.3f} | {verdict} |"

@@ -15,6 +15,7 @@ identified by name and document count only, and never share a row with recorded 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ class Run:
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its tasks (lmms-eval's group_subtasks)
     stamp: str = ""  # lmms-eval's date id: orders runs in time
     versions: dict[str, Any] = field(default_factory=dict)
+    _case_scores: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def case_scores(self, task: str) -> dict[str, dict[str, float]] | None:
+        """The task's per-case scores from its samples file (read once); None: no samples file."""
+        if task not in self.samples:
+            return None
+        if task not in self._case_scores:
+            self._case_scores[task] = case_scores(self.samples[task])
+        return self._case_scores[task]
 
     @property
     def model_key(self) -> str:
@@ -267,3 +277,23 @@ def _data_ids(results: dict, cards: dict[str, dict]) -> dict[str, DataId]:
     for task in results["results"]:
         ids.setdefault(task, DataId(digest(["unknown", task]), f"{task}: data unknown"))
     return ids
+
+
+def case_scores(path: Path) -> dict[str, dict[str, float]]:
+    """case id -> metric -> the case's score in percent, from an lmms-eval samples file: each
+    document's metrics are ``{"case", "score"}`` items; a case's value is the mean of its items
+    (NaN left out), as the tasks aggregate them (metrics.case_mean)."""
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError as err:
+                raise ReportError(f"{path}, line {line_number}: not JSON ({err})") from None
+            for metric, item in doc.items():
+                if isinstance(item, dict) and "case" in item and isinstance(item.get("score"), (int, float)):
+                    if item["score"] == item["score"]:  # NaN: no answer tokens, left out
+                        scores[str(item["case"])][metric].append(float(item["score"]))
+    return {case: {m: 100.0 * sum(v) / len(v) for m, v in metrics.items()} for case, metrics in scores.items()}

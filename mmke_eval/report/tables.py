@@ -21,12 +21,15 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mmke_eval.report.runs import Entry, ReportError, Run, card_label, model_label
 
+if TYPE_CHECKING:
+    from mmke_eval.report.bootstrap import Bootstrap
+
 BY = ("task", "editor", "model")
-FORMATS = ("md", "latex", "csv")
+FORMATS = ("md", "latex", "csv", "json")
 BASELINE = "none"
 AVG = ("avg", "Avg")
 
@@ -39,6 +42,7 @@ class Row:
     block: str  # rows of one block are ranked together
     values: dict[str, float | None]
     best: set[str] = field(default_factory=set)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # column -> 95% interval (report --ci)
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Table:
     columns: list[tuple[str, str]]
     rows: list[Row]
     percent: bool  # benchmark numbers (percent, one decimal); otherwise lmms-eval's own metrics
+    ci: Bootstrap | None = None  # intervals asked for (report --ci)
 
 
 class Labels:
@@ -108,7 +113,8 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def build_tables(runs: list[Run], by: str = "task") -> list[Table]:
+def build_tables(runs: list[Run], by: str = "task", ci: Bootstrap | None = None) -> list[Table]:
+    """The tables; with ``ci``, each benchmark cell gets its 95% interval (bootstrap.py)."""
     if by not in BY:
         raise ReportError(f"--by {by!r}: expected one of {', '.join(BY)}")
     labels = Labels(runs)
@@ -140,8 +146,25 @@ def build_tables(runs: list[Run], by: str = "task") -> list[Table]:
     tables = []
     for key in sorted(grouped, key=_sortable):
         members = sorted(grouped[key], key=row_key)
-        tables.append(_table(by, members, labels, block_of))
+        table = _table(by, members, labels, block_of)
+        if ci is not None:
+            _add_intervals(table, ci)
+        tables.append(table)
     return tables
+
+
+def _add_intervals(table: Table, options: Bootstrap) -> None:
+    from mmke_eval.report.bootstrap import row_intervals
+
+    table.ci = options
+    if not table.percent:
+        table.notes.append("95% intervals: none for lmms-eval's own tasks (no per-case scores in our format)")
+        return
+    table.notes.append(options.describe())
+    keys = [key for key, _ in table.columns if key != AVG[0]]
+    for row in table.rows:
+        row.ci, why = row_intervals(row.entry, keys, AVG[0] if AVG in table.columns else None, options)
+        table.notes += [f"No interval for {' / '.join(row.labels)}: {reason}" for reason in why]
 
 
 def _order(keys) -> dict:
@@ -185,6 +208,11 @@ def _title(by: str, entry: Entry, labels: Labels) -> str:
 
     what = families.get(entry.family).title if entry.family else "lmms-eval task"
     if by == "task" and entry.is_group:
+        # the group's benchmark as its tasks' cards name it (mmke_mini is not MMKE-Bench)
+        cards = [entry.run.cards.get(task) for task in entry.run.groups[entry.task]]
+        benchmarks = {card.get("benchmark") for card in cards if card}
+        if entry.family and len(benchmarks) == 1:
+            what = families.get(entry.family).release_title(benchmarks.pop())
         return f"{labels.of_task(entry)} ({what}, mean of its tasks)"
     if by == "task":
         card = entry.run.cards.get(entry.task)
@@ -280,16 +308,26 @@ def render(tables: list[Table], fmt: str) -> str:
     if fmt == "csv":
         return render_csv(tables)
     blocks = [render_markdown(t) if fmt == "md" else render_latex(t) for t in tables]
+    if fmt == "json":
+        return render_json(tables)
     preface = ("Best value per column in bold, among the edited rows of the same model and task (the baseline "
                "`none` is not ranked); Avg: the unweighted mean of the row's columns.")
+    if any(t.ci for t in tables):
+        preface += " In brackets: the 95% interval over cases (bootstrap)."
     if fmt == "latex":
         preface = "% " + preface.replace("`", "") + "\n% Needs \\usepackage{booktabs}."
     return "\n\n".join([preface] + blocks) + "\n"
 
 
 def _cells(table: Table, row: Row, bold: Callable[[str], str]) -> list[str]:
-    return [bold(number(row.values.get(key), table.percent)) if key in row.best else number(row.values.get(key), table.percent)
-            for key, _ in table.columns]
+    cells = []
+    for key, _ in table.columns:
+        text = number(row.values.get(key), table.percent)
+        text = bold(text) if key in row.best else text
+        if key in row.ci:
+            text += " [{:.1f}, {:.1f}]".format(*row.ci[key])
+        cells.append(text)
+    return cells
 
 
 def render_markdown(table: Table) -> str:
@@ -330,7 +368,7 @@ def render_latex(table: Table) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["table", "model", "editor", "task", "metric", "title", "value", "best", "data", "protocol"]
+CSV_FIELDS = ["table", "model", "editor", "task", "metric", "title", "value", "best", "data", "protocol", "ci_low", "ci_high"]
 
 
 def render_csv(tables: list[Table]) -> str:
@@ -345,9 +383,34 @@ def render_csv(tables: list[Table]) -> str:
             protocol = ";".join(f"{k}={_text(v)}" for k, v in sorted(run.protocol.items()) if defaults.get(k, object()) != v)
             for key, title in table.columns:
                 value = row.values.get(key)
+                low, high = row.ci.get(key, ("", ""))
                 writer.writerow({
                     "table": table.title, "model": row.names["Model"], "editor": row.names["Editor"], "task": row.names["Task"],
                     "metric": key, "title": title, "value": "" if value is None else repr(round(float(value), 4)),
                     "best": "1" if key in row.best else "", "data": row.entry.data.text, "protocol": protocol,
+                    "ci_low": low if low == "" else repr(round(low, 4)), "ci_high": high if high == "" else repr(round(high, 4)),
                 })
     return out.getvalue()
+
+
+def render_json(tables: list[Table]) -> str:
+    """Every table as data: its notes, columns and rows, each cell's value, best flag and (--ci)
+    95% interval, with how the intervals were made."""
+    import json
+
+    options = next((t.ci for t in tables if t.ci), None)
+    document = {
+        "ci": None if options is None else {"level": 0.95, "method": "case-level percentile bootstrap",
+                                            "resamples": options.resamples, "seed": options.seed},
+        "tables": [{
+            "title": table.title, "notes": table.notes, "mixed_protocols": table.mixed, "percent": table.percent,
+            "columns": [{"metric": key, "title": title} for key, title in table.columns],
+            "rows": [{
+                "model": row.names["Model"], "editor": row.names["Editor"], "task": row.names["Task"], "labels": row.labels,
+                "results_file": str(row.entry.run.path), "data": row.entry.data.text,
+                "cells": {key: {"value": row.values.get(key), "best": key in row.best,
+                                **({"ci": list(row.ci[key])} if key in row.ci else {})} for key, _ in table.columns},
+            } for row in table.rows],
+        } for table in tables],
+    }
+    return json.dumps(document, indent=2) + "\n"
