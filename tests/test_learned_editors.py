@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +234,22 @@ def test_a_corrupt_training_state_is_refused_naming_the_file_and_restart(adapter
     save_file({"w": torch.zeros(2)}, str(folder / RESUME_FILE), metadata={"format": "pt"})
     with pytest.raises(TrainingError, match=r"not a readable mmke-eval training state \(format 'pt'"):
         train(editor_for("mend", adapter, **settings), adapter, train_cases[:4], DATA, folder, progress=False)
+
+
+def test_broken_checkpoint_files_are_refused_naming_the_file(adapter, tmp_path):
+    import shutil
+
+    from mmke_eval.mini import EDITOR_CHECKPOINTS_DIR
+
+    folder = Path(shutil.copytree(EDITOR_CHECKPOINTS_DIR / "mend", tmp_path / "ck"))
+    meta = (folder / META_FILE).read_text()
+    (folder / META_FILE).write_text(meta[: len(meta) // 2])  # cut short, as by a full disk
+    with pytest.raises(CheckpointError, match=rf"ck/{META_FILE}: invalid JSON at line \d+, column \d+ .*copy it again"):
+        editor_for("mend", adapter, checkpoint=str(folder)).ensure_ready(adapter)
+    (folder / META_FILE).write_text(meta)
+    (folder / WEIGHTS_FILE).write_bytes(b"<html>404 Not Found</html>" * 20)  # a failed download
+    with pytest.raises(CheckpointError, match=rf"ck/{WEIGHTS_FILE}: not a readable safetensors file .*copy it again"):
+        editor_for("mend", adapter, checkpoint=str(folder)).ensure_ready(adapter)
 
 
 def test_train_editor_then_evaluate_from_the_command_line(tmp_path):
