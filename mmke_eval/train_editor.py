@@ -368,7 +368,7 @@ def load_adapter(model: str, model_args: str | None):
     from lmms_eval.models import get_model
 
     from mmke_eval import registry, runner
-    from mmke_eval.protocol import check_device_map, check_pretrained
+    from mmke_eval.protocol import check_device_map, check_gpu, check_pretrained
 
     args = runner.parse_key_values(runner.model_args_for(model, model_args), "--model_args")
     adapter_args = {k[len("adapter."):]: v for k, v in args.items() if k.startswith("adapter.")}
@@ -377,6 +377,7 @@ def load_adapter(model: str, model_args: str | None):
     adapter_cls.check_backend(model)
     check_pretrained(base_args.get("pretrained"))
     backend_cls = get_model(model, force_simple=True)
+    check_gpu(backend_cls, base_args)
     check_device_map(backend_cls, base_args)
     base = backend_cls(**base_args)
     return adapter_cls.from_lmms(base, **adapter_args)

@@ -110,3 +110,21 @@ def test_bad_input(name, arguments, code, message, tiny_llava_dir, mmke_fixture_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mmke-eval: error:") and message in last, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["train-editor", "--editor", "mend"]], ids=["evaluate", "train-editor"])
+def test_no_gpu_names_the_option_to_set(command, tiny_llava_dir, tmp_path, monkeypatch, capsys):
+    """lmms-eval's llava_hf defaults to device=cuda: where torch finds no GPU (simulated here, so the
+    test holds on GPU machines too) both commands say which option to set, before any weight loads."""
+    import torch
+
+    from mmke_eval import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [*command, "--model", "llava_hf", "--model_args", f"pretrained={tiny_llava_dir}", "--tasks", "mmke_mini_entity",
+            "--cases", "2", "--output_path", str(tmp_path / "out")]
+    assert cli.main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "device=cuda (LlavaHf's default) needs a GPU, but torch finds none" in last, last
+    assert "add device=cpu,device_map=cpu to --model_args" in last
