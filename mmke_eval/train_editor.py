@@ -300,7 +300,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
             if meta.get("format") != STATE_FORMAT or meta.get("version") != str(STATE_VERSION):
                 raise refused(f"format {meta.get('format')!r} version {meta.get('version')!r}, expected {STATE_FORMAT!r} "
                               f"version {STATE_VERSION}")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         header = json.loads(meta["json"])
         groups: dict[str, dict[str, torch.Tensor]] = {"learned": {}, "best": {}, "optimizer": {}, "rng": {}}
         for key, value in tensors.items():
