@@ -185,16 +185,14 @@ class LearnedEditor(Editor):
         tmp.replace(folder / META_FILE)
 
     def load_checkpoint(self, adapter, folder: str | Path) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
         folder = Path(folder).expanduser()
         meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
         if not meta_path.is_file() or not weights_path.is_file():
             raise CheckpointError(f"editor {self.name!r}: checkpoint={folder}: needs {META_FILE} and {WEIGHTS_FILE} "
                                   "(written by `mmke-eval train-editor` or `mmke-eval convert-checkpoint`)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_checkpoint_meta(meta_path)
         self.check_checkpoint(adapter, meta, folder)
-        state = load_file(str(weights_path), device=str(adapter.device))
+        state = read_checkpoint_weights(weights_path, device=str(adapter.device))
         missing, unexpected = self.learned.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"editor {self.name!r}: checkpoint {folder} does not fit its networks: missing "
@@ -241,6 +239,34 @@ class LearnedEditor(Editor):
                 "converted_from": meta.get("converted_from"),
             }
         return described
+
+
+DAMAGED = ("the checkpoint is damaged or not one: copy it again, or write it again with `mmke-eval train-editor` "
+           "(or `mmke-eval convert-checkpoint`)")
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``editor.json``; a file that is not a JSON object is refused naming it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg}); {DAMAGED}") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); {DAMAGED}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(meta).__name__}, not the object a checkpoint's {META_FILE} holds; {DAMAGED}")
+    return meta
+
+
+def read_checkpoint_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's ``editor.safetensors``; a file safetensors cannot read is refused naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); {DAMAGED}") from None
 
 
 def _short(modules: Any) -> str:

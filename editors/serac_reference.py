@@ -50,7 +50,7 @@ import torch
 
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig, EditRequest
 from editors.learned import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_FILE, WEIGHTS_FILE, CheckpointError,
-                             model_fingerprint)
+                             model_fingerprint, read_checkpoint_meta, read_checkpoint_weights)
 from mmke_eval.adapters.base import ForwardResult, Query
 
 CLS_INPUTS = ("prompt", "reference")
@@ -116,19 +116,17 @@ def checkpoint_meta(adapter, cls_name: str, small_name: str, converted_from: dic
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"editor 'serac_ref': checkpoint={folder}: needs {META_FILE} and {WEIGHTS_FILE} (written by "
                               "`mmke-eval convert-checkpoint --editor serac`)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_checkpoint_meta(meta_path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{folder}: not an mmke-eval editor checkpoint (format {meta.get('format')!r})")
     if meta.get("class") != CLASS_NAME:
         raise CheckpointError(f"{folder} holds a {meta.get('editor')!r} checkpoint ({meta.get('class')}); editor 'serac_ref' "
                               "reads only converted reference SERAC files (`mmke-eval convert-checkpoint --editor serac`)")
-    return meta, load_file(str(weights_path))
+    return meta, read_checkpoint_weights(weights_path)
 
 
 def pretrained(loader, name: str, option: str, **kwargs):

@@ -186,15 +186,21 @@ def peek(path: Path) -> Any:
     """The top-level object of a ``torch.save`` file, tensors as TensorInfo, nothing executed."""
     if not zipfile.is_zipfile(path):
         raise ConversionError(f"{path}: not a torch.save archive (zip); the reference trainers save with torch.save")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pickles) != 1:
-            raise ConversionError(f"{path}: a zip archive but not a torch.save file (no single data.pkl)")
-        with archive.open(pickles[0]) as f:
-            try:
-                return _PeekUnpickler(f).load()
-            except Exception as err:  # noqa: BLE001 - any failure of a foreign pickle ends in one message
-                raise ConversionError(f"{path}: cannot read its pickle ({type(err).__name__}: {err})") from err
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1:
+                raise ConversionError(f"{path}: a zip archive but not a torch.save file (no single data.pkl)")
+            with archive.open(pickles[0]) as f:
+                try:
+                    return _PeekUnpickler(f).load()
+                except Exception as err:  # noqa: BLE001 - any failure of a foreign pickle ends in one message
+                    raise ConversionError(f"{path}: cannot read its pickle ({type(err).__name__}: {err}); {DOWNLOAD_AGAIN}") from err
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ConversionError(f"{path}: a damaged zip archive ({err}); {DOWNLOAD_AGAIN}") from None
+
+
+DOWNLOAD_AGAIN = "the file is damaged or not a reference checkpoint: download it again (and compare its size)"
 
 
 def read_reference(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
@@ -205,7 +211,10 @@ def read_reference(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     missing = [k for k in required if k not in top]
     if missing:
         raise ConversionError(f"{path}: missing key {missing[0]!r} (has {sorted(map(str, top))[:8]})")
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True, pickle_module=StubPickle)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True, pickle_module=StubPickle)
+    except Exception as err:  # noqa: BLE001 - a damaged archive fails in zip, storage or pickle code alike
+        raise ConversionError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err)[:200]}); {DOWNLOAD_AGAIN}") from None
 
 
 def sha256_of(path: Path) -> str:

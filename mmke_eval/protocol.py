@@ -146,6 +146,33 @@ def check_model_args(model_args: dict[str, str]) -> Protocol:
     return protocol
 
 
+def check_gpu(backend_cls: type, base_args: dict[str, Any], cuda_available: bool | None = None) -> None:
+    """A backend that would load onto a GPU (its ``device`` or ``device_map``, given or by default:
+    lmms-eval's backends default to ``device="cuda"``) on a machine where torch finds none is
+    refused before loading, naming the options to set; torch would fail inside the backend with
+    "Found no NVIDIA driver" or "Torch not compiled with CUDA enabled"."""
+    import inspect
+
+    params = inspect.signature(backend_cls.__init__).parameters
+    wanted = []
+    for key in ("device", "device_map"):
+        given = str(base_args.get(key, "") or "").strip()
+        default = params[key].default if key in params else ""
+        value = given or (str(default).strip() if isinstance(default, str) else "")
+        if value.lower().startswith("cuda"):
+            wanted.append(f"{key}={value}" + ("" if given else f" ({backend_cls.__name__}'s default)"))
+    if not wanted:
+        return
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        fix = "device=cpu,device_map=cpu" if "device_map" in params else "device=cpu"
+        raise ValueError(f"--model_args: {' and '.join(wanted)} needs a GPU, but torch finds none on this machine: "
+                         f"add {fix} to --model_args (and dtype=float32), or run where torch.cuda.is_available() is true")
+
+
 def check_device_map(backend_cls: type, base_args: dict[str, Any], several_processes: bool = False) -> None:
     """Several lmms-eval 0.7.3 backends (llava_hf, idefics2, ...) default to ``device_map=""`` and
     pass it to transformers, which refuses an empty device map after loading nothing: say so before

@@ -9,9 +9,14 @@ the last ``val_cases`` of them are held out for validation. One case per step, i
 that depends only on the step (so a resumed run sees the same cases); validation every
 ``val_every`` steps; the run stops at ``max_steps`` or after ``patience`` steps without a better
 validation loss. The folder gets the best step's checkpoint (``editor.safetensors`` +
-``editor.json``), ``train_log.jsonl`` (one line per validation), and ``resume.pt`` (the last
-state, optimizer included), from which an interrupted run continues when started again with the
-same command. A folder holding another run (other editor, settings, model or data) is refused.
+``editor.json``), ``train_log.jsonl`` (one line per validation), and ``resume.safetensors`` (the
+last state: networks, optimizer, best so far, history and the random number generators), from
+which an interrupted run continues when started again with the same command. A folder holding
+another run (other editor, settings, model or data) is refused.
+
+The training state is tensors (safetensors) plus JSON in the file's header: reading it runs no code,
+so a folder someone hands you is safe to resume in. A pickled ``resume.pt`` (what earlier versions
+wrote, loaded with a full unpickler) is refused unread, naming the file.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import EditCase, ProbeDoc
 from mmke_eval.journal import digest, file_digest
 
-RESUME_FILE = "resume.pt"
+RESUME_FILE = "resume.safetensors"
+PICKLED_RESUME_FILE = "resume.pt"  # earlier versions' pickle: never loaded (unpickling can run code)
 LOG_FILE = "train_log.jsonl"
+STATE_FORMAT = "mmke-eval training state"
+STATE_VERSION = 1
 
 
 class TrainingError(RuntimeError):
@@ -163,17 +171,34 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
     best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     resume_path = out / RESUME_FILE
+    pickled = out / PICKLED_RESUME_FILE
+    if restart:
+        pickled.unlink(missing_ok=True)
+    elif pickled.is_file():
+        raise TrainingError(f"{pickled}: a pickled training state (written by an earlier mmke-eval, or put there by someone "
+                            "else); it is not loaded, because unpickling a file can run any code. Use --restart to train "
+                            f"afresh in {out} (the file is deleted), or another --output_path")
     if resume_path.is_file() and not restart:
-        saved = torch.load(resume_path, map_location=adapter.device, weights_only=False)
+        saved = read_training_state(resume_path)
         if saved["run_key"] != run_key:
             raise TrainingError(f"{out} holds another training run (other editor, settings, base model or data); "
                                 "use another --output_path, or --restart to train afresh there")
-        editor.learned.load_state_dict(saved["learned"])
-        optimizer.load_state_dict(saved["optimizer"])
-        best, state = saved["best"], saved["state"]
+        try:
+            editor.learned.load_state_dict({k: v.to(adapter.device) for k, v in saved["learned"].items()})
+            optimizer.load_state_dict(saved["optimizer"])
+            restore_rng_states(saved["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise TrainingError(f"{resume_path}: does not fit this run's networks ({type(err).__name__}: {str(err)[:200]}); "
+                                f"run the same command with --restart to train afresh in {out}") from None
+        best, state = {k: v.to(adapter.device) for k, v in saved["best"].items()}, saved["state"]
         print(f"mmke-eval train-editor: resuming {out} at step {state['step']}", file=sys.stderr)
     elif (out / META_FILE).is_file() and not restart and not resume_path.is_file():
         raise TrainingError(f"{out} already holds a checkpoint; use another --output_path, or --restart to train afresh there")
+    else:  # a fresh run: Python's and NumPy's generators seeded too (torch's was, before the networks were built)
+        import numpy as np
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
     if state["finished"]:
         print(f"mmke-eval train-editor: {out} is already trained (best step {state['best_step']})", file=sys.stderr)
         return _record(state, n_val, len(train_cases))
@@ -210,9 +235,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
             stop = state["step"] - state["best_step"] >= cfg.patience
             state["finished"] = stop or state["step"] >= cfg.max_steps
             state["seconds"] = time.perf_counter() - started
-            torch.save({"run_key": run_key, "learned": editor.learned.state_dict(), "optimizer": optimizer.state_dict(),
-                        "best": best, "state": state}, str(resume_path) + ".tmp")
-            Path(str(resume_path) + ".tmp").replace(resume_path)
+            write_training_state(resume_path, run_key, editor.learned.state_dict(), optimizer, best, state)
             if stop:
                 print(f"\nmmke-eval train-editor: early stop at step {state['step']} (no better validation loss "
                       f"for {cfg.patience} steps)", file=sys.stderr)
@@ -224,6 +247,101 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
     record["command"] = command
     editor.save_checkpoint(out, editor.checkpoint_meta(adapter, data, record))
     return record
+
+
+# -- the training state (resume.safetensors) -----------------------------------------------------
+def write_training_state(path: Path, run_key: str, learned: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                         best: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Tensors under ``learned/``, ``best/``, ``optimizer/<param>/<name>`` and ``rng/``; everything
+    else (the loop's state, the optimizer's settings, Python's and NumPy's generators) as JSON in
+    the header. Written to a temporary file and renamed, so a crash leaves the previous state."""
+    from safetensors.torch import save_file
+
+    def plain(t: torch.Tensor) -> torch.Tensor:  # safetensors refuses shared or strided storage
+        return t.detach().to("cpu", copy=True).contiguous()
+
+    tensors = {f"learned/{k}": plain(v) for k, v in learned.items()}
+    tensors.update({f"best/{k}": plain(v) for k, v in best.items()})
+    opt = optimizer.state_dict()
+    other: dict[str, dict[str, Any]] = {}
+    for index, entries in opt["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{name}"] = plain(value)
+            else:
+                other.setdefault(str(index), {})[name] = value
+    rng: dict[str, Any] = {"python": random.getstate(), "numpy": None, "cuda": 0}
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda_states = torch.cuda.get_rng_state_all()
+        rng["cuda"] = len(cuda_states)
+        tensors.update({f"rng/cuda/{i}": s for i, s in enumerate(cuda_states)})
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    rng["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    header = {"run_key": run_key, "state": state, "optimizer": {"param_groups": opt["param_groups"], "state": other}, "rng": rng}
+    tmp = Path(str(path) + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "version": str(STATE_VERSION), "json": json.dumps(header)})
+    tmp.replace(path)
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """What ``write_training_state`` wrote, tensors on the CPU: ``run_key``, ``learned``, ``best``,
+    ``optimizer`` (a state dict), ``state`` and ``rng``. Nothing in the file is executed; a file that
+    is not such a state is refused naming it, with the way out (``--restart``)."""
+    from safetensors import SafetensorError, safe_open
+
+    def refused(why: str) -> TrainingError:
+        return TrainingError(f"{path}: not a readable mmke-eval training state ({why}); run the same command with --restart "
+                             f"to train afresh in {path.parent}")
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != STATE_FORMAT or meta.get("version") != str(STATE_VERSION):
+                raise refused(f"format {meta.get('format')!r} version {meta.get('version')!r}, expected {STATE_FORMAT!r} "
+                              f"version {STATE_VERSION}")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+        header = json.loads(meta["json"])
+        groups: dict[str, dict[str, torch.Tensor]] = {"learned": {}, "best": {}, "optimizer": {}, "rng": {}}
+        for key, value in tensors.items():
+            group, _, rest = key.partition("/")
+            groups[group][rest] = value
+        opt_state: dict[int, dict[str, Any]] = {}
+        for key, value in groups["optimizer"].items():
+            index, _, name = key.partition("/")
+            opt_state.setdefault(int(index), {})[name] = value
+        for index, entries in header["optimizer"]["state"].items():
+            opt_state.setdefault(int(index), {}).update(entries)
+        rng = {**header["rng"], "torch": groups["rng"]["torch"],
+               "cuda_states": [groups["rng"][f"cuda/{i}"] for i in range(int(header["rng"]["cuda"]))]}
+        return {"run_key": header["run_key"], "state": header["state"], "learned": groups["learned"], "best": groups["best"],
+                "optimizer": {"state": opt_state, "param_groups": [_with_tuples(g) for g in header["optimizer"]["param_groups"]]},
+                "rng": rng}
+    except TrainingError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise refused(f"{type(err).__name__}: {str(err)[:200]}") from None
+
+
+def _with_tuples(group: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no tuples: Adam's ``betas`` come back as the pair it saved."""
+    return {k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in group.items()}
+
+
+def restore_rng_states(rng: dict[str, Any]) -> None:
+    """Python's, NumPy's and torch's generators as they were when the state was saved (CUDA's where
+    this machine has as many GPUs as the one that saved it)."""
+    import numpy as np
+
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda_states"] and torch.cuda.is_available() and torch.cuda.device_count() == len(rng["cuda_states"]):
+        torch.cuda.set_rng_state_all(rng["cuda_states"])
 
 
 def _record(state: dict, n_val: int, n_train: int) -> dict[str, Any]:
@@ -252,7 +370,7 @@ def load_adapter(model: str, model_args: str | None):
     from lmms_eval.models import get_model
 
     from mmke_eval import registry, runner
-    from mmke_eval.protocol import check_device_map, check_pretrained
+    from mmke_eval.protocol import check_device_map, check_gpu, check_pretrained
 
     args = runner.parse_key_values(runner.model_args_for(model, model_args), "--model_args")
     adapter_args = {k[len("adapter."):]: v for k, v in args.items() if k.startswith("adapter.")}
@@ -261,6 +379,7 @@ def load_adapter(model: str, model_args: str | None):
     adapter_cls.check_backend(model)
     check_pretrained(base_args.get("pretrained"))
     backend_cls = get_model(model, force_simple=True)
+    check_gpu(backend_cls, base_args)
     check_device_map(backend_cls, base_args)
     base = backend_cls(**base_args)
     return adapter_cls.from_lmms(base, **adapter_args)

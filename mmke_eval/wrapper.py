@@ -40,7 +40,7 @@ from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import RESPONSE_MARKER, DataError, ProbeDoc
 from mmke_eval.journal import CaseJournal, file_digest, model_identity
 from mmke_eval.journal import digest as journal_digest
-from mmke_eval.protocol import Protocol, check_device_map, check_pretrained, protocol_from_options
+from mmke_eval.protocol import Protocol, check_device_map, check_gpu, check_pretrained, protocol_from_options
 from mmke_eval.resources import package_version
 from editors.base import EditRequest
 
@@ -216,6 +216,7 @@ class EditedLMM(lmms):
         if world_size > 1:
             parallel.prepare_backend(backend_args)
         backend_cls = get_model(base, force_simple=True)
+        check_gpu(backend_cls, backend_args)
         check_device_map(backend_cls, backend_args, several_processes=world_size > 1)
         self.base = backend_cls(batch_size=batch_size, **backend_args)
         self.base.task_dict = self.task_dict  # the evaluator fills this dict in place

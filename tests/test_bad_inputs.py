@@ -45,6 +45,23 @@ def truncated_image_data(root: Path, tmp: Path) -> Path:
     return data
 
 
+def bomb_image_data(root: Path, tmp: Path) -> Path:
+    """The fixture with one edit image replaced by a PNG whose header claims 20000 x 20000 pixels
+    (PIL refuses more than twice its MAX_IMAGE_PIXELS as a decompression bomb when it opens one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = Path(shutil.copytree(root, tmp / "data"))
+    records = json.loads((data / "data_json" / "entity_eval.json").read_text())
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    (data / "data_image" / records[0]["image"]).write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return data
+
+
 # (name, arguments given the fixtures, expected exit code, what the last line of stderr must say)
 CATALOGUE = [
     ("boolean option not understood", lambda f: ["--cases", "1", "--model_args", "sequential=maybe"], 1,
@@ -67,6 +84,8 @@ CATALOGUE = [
      "add device_map=cpu"),
     ("truncated image", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity", "--data", truncated_image_data(f["data"], f["tmp"])], 1,
      "cannot read image"),
+    ("decompression-bomb image", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity", "--data", bomb_image_data(f["data"], f["tmp"])], 1,
+     "png refused as a possible decompression bomb"),  # "case <id>: image <path> refused ..."
     ("other task failing in the backend", lambda f: [*tiny(f["tiny"]), "--tasks", "mmke_entity,text_only_probe",
                                                       "--include_path", write_plain_task(f["tmp"] / "tasks", "text_only_probe", False),
                                                       "--data", f["data"]], 1,
@@ -91,3 +110,21 @@ def test_bad_input(name, arguments, code, message, tiny_llava_dir, mmke_fixture_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mmke-eval: error:") and message in last, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["train-editor", "--editor", "mend"]], ids=["evaluate", "train-editor"])
+def test_no_gpu_names_the_option_to_set(command, tiny_llava_dir, tmp_path, monkeypatch, capsys):
+    """lmms-eval's llava_hf defaults to device=cuda: where torch finds no GPU (simulated here, so the
+    test holds on GPU machines too) both commands say which option to set, before any weight loads."""
+    import torch
+
+    from mmke_eval import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [*command, "--model", "llava_hf", "--model_args", f"pretrained={tiny_llava_dir}", "--tasks", "mmke_mini_entity",
+            "--cases", "2", "--output_path", str(tmp_path / "out")]
+    assert cli.main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "device=cuda (LlavaHf's default) needs a GPU, but torch finds none" in last, last
+    assert "add device=cpu,device_map=cpu to --model_args" in last

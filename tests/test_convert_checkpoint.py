@@ -477,3 +477,15 @@ def test_reading_a_reference_file_runs_none_of_its_code(adapter, tmp_path):
     with pytest.raises(ConversionError, match="not the dict"):
         convert(registry.build_editor("mend"), adapter, tmp_path / "evil_top.pt", tmp_path / "out")
     assert not marker.exists()
+
+
+def test_a_damaged_reference_file_is_refused_naming_it(adapter, tmp_path):
+    """Damage a torch.save file can take in a download: its zip headers, or a record inside it."""
+    write_mend_reference(tmp_path / "ref.pt", adapter)
+    good = (tmp_path / "ref.pt").read_bytes()
+    (tmp_path / "headers.pt").write_bytes(bytes(64) + good[64:])
+    (tmp_path / "record.pt").write_bytes(good.replace(b"ref/data/0", b"ref/data/Z"))  # a tensor's record lost
+    for name, problem in (("headers.pt", "a damaged zip archive"), ("record.pt", "cannot be loaded")):
+        with pytest.raises(ConversionError, match=rf"{name}: {problem} \(.*download it again"):
+            convert(registry.build_editor("mend"), adapter, tmp_path / name, tmp_path / f"out_{name}")
+        assert not (tmp_path / f"out_{name}").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import sys
 import tarfile
@@ -295,3 +297,77 @@ def test_vlkeb_hub_snapshot_extracts_its_image_archive_and_keeps_the_json_files(
     want, _ = load_vlkeb(release, vlkeb_card)
     assert [c.case_id for c in cases] == [c.case_id for c in want]
     assert Path(cases[0].image).read_bytes() == Path(want[0].image).read_bytes()
+
+
+# --- image paths stay inside the data folder ------------------------------------------------------
+
+
+def _family_data(name: str, tmp_path: Path) -> tuple[Path, str, str, dict]:
+    """A fresh copy of a family's fixture: (data root, its eval JSON, the image field, the card)."""
+    from mmke_eval.testing.easyedit_fixture import write_mike_fixture, write_mmedit_fixture, write_vlkeb_fixture
+    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+
+    write, json_name, field, source_card = {
+        "mmke": (write_mmke_fixture, "data_json/entity_eval.json", "image", card()),
+        "mmedit": (write_mmedit_fixture, "vqa/vqa_eval.json", "image", {"benchmark": "mmedit", "subset": "vqa", "split": "eval"}),
+        "vlkeb": (write_vlkeb_fixture, "eval.json", "image", {"benchmark": "vlkeb", "split": "eval"}),
+        "mike": (write_mike_fixture, "mike_eval.json", "images", {"benchmark": "mike", "subset": "vna", "split": "eval"}),
+    }[name]
+    root = tmp_path / "data" / name
+    root.mkdir(parents=True)
+    write(root)
+    return root, json_name, field, source_card
+
+
+@pytest.mark.parametrize("family", ["mmke", "vlkeb", "mmedit", "mike"])
+def test_image_paths_leaving_the_data_folder_are_refused_naming_case_and_field(family, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mmke_eval import families
+
+    root, json_name, field, source_card = _family_data(family, tmp_path)
+    secret = tmp_path / "private.png"  # a file outside the data folder
+    Image.new("RGB", (4, 4), "red").save(secret)
+    records = json.loads((root / json_name).read_text())
+    original = records[0][field]
+    traversal = os.path.relpath(secret, root)  # ../../private.png, from the data folder itself
+    monkeypatch.delenv("MMKE_IMAGES_OUTSIDE_DATA", raising=False)
+    load = families.of_card(source_card).load
+    named = f"{field}[0]" if field == "images" else field
+    for bad in (traversal, str(secret)):
+        records[0][field] = [bad, *original[1:]] if field == "images" else bad
+        (root / json_name).write_text(json.dumps(records))
+        with pytest.raises(DataError) as err:
+            load(root, source_card)
+        message = str(err.value)
+        assert f"{json_name}: case 0 (" in message and f"field {named!r}" in message, message
+        assert f"image {bad!r} is outside the data folder {root}" in message and "MMKE_IMAGES_OUTSIDE_DATA=1" in message
+        monkeypatch.setenv("MMKE_IMAGES_OUTSIDE_DATA", "1")  # the user's explicit opt-in: read from there
+        cases, report = load(root, source_card)
+        assert cases[0].image == str(secret)
+        assert source.data_record(root, report.files, cases, "test")["images_outside_data"] == 1  # the results say so
+        monkeypatch.delenv("MMKE_IMAGES_OUTSIDE_DATA")
+    # A symbolic link inside the folder that leads out of it counts as outside too.
+    (root / "link.png").symlink_to(secret)
+    records[0][field] = ["link.png", *original[1:]] if field == "images" else "link.png"
+    (root / json_name).write_text(json.dumps(records))
+    with pytest.raises(DataError, match=f"image 'link.png' is outside the data folder .*leads to {secret}"):
+        load(root, source_card)
+    monkeypatch.setenv("MMKE_IMAGES_OUTSIDE_DATA", "maybe")
+    with pytest.raises(DataError, match="MMKE_IMAGES_OUTSIDE_DATA='maybe': expected 1/true/yes"):
+        load(root, source_card)
+
+
+def test_a_hub_snapshot_whose_images_link_into_its_blobs_is_inside(tmp_path, mmke_fixture_root):
+    """huggingface_hub's cache: snapshots/REV/<file> are links to ../../blobs/<hash>, still the dataset's own folder."""
+    snapshot = fake_snapshot(tmp_path, mmke_fixture_root)
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir()
+    for number, image in enumerate(sorted(p for p in (mmke_fixture_root / "data_image").rglob("*") if p.is_file())):
+        blob = blobs / f"blob{number}"
+        shutil.copy(image, blob)
+        link = snapshot / "data_image" / image.relative_to(mmke_fixture_root / "data_image")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    cases, _ = load_cases(snapshot, "entity_level", "eval")
+    assert cases and cases[0].image.startswith(str(snapshot))

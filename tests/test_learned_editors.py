@@ -8,9 +8,12 @@ defaults; SERAC has its own file. A few hundred steps take seconds here.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +22,7 @@ from mmke_eval import registry
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.protocol import Protocol
-from mmke_eval.train_editor import TrainingError, train, training_example, validate
+from mmke_eval.train_editor import RESUME_FILE, TrainingError, read_training_state, train, training_example, validate
 
 EDITORS = ("mend", "ke")
 TEMPLATE = "mmke/probe.jinja"
@@ -139,34 +142,114 @@ def test_an_untrained_editor_without_a_checkpoint_says_how_to_train_one(adapter)
 
 def test_an_interrupted_training_resumes_at_its_last_saved_step_and_ends_the_same(adapter, train_cases, tmp_path, monkeypatch):
     settings = {"max_steps": "12", "val_every": "4", "val_cases": "2"}
+    original = registry.editor_class("mend").meta_loss
+
+    def noisy(self, adapter_, example):
+        # A loss that draws from torch's, Python's and NumPy's generators (as dropout or sampling
+        # would): a resumed run ends the same only if the saved state brings all three back.
+        loss, parts = original(self, adapter_, example)
+        return loss * (1 + 0.1 * torch.rand(()) + 0.1 * random.random() + 0.1 * float(np.random.rand())), parts
+
+    monkeypatch.setattr(registry.editor_class("mend"), "meta_loss", noisy)
     whole = editor_for("mend", adapter, **settings)
     train(whole, adapter, train_cases[:8], DATA, tmp_path / "whole", progress=False)
 
     interrupted = editor_for("mend", adapter, **settings)
     calls = {"n": 0}
-    original = type(interrupted).meta_loss
 
     def failing(self, adapter_, example):
         calls["n"] += 1
         if calls["n"] == 7 + 2:  # training step 7 (after 6 steps and one validation of 2 cases)
             raise KeyboardInterrupt
-        return original(self, adapter_, example)
+        return noisy(self, adapter_, example)
 
     monkeypatch.setattr(type(interrupted), "meta_loss", failing)
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(type(interrupted), "meta_loss", original)
+    monkeypatch.setattr(type(interrupted), "meta_loss", noisy)
     assert not (tmp_path / "resumed" / WEIGHTS_FILE).exists()
+    assert (tmp_path / "resumed" / RESUME_FILE).is_file() and not (tmp_path / "resumed" / "resume.pt").exists()
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # whatever ran in between
     resumed = editor_for("mend", adapter, **settings)
     record = train(resumed, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
     assert record["steps"] == 12
     log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
     assert log == [4, 8, 12]  # step 4 from the first run, 8 and 12 after resuming at 4
     for key, value in whole.learned.state_dict().items():
-        assert torch.allclose(value, resumed.learned.state_dict()[key], atol=1e-6), key
+        assert torch.equal(value, resumed.learned.state_dict()[key]), key  # bit for bit
+    # The last states too (the best step may come before the interruption): networks, optimizer, generators.
+    ends = [read_training_state(tmp_path / run / RESUME_FILE) for run in ("whole", "resumed")]
+    for part in ("learned", "best"):
+        assert ends[0][part].keys() == ends[1][part].keys()
+        assert all(torch.equal(ends[0][part][k], ends[1][part][k]) for k in ends[0][part]), part
+    for index, entries in ends[0]["optimizer"]["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(value, ends[1]["optimizer"]["state"][index][name]), (index, name)
+    assert torch.equal(ends[0]["rng"]["torch"], ends[1]["rng"]["torch"])
+    assert ends[0]["rng"]["python"] == ends[1]["rng"]["python"] and ends[0]["rng"]["numpy"] == ends[1]["rng"]["numpy"]
+    strip = [[{k: v for k, v in entry.items() if k != "seconds"} for entry in end["state"]["history"]] for end in ends]
+    assert strip[0] == strip[1]
     # Another run into the same folder is refused.
     with pytest.raises(TrainingError, match="another training run"):
         train(editor_for("mend", adapter, **settings, seed="1"), adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+
+
+class _CreatesAFile:
+    """A pickle payload: unpickling it calls ``open(path, "w")``, creating the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_resume_file_is_refused_by_name_and_runs_nothing(adapter, train_cases, tmp_path):
+    settings = {"max_steps": "4", "val_every": "2", "val_cases": "1"}
+    folder, marker = tmp_path / "handed_over", tmp_path / "payload_ran"
+    folder.mkdir()
+    torch.save({"run_key": _CreatesAFile(marker), "state": {"step": 2}}, folder / "resume.pt")
+    with pytest.raises(TrainingError, match=r"handed_over/resume\.pt: a pickled training state.*--restart"):
+        train(editor_for("mend", adapter, **settings), adapter, train_cases[:4], DATA, folder, progress=False)
+    assert not marker.exists()
+    # --restart trains afresh there, deletes the pickle (still unread) and writes a state that runs no code.
+    record = train(editor_for("mend", adapter, **settings), adapter, train_cases[:4], DATA, folder, restart=True, progress=False)
+    assert record["steps"] == 4 and not marker.exists() and not (folder / "resume.pt").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(folder / RESUME_FILE), framework="pt") as f:
+        assert f.metadata()["format"] == "mmke-eval training state"
+
+
+def test_a_corrupt_training_state_is_refused_naming_the_file_and_restart(adapter, train_cases, tmp_path):
+    settings = {"max_steps": "4", "val_every": "2", "val_cases": "1"}
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / RESUME_FILE).write_bytes(b"\x80\x04garbage, not a training state" * 10)
+    with pytest.raises(TrainingError, match=rf"ck/{RESUME_FILE}: not a readable mmke-eval training state .*--restart"):
+        train(editor_for("mend", adapter, **settings), adapter, train_cases[:4], DATA, folder, progress=False)
+    # A safetensors file of someone else's: refused by its format.
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / RESUME_FILE), metadata={"format": "pt"})
+    with pytest.raises(TrainingError, match=r"not a readable mmke-eval training state \(format 'pt'"):
+        train(editor_for("mend", adapter, **settings), adapter, train_cases[:4], DATA, folder, progress=False)
+
+
+def test_broken_checkpoint_files_are_refused_naming_the_file(adapter, tmp_path):
+    import shutil
+
+    from mmke_eval.mini import EDITOR_CHECKPOINTS_DIR
+
+    folder = Path(shutil.copytree(EDITOR_CHECKPOINTS_DIR / "mend", tmp_path / "ck"))
+    meta = (folder / META_FILE).read_text()
+    (folder / META_FILE).write_text(meta[: len(meta) // 2])  # cut short, as by a full disk
+    with pytest.raises(CheckpointError, match=rf"ck/{META_FILE}: invalid JSON at line \d+, column \d+ .*copy it again"):
+        editor_for("mend", adapter, checkpoint=str(folder)).ensure_ready(adapter)
+    (folder / META_FILE).write_text(meta)
+    (folder / WEIGHTS_FILE).write_bytes(b"<html>404 Not Found</html>" * 20)  # a failed download
+    with pytest.raises(CheckpointError, match=rf"ck/{WEIGHTS_FILE}: not a readable safetensors file .*copy it again"):
+        editor_for("mend", adapter, checkpoint=str(folder)).ensure_ready(adapter)
 
 
 def test_train_editor_then_evaluate_from_the_command_line(tmp_path):

@@ -556,3 +556,18 @@ def test_blip2_mixture_equals_a_hand_computation(blip2, blip2_converted):
     editor.scale = 1e30
     assert same_results(handle.responder.teacher_forced(probes, k=5), base_results)
     assert handle.responder.generate(probes, max_new_tokens=3) == blip2.generate(probes, max_new_tokens=3)
+
+
+def test_broken_checkpoint_files_are_refused_naming_the_file(tiny, converted, tmp_path):
+    import shutil
+
+    from editors.learned import CheckpointError
+
+    folder = shutil.copytree(converted[2], tmp_path / "ck")
+    (folder / META_FILE).write_text("{\"format\": ")
+    with pytest.raises(CheckpointError, match=rf"ck/{META_FILE}: invalid JSON at line 1, column \d+"):
+        loaded(tiny, (None, None, folder))
+    shutil.copy(converted[2] / META_FILE, folder / META_FILE)
+    (folder / WEIGHTS_FILE).write_bytes(b"\0" * 64)
+    with pytest.raises(CheckpointError, match=rf"ck/{WEIGHTS_FILE}: not a readable safetensors file"):
+        loaded(tiny, (None, None, folder))

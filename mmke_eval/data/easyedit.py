@@ -107,7 +107,7 @@ def load_mmedit(root: Path, card: dict) -> tuple[list[EditCase], SkipReport]:
     report = SkipReport(total=len(records), files=[str(p) for p in dict.fromkeys((json_path, train_path)) if p.is_file()])
     cases = []
     for index, record in enumerate(records):
-        reader = RecordReader(record, json_path, index, f"{card['benchmark']}/{subset}/{split}/{index}", (root,))
+        reader = RecordReader(record, json_path, index, f"{card['benchmark']}/{subset}/{split}/{index}", (root,), data_root=root)
         if reader.text("alt") == "":
             report.skip(SKIP_EMPTY_ALT, reader.case_id)
             continue
@@ -141,7 +141,7 @@ def load_vlkeb(root: Path, card: dict) -> tuple[list[EditCase], SkipReport]:
     label = subset or (f"{hop}-hop" if hop else split)
     cases = []
     for index, record in enumerate(records):
-        reader = RecordReader(record, json_path, index, f"{card['benchmark']}/{label}/{split}/{index}", (root / "VLKEB_images", root))
+        reader = RecordReader(record, json_path, index, f"{card['benchmark']}/{label}/{split}/{index}", (root / "VLKEB_images", root), data_root=root)
         if reader.text("alt") == "":
             report.skip(SKIP_EMPTY_ALT, reader.case_id)
             continue

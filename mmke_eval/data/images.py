@@ -18,6 +18,9 @@ def load_image(path: str, case_id: str) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"case {case_id}: image not found: {path}") from None
+    except Image.DecompressionBombError as err:  # not an OSError: PIL's guard against images that fill the memory
+        raise DataError(f"case {case_id}: image {path} refused as a possible decompression bomb ({err}); replace it with "
+                        "a smaller image, or leave the case out of the data") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three for broken files
         raise DataError(f"case {case_id}: cannot read image {path}: {err}") from None
 

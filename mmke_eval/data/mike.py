@@ -85,7 +85,7 @@ def load_card(root: Path, card: dict) -> tuple[list[EditCase], SkipReport]:
     records = read_records(json_path)
     report = SkipReport(total=len(records), files=[str(p) for p in dict.fromkeys((json_path, train_path)) if p.is_file()])
     benchmark = card["benchmark"]
-    entities = [Entity(RecordReader(r, json_path, i, f"{benchmark}/{task}/{split}/{i}", (root,))) for i, r in enumerate(records)]
+    entities = [Entity(RecordReader(r, json_path, i, f"{benchmark}/{task}/{split}/{i}", (root,), data_root=root)) for i, r in enumerate(records)]
     if len(entities) < 2:
         raise DataError(f"{json_path}: MIKE needs at least 2 entities (locality and CSR draw another one), found {len(entities)}")
     seed = int(card.get("seed", 0))

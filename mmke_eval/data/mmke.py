@@ -78,7 +78,7 @@ def load_cases(
     cases = []
     for index, record in enumerate(records):
         case_id = f"{benchmark}/{knowledge_type}/{split}/{index}"
-        reader = RecordReader(record, json_path, index, case_id, (root / "data_image", root))
+        reader = RecordReader(record, json_path, index, case_id, (root / "data_image", root), data_root=root)
         check_knowledge_type(reader, knowledge_type)
         skip_reason = protocol_skip_reason(reader)
         if skip_reason:

@@ -43,6 +43,7 @@ import zipfile
 from pathlib import Path
 
 from mmke_eval import families
+from mmke_eval.data.records import data_folders, inside
 from mmke_eval.data.schema import DataError, ProbeDoc, SkipReport
 
 logger = logging.getLogger("mmke_eval")
@@ -125,7 +126,7 @@ def data_record(root: Path, data_files: list[str], cases: list, origin: str) -> 
     images = sorted({path for case in cases
                      for path in (case.image, case.rephrase_image, *case.extra_images, *(p.image for p in case.probes)) if path})
     image_hashes = [(os.path.relpath(path, root), file_digest(path)) for path in images]
-    return {
+    record = {
         "root": str(root),
         "origin": origin,
         "files": files,
@@ -133,6 +134,11 @@ def data_record(root: Path, data_files: list[str], cases: list, origin: str) -> 
         "images_sha256": digest(image_hashes),
         "sha256": digest([files, image_hashes]),
     }
+    folders = data_folders(root)
+    outside = sum(not inside(path, folders) for path in images)
+    if outside:  # read only because the user set MMKE_IMAGES_OUTSIDE_DATA=1: the results say so
+        record["images_outside_data"] = outside
+    return record
 
 
 # The fields of a source card that name what it loads, in the order of its key.
