@@ -31,11 +31,15 @@ import yaml
 from mmke_eval import report, runner
 
 
+# Every subcommand `main` dispatches (the run's --help lists them).
+SUBCOMMANDS = ("list", "make-mini", "train-editor", "convert-checkpoint", "report", "compare")
+
+
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmke-eval",
         description="Knowledge-editing evaluation of multimodal models on lmms-eval tasks.",
-        epilog="Other options go to lmms-eval unchanged. Subcommands: train-editor, make-mini, list, report, compare.",
+        epilog="Other options go to lmms-eval unchanged. Subcommands (each has its own --help): " + ", ".join(SUBCOMMANDS) + ".",
     )
     parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")

@@ -268,3 +268,14 @@ def test_each_benchmark_family_runs_end_to_end_with_its_own_columns(family, task
     else:
         assert {r["task"] for r in rows} >= {"mmedit_vqa", "mmedit_caption"}
         assert "mmedit/vqa/eval: 1 of 3 cases skipped: 1 empty alt" in result.stderr
+
+
+def test_help_lists_every_subcommand(capsys):
+    from mmke_eval import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for name in ("list", "make-mini", "train-editor", "convert-checkpoint", "report", "compare"):
+        assert name in shown, name
