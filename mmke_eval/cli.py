@@ -177,6 +177,7 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"mmke-eval: WARNING: {warning}", file=sys.stderr, flush=True)
     main_process = rank == 0  # in several processes, process 0 reports and writes (it gathers every case)
     rows = []
+    table_error: OSError | None = None
     for editor in editors:
         spec = runner.RunSpec(
             tasks=args.tasks,
@@ -195,10 +196,22 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
             continue
         rows += report.table_rows(results, editor)
         if args.output_path:  # after every editor: a later failure keeps the rows done so far
-            _write_table(Path(args.output_path), rows)
+            try:
+                _write_table(Path(args.output_path), rows)
+                table_error = None  # this write holds every row so far
+            except OSError as err:  # a read-only folder: the numbers must still reach the user
+                table_error = err
     if main_process:
-        print(report.format_table(rows))
+        print(report.format_table(rows), flush=True)
+    if table_error is not None:
+        where = table_error.filename or Path(args.output_path) / "mmke_table.md"
+        raise TableNotWritten(f"could not write {where} ({table_error.strerror or table_error}); the table is printed "
+                              "above. Make the folder writable or pass another --output_path (a rerun resumes the finished cases)")
     return 0
+
+
+class TableNotWritten(OSError):
+    is_root_cause = True  # the CLI shows this message, not the OSError behind it
 
 
 def _write_table(out: Path, rows: list[dict]) -> None:

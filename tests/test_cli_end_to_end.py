@@ -279,3 +279,19 @@ def test_help_lists_every_subcommand(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for name in ("list", "make-mini", "train-editor", "convert-checkpoint", "report", "compare"):
         assert name in shown, name
+
+
+def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, monkeypatch, capsys):
+    """A read-only output folder (here: mmke_table.md is a folder, which fails as root too): the
+    numbers are printed anyway, and the exit code says the run did not do everything it should."""
+    from mmke_eval import cli
+
+    monkeypatch.setattr(cli.runner, "evaluate", lambda spec: {"results": {"mme": {"score,none": 42.0}}})
+    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    (tmp_path / "mmke_table.md").mkdir()
+    code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "| mme | none | score,none | 42 |" in captured.out
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("mmke-eval: error: TableNotWritten: could not write") and "mmke_table.md" in last
