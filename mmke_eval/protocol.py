@@ -18,7 +18,7 @@ PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "answer")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
                    "edit_images", "edit_augment", "augment_seed", "user_number")
-PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
+PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal", "wait_for_lock")  # every --model_args key the edited model owns
 
 
 def refuse_misspelt_options(base_args: dict[str, Any]) -> None:

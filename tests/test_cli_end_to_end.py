@@ -295,3 +295,41 @@ def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, m
     assert "| mme | none | score,none | 42 |" in captured.out
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("mmke-eval: error: TableNotWritten: could not write") and "mmke_table.md" in last
+
+
+def test_an_unknown_task_is_refused_before_anything_loads_with_the_close_name(monkeypatch, capsys):
+    from mmke_eval import cli
+
+    def never(spec):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(cli.runner, "evaluate", never)
+    assert cli.main(["--tasks", "mmke_entty"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("mmke-eval: error: UnknownTask: --tasks mmke_entty: no such task or group. Did you mean 'mmke_entity'? "
+                    "`mmke-eval list` lists ours; lmms-eval's own are listed by `lmms-eval --tasks list`")
+    cli.check_task_names("mmke_entity,mme,mmke_mini_*")  # lmms-eval's own tasks and wildcards are accepted
+    with pytest.raises(cli.UnknownTask, match="--tasks mmke_nothing_\\*: no such task"):
+        cli.check_task_names("mmke_nothing_*")
+
+
+@pytest.mark.parametrize("task, variable", [("mmke_entity", "MMKE_DATA"), ("vlkeb_eval", "VLKEB_DATA"),
+                                            ("mmedit_vqa", "MMEDIT_DATA"), ("mike_csr", "MIKE_DATA")])
+def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task, variable, tmp_path, monkeypatch, capsys):
+    """Offline, with no --data and nothing in the Hugging Face cache: our message is the last line
+    (it was the Hub's OfflineModeIsEnabled, after the model had loaded)."""
+    import huggingface_hub
+
+    from mmke_eval import cli
+
+    def never(spec):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(cli.runner, "evaluate", never)
+    monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert cli.main(["--tasks", task]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mmke-eval: error: DataError:"), last
+    assert "pass `mmke-eval --data PATH`" in last and f"{variable}=PATH" in last and "where PATH holds" in last
