@@ -159,10 +159,6 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
 
         env[MAX_CASES_ENV] = str(args.cases)
     with environment(env):
-        from mmke_eval.data import source
-
-        for card in source_cards(args.tasks, runner._include_paths(passthrough)):  # before any model loads
-            source.check_available(card)
         return _evaluate(args, passthrough)
 
 
@@ -181,6 +177,10 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
     rank, world_size = parallel.world()
     if world_size > 1 and protocol.sequential:
         raise runner.EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+    from mmke_eval.data import source
+
+    for card in source_cards(args.tasks, runner._include_paths(passthrough)):  # data that cannot be had fails before any model loads
+        source.check_available(card)
     warning = parallel.accelerate_cpu_warning()
     if warning:
         print(f"mmke-eval: WARNING: {warning}", file=sys.stderr, flush=True)
