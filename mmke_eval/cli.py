@@ -352,9 +352,23 @@ def source_cards(task_names: str, extra_dirs: list[str] = ()) -> list[dict]:
         elif name in tasks:
             with open(tasks[name]) as f:
                 spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
-            for card in ((spec.get("dataset_kwargs") or {}).get("data_files") or {}).values():
-                cards.append(json.loads((tasks[name].parent / card).read_text()))
+            data_files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+            for card in data_files.values() if isinstance(data_files, dict) else []:
+                card = _source_card(tasks[name].parent / str(card))
+                if card is not None:
+                    cards.append(card)
     return cards
+
+
+def _source_card(path: Path) -> dict | None:
+    """The source card at ``path``; None for a task's own data file (a task of lmms-eval's kind)."""
+    try:
+        if path.stat().st_size > 65536:  # a card is one short line; this is data
+            return None
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and isinstance(card.get("benchmark"), str) else None
 
 
 def _report(argv: list[str]) -> int:
