@@ -318,7 +318,7 @@ def test_an_unknown_task_is_refused_before_anything_loads_with_the_close_name(mo
 def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task, variable, tmp_path, monkeypatch, capsys):
     """Offline, with no --data and nothing in the Hugging Face cache: our message is the last line
     (it was the Hub's OfflineModeIsEnabled, after the model had loaded)."""
-    import huggingface_hub
+    from huggingface_hub import constants
 
     from mmke_eval import cli
 
@@ -327,8 +327,8 @@ def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task
 
     monkeypatch.setattr(cli.runner, "evaluate", never)
     monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert cli.main(["--tasks", task]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("mmke-eval: error: DataError:"), last
