@@ -8,6 +8,8 @@ a ``finally`` so an exception mid-probe never leaves an edited model behind.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import typing
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -65,14 +67,22 @@ class EditorConfig:
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ConfigError(f"editor {editor!r}: unknown argument(s) {unknown}; known: {sorted(fields)}")
+            close = [hint for key in unknown for hint in difflib.get_close_matches(key, fields, n=1)]
+            did_you_mean = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"editor {editor!r}: unknown argument(s) {unknown}{did_you_mean} (known: {sorted(fields)})")
         kwargs = {}
         for key, value in values.items():
             try:
                 kwargs[key] = _coerce(value, hints[key])
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"editor {editor!r}: argument {key}={value!r}: {err}") from None
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:  # the class's checks name its class ('ft'); say the editor as the user wrote it
+            if not editor:
+                raise
+            message = re.sub(r"^editor '[^']*':\s*", "", str(err))
+            raise ConfigError(f"editor {editor!r}: {message}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

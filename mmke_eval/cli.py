@@ -23,7 +23,8 @@ import json
 import os
 import sys
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -31,11 +32,15 @@ import yaml
 from mmke_eval import report, runner
 
 
+# Every subcommand `main` dispatches (the run's --help lists them).
+SUBCOMMANDS = ("list", "make-mini", "train-editor", "convert-checkpoint", "report", "compare")
+
+
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmke-eval",
         description="Knowledge-editing evaluation of multimodal models on lmms-eval tasks.",
-        epilog="Other options go to lmms-eval unchanged. Subcommands: train-editor, make-mini, list, report, compare.",
+        epilog="Other options go to lmms-eval unchanged. Subcommands (each has its own --help): " + ", ".join(SUBCOMMANDS) + ".",
     )
     parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")
@@ -45,6 +50,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="local copy of the benchmark the tasks read (MMKE-Bench: data_json/, data_image/; VLKEB, MMEdit: their release layout); sets the data variable of their source cards (MMKE_DATA, VLKEB_DATA, MMEDIT_DATA, ...)")
     parser.add_argument("--cases", type=int, default=None, help="use only the first N edit cases of each task (a quick look; VLKEB's sequential runs use 200)")
     parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
+    parser.add_argument("--wait_for_lock", action="store_true",
+                        help="when another run is writing into the same --output_path/<editor> folder, wait for it "
+                        "to end (default: refuse to start, naming the other run)")
     return parser
 
 
@@ -134,6 +142,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     if os.path.isdir(args.tasks):  # lmms-eval would read it as a folder of task YAMLs and find none
         raise ValueError(f"--tasks {args.tasks}: a folder of that name is in the current directory, and lmms-eval reads "
                          "--tasks as a folder of task YAMLs when one exists; run from another folder (or rename it)")
+    check_task_names(args.tasks, runner._include_paths(passthrough))
     env: dict[str, str] = {}
     if args.data:
         data = Path(args.data).expanduser().resolve()
@@ -168,11 +177,26 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
     rank, world_size = parallel.world()
     if world_size > 1 and protocol.sequential:
         raise runner.EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+    from mmke_eval.data import source
+
+    for card in source_cards(args.tasks, runner._include_paths(passthrough)):  # data that cannot be had fails before any model loads
+        source.check_available(card)
     warning = parallel.accelerate_cpu_warning()
     if warning:
         print(f"mmke-eval: WARNING: {warning}", file=sys.stderr, flush=True)
     main_process = rank == 0  # in several processes, process 0 reports and writes (it gathers every case)
+    with ExitStack() as locks:
+        if args.output_path and main_process:  # every editor's folder, before the first editor runs
+            from mmke_eval import run_lock
+
+            for editor in editors:
+                locks.enter_context(run_lock.holding(Path(args.output_path) / editor, wait=args.wait_for_lock))
+        return _evaluate_editors(args, passthrough, editors, per_editor, model_args, main_process, world_size)
+
+
+def _evaluate_editors(args, passthrough, editors, per_editor, model_args, main_process, world_size) -> int:
     rows = []
+    table_error: OSError | None = None
     for editor in editors:
         spec = runner.RunSpec(
             tasks=args.tasks,
@@ -182,6 +206,7 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
             editor_args=per_editor[editor],
             output_path=str(Path(args.output_path) / editor) if args.output_path else None,
             lmms_eval_args=passthrough,
+            wait_for_lock=args.wait_for_lock,
         )
         if main_process:
             print(f"mmke-eval: {editor} on {args.tasks}" + (f" in {world_size} processes" if world_size > 1 else "") + " ...",
@@ -191,10 +216,22 @@ def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
             continue
         rows += report.table_rows(results, editor)
         if args.output_path:  # after every editor: a later failure keeps the rows done so far
-            _write_table(Path(args.output_path), rows)
+            try:
+                _write_table(Path(args.output_path), rows)
+                table_error = None  # this write holds every row so far
+            except OSError as err:  # a read-only folder: the numbers must still reach the user
+                table_error = err
     if main_process:
-        print(report.format_table(rows))
+        print(report.format_table(rows), flush=True)
+    if table_error is not None:
+        where = table_error.filename or Path(args.output_path) / "mmke_table.md"
+        raise TableNotWritten(f"could not write {where} ({table_error.strerror or table_error}); the table is printed "
+                              "above. Make the folder writable or pass another --output_path (a rerun resumes the finished cases)")
     return 0
+
+
+class TableNotWritten(OSError):
+    is_root_cause = True  # the CLI shows this message, not the OSError behind it
 
 
 def _write_table(out: Path, rows: list[dict]) -> None:
@@ -238,10 +275,76 @@ def task_index(extra_dirs: list[str] = ()) -> tuple[dict[str, Path], dict[str, l
     return tasks, groups
 
 
+# --tasks values lmms-eval answers with a listing instead of a run.
+LMMS_EVAL_LISTINGS = ("list", "list_groups", "list_tags", "list_subtasks")
+
+
+class UnknownTask(ValueError):
+    pass
+
+
+def check_task_names(task_names: str, extra_dirs: list[str] = ()) -> None:
+    """Every name of --tasks is one of our tasks or groups, one of lmms-eval's (its own task folder
+    and --include_path), a task YAML file, or a wildcard matching one; else an error with the
+    close name, before anything loads (lmms-eval finds out after the model has loaded, and its
+    `lmms-eval --tasks list` does not show our tasks)."""
+    import difflib
+    import fnmatch
+
+    tasks, groups = task_index(extra_dirs)
+    ours = {*tasks, *groups}
+    names = [name.strip() for name in task_names.split(",") if name.strip()]
+    if not names:
+        raise UnknownTask("--tasks: no task named")
+
+    def known(name: str, among: set[str] | frozenset[str]) -> bool:
+        return name in among or ("*" in name and any(fnmatch.fnmatchcase(task, name) for task in among))
+
+    unknown = [name for name in names if not (known(name, ours) or name in LMMS_EVAL_LISTINGS or os.path.isfile(name))]
+    if not unknown:
+        return
+    theirs = lmms_eval_task_names(tuple(extra_dirs))  # only now: indexing lmms-eval's tasks takes seconds
+    unknown = [name for name in unknown if not known(name, theirs)]
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, ours, n=1) or difflib.get_close_matches(name, theirs, n=1)
+    did_you_mean = f" Did you mean {close[0]!r}?" if close else ""
+    others = f" (and {len(unknown) - 1} more unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise UnknownTask(f"--tasks {name}: no such task or group{others}.{did_you_mean} `mmke-eval list` lists ours; "
+                      "lmms-eval's own are listed by `lmms-eval --tasks list`")
+
+
+@lru_cache(maxsize=4)
+def lmms_eval_task_names(extra_dirs: tuple[str, ...] = ()) -> frozenset[str]:
+    """Names lmms-eval knows (tasks, groups, tags) from its own task folder, ours and ``extra_dirs``.
+    The index is kept (mmke_eval.lmms_plugin): the run's lmms-eval, given the same folders, reuses it."""
+    from loguru import logger as eval_logger
+
+    from lmms_eval.tasks import TaskManager
+    from mmke_eval.lmms_plugin import install_fixes
+    from mmke_eval.resources import tasks_dir
+
+    eval_logger.remove()  # its indexing logs every YAML it cannot read, at DEBUG
+    eval_logger.add(sys.stderr, level=os.environ.get("MMKE_VERBOSITY", "WARNING"))
+    install_fixes()
+    return frozenset(TaskManager("ERROR", include_path=[str(tasks_dir()), *extra_dirs]).all_tasks)
+
+
 def data_variables(task_names: str, extra_dirs: list[str] = ()) -> list[str]:
     """The data environment variables (``data_env`` of the source cards) of the named tasks and groups."""
+    variables: list[str] = []
+    for card in source_cards(task_names, extra_dirs):
+        data_env = card.get("data_env")
+        if data_env and data_env not in variables:
+            variables.append(data_env)
+    return variables
+
+
+def source_cards(task_names: str, extra_dirs: list[str] = ()) -> list[dict]:
+    """The source cards of the named tasks and groups (ours and those under ``extra_dirs``)."""
     tasks, groups = task_index(extra_dirs)
-    pending, variables = [t.strip() for t in task_names.split(",") if t.strip()], []
+    pending, cards = [t.strip() for t in task_names.split(",") if t.strip()], []
     while pending:
         name = pending.pop(0)
         if name in groups:
@@ -249,11 +352,23 @@ def data_variables(task_names: str, extra_dirs: list[str] = ()) -> list[str]:
         elif name in tasks:
             with open(tasks[name]) as f:
                 spec = yaml.load(f, Loader=_IgnoreTagsLoader) or {}
-            for card in ((spec.get("dataset_kwargs") or {}).get("data_files") or {}).values():
-                data_env = json.loads((tasks[name].parent / card).read_text()).get("data_env")
-                if data_env and data_env not in variables:
-                    variables.append(data_env)
-    return variables
+            data_files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+            for card in data_files.values() if isinstance(data_files, dict) else []:
+                card = _source_card(tasks[name].parent / str(card))
+                if card is not None:
+                    cards.append(card)
+    return cards
+
+
+def _source_card(path: Path) -> dict | None:
+    """The source card at ``path``; None for a task's own data file (a task of lmms-eval's kind)."""
+    try:
+        if path.stat().st_size > 65536:  # a card is one short line; this is data
+            return None
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and isinstance(card.get("benchmark"), str) else None
 
 
 def _report(argv: list[str]) -> int:

@@ -51,18 +51,49 @@ class CaseJournal:
         self.run_key = run_key
         self.entries: dict[str, dict[str, str]] = {}
         self.written = 0  # cases added by this process
+        self.repaired = 0  # torn last lines (a write cut off by a crash) removed on open
+        self.unreadable = 0  # other lines that are not a record (skipped; their cases are recomputed)
         if self.path.is_file():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: that case is simply recomputed
-                if isinstance(entry, dict) and entry.get("run") == run_key and isinstance(entry.get("responses"), dict):
+            for line in self._repaired_lines():
+                entry = _record(line)
+                if entry is None:
+                    self.unreadable += 1
+                elif entry.get("run") == run_key:
                     self.entries[entry["case"]] = entry["responses"]
         self.resumed = len(self.entries)
         _open_journals.append(self)
+
+    def _repaired_lines(self) -> list[str]:
+        """The journal's lines, after cutting off a torn last line: a crash in the middle of a write
+        leaves a line without its newline, and the next record appended would join it, making both
+        unreadable. A last line that is a whole record and lacks only its newline gets it instead.
+        Done under the journal's lock, so that no process of a multi-process run is writing."""
+        with open(self.path, "r+b") as f:
+            _lock(f)
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                start = data.rfind(b"\n") + 1
+                if _record(data[start:].decode("utf-8", "replace")) is not None:
+                    f.write(b"\n")
+                    data += b"\n"
+                else:
+                    f.truncate(start)
+                    data = data[:start]
+                    self.repaired += 1
+                f.flush()
+                os.fsync(f.fileno())
+        return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+
+    def resume_message(self) -> str | None:
+        """One line for the log when this run resumes or its journal needed repair; else None."""
+        if not (self.resumed or self.repaired or self.unreadable):
+            return None
+        notes = [f"{self.resumed} finished case(s) of this run found"]
+        if self.repaired:
+            notes.append("a torn last line (a write cut off by a crash) removed: its case is computed again")
+        if self.unreadable:
+            notes.append(f"{self.unreadable} unreadable line(s) skipped")
+        return f"resuming from {self.path}: " + "; ".join(notes)
 
     def get(self, case_key: str) -> dict[str, str] | None:
         return self.entries.get(case_key)
@@ -79,6 +110,23 @@ class CaseJournal:
             os.fsync(f.fileno())
         self.entries[case_key] = responses
         self.written += 1
+
+
+def _record(line: str) -> dict | None:
+    """A journal record read from one line, or None. A line on which a record was appended to a torn
+    one (journals written before torn tails were cut off) still yields its whole record."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        entry, start = None, line.find('{"case"', 1)  # records are written with sorted keys: "case" first
+        while entry is None and start > 0:
+            try:
+                entry = json.loads(line[start:])
+            except json.JSONDecodeError:
+                start = line.find('{"case"', start + 1)
+    if isinstance(entry, dict) and isinstance(entry.get("case"), str) and isinstance(entry.get("responses"), dict):
+        return entry
+    return None
 
 
 def _lock(f) -> None:

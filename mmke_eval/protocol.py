@@ -19,7 +19,7 @@ PROMPT_PATHS = ("auto", "trainer", "editor")  # = mmke_eval.prompts.PROMPT_PATH_
 LOC_SPANS = ("auto", "sequence", "answer")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
                    "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path")
-PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
+PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal", "wait_for_lock")  # every --model_args key the edited model owns
 
 
 def refuse_misspelt_options(base_args: dict[str, Any]) -> None:

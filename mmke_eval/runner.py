@@ -59,6 +59,7 @@ class RunSpec:
     editor_args: dict[str, str] = field(default_factory=dict)
     output_path: str | None = None
     lmms_eval_args: list[str] = field(default_factory=list)  # passed through verbatim
+    wait_for_lock: bool = False  # another run holds output_path: wait for it (else refused; mmke_eval/run_lock.py)
 
     @property
     def journal(self) -> Path | None:
@@ -152,7 +153,18 @@ def evaluate(spec: RunSpec) -> dict[str, Any] | None:
     """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section).
 
     In several processes (torchrun / accelerate launch) every process calls this; process 0
-    returns the results of the whole run and writes the files, the others return None."""
+    returns the results of the whole run and writes the files, the others return None.
+    Process 0 holds the output folder's lock while it runs (mmke_eval/run_lock.py)."""
+    from contextlib import nullcontext
+
+    from mmke_eval import parallel, run_lock
+
+    owner = spec.output_path and parallel.world()[0] == 0
+    with run_lock.holding(spec.output_path, wait=spec.wait_for_lock) if owner else nullcontext():
+        return _evaluate(spec)
+
+
+def _evaluate(spec: RunSpec) -> dict[str, Any] | None:
     import lmms_eval.__main__ as lmms_main
     from loguru import logger as eval_logger
 

@@ -132,6 +132,22 @@ def _order_independent_standard_errors() -> None:
     TaskOutput.calculate_clt_aggregate_metric = calculate_clt_aggregate_metric
 
 
+def _lock_journal_folder(journal: str, wait: Any) -> None:
+    """Hold the journal's folder until the process ends (the mmke-eval CLI holds it already: then
+    nothing happens). Under lmms-eval's CLI, which logs errors and exits 0, a refusal ends the process."""
+    from pathlib import Path
+
+    from mmke_eval import run_lock
+    from mmke_eval.options import parse_bool
+
+    try:
+        run_lock.acquire(Path(journal).expanduser().parent, wait=parse_bool("wait_for_lock", wait))
+    except run_lock.FolderLocked as err:
+        if RAISE_ERRORS:
+            raise
+        raise SystemExit(f"mmke-eval: error: {type(err).__name__}: {err}") from err
+
+
 def _split_args(kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
     editor_args, adapter_args, base_args = {}, {}, {}
     for key, value in kwargs.items():
@@ -178,10 +194,13 @@ class EditedLMM(lmms):
         user_number: int = 1,
         prompt_path: str = "auto",
         journal: str | None = None,
+        wait_for_lock: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         rank, world_size = parallel.world()
+        if journal and rank == 0:  # one run at a time per journal folder (mmke_eval/run_lock.py)
+            _lock_journal_folder(journal, wait_for_lock)
         with _ending_the_process_on_error(rank, world_size):
             self._build(base, editor, batch_size, device, journal, kwargs, dict(
                 t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
@@ -236,6 +255,9 @@ class EditedLMM(lmms):
             "editor": {"name": editor, **self.editor.config.to_dict()}, "protocol": asdict(self.protocol),
         })
         case_journal = CaseJournal(self.journal_path, self.run_key) if self.journal_path else None
+        message = case_journal.resume_message() if case_journal else None
+        if message and (self._rank == 0 or case_journal.repaired):  # (the process that repaired it says so)
+            print(f"mmke-eval: {message}", file=sys.stderr, flush=True)
         self.evaluator = CaseEvaluator(self.adapter, self.editor, self.protocol, journal=case_journal)
         # lmms-eval renders the tasks' prompts after building the model: doc_to_text reads this.
         prompts.set_active_path(self.evaluator.prompt_path)
@@ -278,7 +300,9 @@ class EditedLMM(lmms):
             },
             "editor_report": dict(self.evaluator.editor_reports),
             "resume": {"journal": self.journal_path, "run_key": self.run_key,
-                       "resumed_cases": dict(self.evaluator.resumed_cases)},
+                       "resumed_cases": dict(self.evaluator.resumed_cases),
+                       **({"repaired_lines": self.evaluator.journal.repaired,
+                           "unreadable_lines": self.evaluator.journal.unreadable} if self.evaluator.journal else {})},
             "token_accuracy": "teacher-forced argmax over the answer tokens; input = prompt + ' ' + answer",
             **parallel_run,
         }
@@ -729,6 +753,8 @@ def merge_protocols(protocols: list[dict], stats: list[dict[str, list]], editor=
         for label, n in ((protocol.get("resume") or {}).get("resumed_cases") or {}).items():
             resumed[label] = resumed.get(label, 0) + n
     merged.setdefault("resume", {})["resumed_cases"] = resumed
+    if any("repaired_lines" in (protocol.get("resume") or {}) for protocol in protocols):  # whichever process opened it first repaired it
+        merged["resume"]["repaired_lines"] = sum((protocol.get("resume") or {}).get("repaired_lines", 0) for protocol in protocols)
     for key in ("unscored_cases", "edit_only_cases"):
         if key in merged.get("protocol", {}):
             total: dict[str, int] = {}

@@ -268,3 +268,68 @@ def test_each_benchmark_family_runs_end_to_end_with_its_own_columns(family, task
     else:
         assert {r["task"] for r in rows} >= {"mmedit_vqa", "mmedit_caption"}
         assert "mmedit/vqa/eval: 1 of 3 cases skipped: 1 empty alt" in result.stderr
+
+
+def test_help_lists_every_subcommand(capsys):
+    from mmke_eval import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for name in ("list", "make-mini", "train-editor", "convert-checkpoint", "report", "compare"):
+        assert name in shown, name
+
+
+def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, monkeypatch, capsys):
+    """A read-only output folder (here: mmke_table.md is a folder, which fails as root too): the
+    numbers are printed anyway, and the exit code says the run did not do everything it should."""
+    from mmke_eval import cli
+
+    monkeypatch.setattr(cli.runner, "evaluate", lambda spec: {"results": {"mme": {"score,none": 42.0}}})
+    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    (tmp_path / "mmke_table.md").mkdir()
+    code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "| mme | none | score,none | 42 |" in captured.out
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("mmke-eval: error: TableNotWritten: could not write") and "mmke_table.md" in last
+
+
+def test_an_unknown_task_is_refused_before_anything_loads_with_the_close_name(monkeypatch, capsys):
+    from mmke_eval import cli
+
+    def never(spec):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(cli.runner, "evaluate", never)
+    assert cli.main(["--tasks", "mmke_entty"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("mmke-eval: error: UnknownTask: --tasks mmke_entty: no such task or group. Did you mean 'mmke_entity'? "
+                    "`mmke-eval list` lists ours; lmms-eval's own are listed by `lmms-eval --tasks list`")
+    cli.check_task_names("mmke_entity,mme,mmke_mini_*")  # lmms-eval's own tasks and wildcards are accepted
+    with pytest.raises(cli.UnknownTask, match="--tasks mmke_nothing_\\*: no such task"):
+        cli.check_task_names("mmke_nothing_*")
+
+
+@pytest.mark.parametrize("task, variable", [("mmke_entity", "MMKE_DATA"), ("vlkeb_eval", "VLKEB_DATA"),
+                                            ("mmedit_vqa", "MMEDIT_DATA"), ("mike_csr", "MIKE_DATA")])
+def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task, variable, tmp_path, monkeypatch, capsys):
+    """Offline, with no --data and nothing in the Hugging Face cache: our message is the last line
+    (it was the Hub's OfflineModeIsEnabled, after the model had loaded)."""
+    from huggingface_hub import constants
+
+    from mmke_eval import cli
+
+    def never(spec):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(cli.runner, "evaluate", never)
+    monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert cli.main(["--tasks", task]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mmke-eval: error: DataError:"), last
+    assert "pass `mmke-eval --data PATH`" in last and f"{variable}=PATH" in last and "where PATH holds" in last

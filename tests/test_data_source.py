@@ -121,6 +121,9 @@ def test_unreachable_hub_tells_how_to_supply_data(monkeypatch):
     for expected in (REPO, "couldn't connect", f"environment variable {ENV}=PATH", "mmke-eval --data PATH",
                      "PATH/data_json/", "PATH/data_image/"):  # fmt: skip
         assert expected in message
+    from mmke_eval.runner import root_cause
+
+    assert root_cause(caught.value) is caught.value  # the CLI's last line is this message, not the Hub's error
 
 
 def fake_snapshot(tmp_path: Path, fixture_root: Path) -> Path:

@@ -59,3 +59,23 @@ def test_the_cli_checks_owned_options_before_loading_anything(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrained=/no/such/model: no such folder"):
         check_model_args({"pretrained": "/no/such/model"})
     check_model_args({"editor.steps": "5", "adapter.prompt_format": "chat", "journal": "x.jsonl"})  # owned elsewhere
+
+
+def test_an_unknown_editor_argument_gets_the_close_name():
+    from mmke_eval import registry
+
+    with pytest.raises(ConfigError, match=r"editor 'ft_llm': unknown argument\(s\) \['step'\]; did you mean 'steps'\?"):
+        registry.build_editor("ft_llm", overrides={"step": "3"})
+
+
+@pytest.mark.parametrize("editor, key, value, message", [
+    ("ft_llm", "steps", "-5", "editor 'ft_llm': steps must be >= 0"),  # FT's class says 'ft'
+    ("ft_alignment", "lr", "0", "editor 'ft_alignment': lr must be > 0"),
+    ("mend", "max_steps", "0", "editor 'mend': max_steps must be >= 1"),  # a message that named no editor
+])
+def test_a_bad_editor_value_names_the_editor_as_the_user_wrote_it(editor, key, value, message):
+    from mmke_eval import registry
+
+    with pytest.raises(ConfigError) as caught:
+        registry.build_editor(editor, overrides={key: value})
+    assert str(caught.value).startswith(message)

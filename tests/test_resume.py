@@ -115,3 +115,48 @@ def test_user_number_groups_resume_whole_groups(adapter, cases, tmp_path):
     resumed = score_cases(adapter, editor, cases, protocol, journal=CaseJournal(path, "grp"))
     assert editor.applied == [c.case_id for c in cases[2:]]
     assert resumed == score_cases(adapter, counting_editor(), cases, protocol)
+
+
+def test_a_torn_last_line_is_cut_off_on_open_and_the_finished_cases_are_not_recomputed(adapter, cases, tmp_path):
+    """A crash in the middle of a write leaves a line without its newline; the next record used to
+    be appended onto it, making one unreadable line, so that case was computed again on every rerun."""
+    path = tmp_path / "cases.jsonl"
+    score_cases(adapter, counting_editor(), cases[:3], journal=CaseJournal(path, "run-1"))
+    lines = path.read_text().splitlines()
+    torn = lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2]
+    path.write_text(torn)
+
+    journal = CaseJournal(path, "run-1")
+    assert (journal.resumed, journal.repaired) == (2, 1)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"  # the torn tail is gone
+    assert "2 finished case(s)" in journal.resume_message() and "torn last line" in journal.resume_message()
+    editor = counting_editor()
+    score_cases(adapter, editor, cases[:3], journal=journal)
+    assert editor.applied == [cases[2].case_id]  # only the torn case
+
+    again = CaseJournal(path, "run-1")
+    assert (again.resumed, again.repaired, again.unreadable) == (3, 0, 0)  # the record written after the repair reads
+    editor = counting_editor()
+    score_cases(adapter, editor, cases[:3], journal=again)
+    assert editor.applied == []
+
+
+def test_journal_records_joined_onto_a_torn_line_by_older_versions_are_read(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    journal = CaseJournal(path, "run-1")
+    journal.add("case-a", {"p1": "{}"})
+    journal.add("case-b", {"p2": "{}"})
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n" + second[:20] + second + "\n" + '{"case": "c", "respo' + "\n")
+    reopened = CaseJournal(path, "run-1")
+    assert set(reopened.entries) == {"case-a", "case-b"} and reopened.unreadable == 1 and reopened.repaired == 0
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    CaseJournal(path, "run-1").add("case-a", {"p1": "{}"})
+    path.write_text(path.read_text().rstrip("\n"))  # cut just before the newline
+    journal = CaseJournal(path, "run-1")
+    assert (journal.resumed, journal.repaired) == (1, 0) and path.read_text().endswith("}\n")
+    journal.add("case-b", {"p2": "{}"})
+    assert set(CaseJournal(path, "run-1").entries) == {"case-a", "case-b"}

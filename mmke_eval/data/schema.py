@@ -133,3 +133,5 @@ class SkipReport:
 
 class DataError(ValueError):
     """Bad benchmark data. The message names the file, the case and the field."""
+
+    is_root_cause = True  # the CLI shows this message (which says what to do), not the error behind it

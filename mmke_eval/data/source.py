@@ -163,10 +163,30 @@ def resolve_root(card: dict, family: families.Family | None = None) -> Path:
         return root_from_generator(card["generator"], family)
     if card.get("hf_dataset"):
         return root_from_hub(card["hf_dataset"], env_name, family)
+    if env_name:  # a benchmark you bring yourself (MMEdit, MIKE)
+        raise DataError(
+            f"source card {'/'.join(card_key(card))} names no data: pass `mmke-eval --data PATH` or set the "
+            f"environment variable {env_name}=PATH, where PATH holds {family.layout}"
+        )
     raise DataError(
         f"source card {card!r} names no data: it needs a 'generator', an 'hf_dataset', "
         "or a 'data_env' variable that is set"
     )
+
+
+def check_available(card: dict) -> None:
+    """Fail now, before any model loads, where a card's data cannot be had: a data folder that is
+    not one, no source at all, or a Hub dataset while offline (HF_HUB_OFFLINE) that is not in the
+    local cache. A generator, or a download while online, is left to the load."""
+    family = families.of_card(card)
+    env_name = card.get("data_env")
+    if (env_name and os.environ.get(env_name)) or not (card.get("generator") or card.get("hf_dataset")):
+        resolve_root(card, family)
+    elif not card.get("generator"):
+        import huggingface_hub
+
+        if huggingface_hub.is_offline_mode():
+            resolve_root(card, family)  # the cached snapshot, or the error saying how to give the data
 
 
 def checked_root(root: Path, origin: str, family: families.Family) -> Path:
