@@ -137,8 +137,13 @@ class Editor(ABC):
         """How many of the last layers its group spans (``parameter_group(group, last_k=...)``)."""
         return 1
 
+    # Set by registry.build_editor: the model and benchmark family its defaults were resolved for,
+    # and for each config key the registry entry (or editor_args) its value came from.
+    defaults_source: dict[str, Any] = {}
+
     def describe(self) -> dict[str, Any]:
-        return {"editor": self.name, **self.config.to_dict()}
+        return {"editor": self.name, **self.config.to_dict(),
+                **({"defaults_source": self.defaults_source} if self.defaults_source else {})}
 
     def summarize(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
         """What the results should say about one task's edits, from each edit's ``handle.stats``."""

@@ -302,10 +302,15 @@ def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
     if "checkpoint" in overrides:
         raise TrainingError("--editor_args checkpoint=...: training writes a checkpoint (--output_path); it does not read one")
     registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
+    sources = task_sources(args.tasks)
+    benchmark = training_benchmark(sources, args.tasks)
     adapter = load_adapter(args.model, args.model_args)
     # A family default may name a checkpoint to evaluate with (the world model's); training writes one.
-    editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""})
-    cases, data = training_cases(task_sources(args.tasks))
+    # The budget (max_steps, val_every, patience, val_cases) is the benchmark's reference one for this model.
+    editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""},
+                                   benchmark=benchmark)
+    cases, data = training_cases(sources)
+    data = {**data, "benchmark": benchmark, "defaults_source": editor.defaults_source}
     if args.cases is not None:
         if args.cases < 2:
             raise TrainingError("--cases must be at least 2")
@@ -324,6 +329,16 @@ def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
           f"(best step {record['best_step']}, validation {editor.validation_key} {record['best_val']:.4f}); checkpoint in {args.output_path}. "
           f"Use it with --editor {args.editor} --editor_args checkpoint={args.output_path}")
     return 0
+
+
+def training_benchmark(sources: list[tuple[str, dict, str]], tasks: str) -> str:
+    """The one benchmark family the tasks belong to: its reference budget is the default, so
+    tasks of two families (each with its own budget) are refused."""
+    found = sorted({families.of_card(card).name for _, card, _ in sources})
+    if len(found) != 1:
+        raise TrainingError(f"--tasks {tasks}: tasks of the benchmark families {', '.join(found)}; the training defaults "
+                            "(budget) depend on the benchmark, so train on one family's tasks per run")
+    return found[0]
 
 
 def learned_editor_names() -> list[str]:

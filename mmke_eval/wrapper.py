@@ -223,9 +223,14 @@ class EditedLMM(lmms):
         if hasattr(self.base, "accelerator"):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
+        # The model family's editor, to fail on bad values and checkpoints before any case; each
+        # task's cases are edited by the editor resolved for its benchmark family (``editor_for``).
         self.editor = registry.build_editor(editor, family=self.adapter.family, overrides=editor_args)
         if hasattr(self.editor, "ensure_ready"):  # a learned editor: load and check its checkpoint now, not mid-run
             self.editor.ensure_ready(self.adapter)
+        self._editor_request = (editor, dict(editor_args))
+        self.editors_by_benchmark: dict[str, Any] = {}
+        self.defaults_by_benchmark: dict[str, dict] = {}  # where each value came from, per benchmark family
         self.base_name = base
         self.journal_path = str(journal) if journal else None
         self.run_key = journal_digest({
@@ -259,9 +264,14 @@ class EditedLMM(lmms):
             "resumed_cases": dict(self.evaluator.resumed_cases),
             "padding_doc_ids": {task: list(ids) for task, ids in self.padding_docs.items()},
         }} if self.world_size > 1 else {}
+        by_benchmark = {name: {**e.describe(), "defaults_source": self.defaults_by_benchmark[name]}
+                        for name, e in self.editors_by_benchmark.items()}
         return {
             "base": self.base_name,
-            "editor": self.editor.describe(),
+            # One benchmark family (the usual run): the editor as resolved for it. Several (e.g.
+            # --tasks mmke_entity,vlkeb): each task used its own family's editor (editor_by_benchmark).
+            "editor": next(iter(by_benchmark.values())) if len(by_benchmark) == 1 else self.editor.describe(),
+            **({"editor_by_benchmark": by_benchmark} if by_benchmark else {}),
             "adapter": self.adapter.describe(),
             "protocol": {
                 **asdict(self.protocol),
@@ -313,10 +323,27 @@ class EditedLMM(lmms):
         for (task, _), probes in cases.items():
             by_task.setdefault(task, []).append(probes)
         for task, task_cases in by_task.items():
+            self.evaluator.editor = self.editor_for(task_cases[0][0].doc["family"])
             self.evaluator.answer_cases(task_cases, results, progress=self.rank == 0, label=task)
         if cases:
             LAST_PROTOCOL.update(self.describe())  # editors report what they really used (IKE's retriever)
         return results
+
+    def editor_for(self, benchmark: str):
+        """The editor with its defaults resolved for this benchmark family and the model's family
+        (registry.yaml: benchmarks.<benchmark>.editors over the model family's values over the
+        editor's defaults; --editor_args over all). Tasks of several families in one run each get
+        their own family's values; the results list them per family (``editor_by_benchmark``)."""
+        if benchmark not in self.editors_by_benchmark:
+            name, editor_args = self._editor_request
+            editor = registry.build_editor(name, family=self.adapter.family, overrides=editor_args, benchmark=benchmark)
+            self.defaults_by_benchmark[benchmark] = editor.defaults_source
+            if editor.config.to_dict() == self.editor.config.to_dict():
+                editor = self.editor  # the same values: keep the editor already loaded (its checkpoint, IKE's pools)
+            elif hasattr(editor, "ensure_ready"):
+                editor.ensure_ready(self.adapter)
+            self.editors_by_benchmark[benchmark] = editor
+        return self.editors_by_benchmark[benchmark]
 
     def _base_generate(self, requests) -> list:
         """The base backend's answers to other tasks' requests. lmms-eval backends log a failed
