@@ -106,26 +106,48 @@ def training_cases(sources: list[tuple[str, dict, str]]) -> tuple[list[tuple[Edi
     return cases, record
 
 
-def training_example(case: EditCase, template: str) -> TrainingExample:
-    """In-scope probes (not locality, not portability) with the new answer; locality probes."""
+# What the learned editors' edit loss is computed on (``train_objective``):
+#   reference: the reference trainers' (MMKE-Bench, VLKEB, EasyEdit MultimodalTrainer) ``edit_outer``
+#              (the rephrased question on the edit image) and ``edit_outer_image`` (the edit question
+#              on the rephrase image), with the new target; the scored T-Rel/I-Rel probes never;
+#   probes:    every scored probe that is neither locality nor portability (ours before issue 23).
+# Locality probes are the locality inputs either way.
+TRAIN_OBJECTIVES = ("reference", "probes")
+REFERENCE_IN_SCOPE = ("edit_outer", "edit_outer_image")
+
+
+def training_example(case: EditCase, template: str, objective: str = "reference") -> TrainingExample:
+    """The case's in-scope inputs with the new answer (``objective``, above) and its locality probes."""
+    from mmke_eval.templates import render
     from mmke_tasks.hooks import doc_to_text
 
+    if objective not in TRAIN_OBJECTIVES:
+        raise TrainingError(f"train_objective={objective!r}: expected one of {', '.join(TRAIN_OBJECTIVES)}")
     family = families.get(case.family)
-    in_scope, locality = [], []
+    in_scope, in_scope_kinds, locality = [], [], []
     for doc in ProbeDoc.rows(case):
         kind = family.probe(doc["probe"])
         query = Query(doc_to_text(doc, {"prompt_template": template}), load_optional_image(doc["image"], case.case_id), doc["answer"])
         if kind.is_locality:
             locality.append(query)
-        elif not kind.portability:
+        elif not kind.portability and objective == "probes":
             in_scope.append(query)
+            in_scope_kinds.append(kind.name)
+    if objective == "reference":
+        for name, question, image in zip(REFERENCE_IN_SCOPE, (case.rephrase_prompt, case.prompt), (case.image, case.rephrase_image)):
+            if question and (image or name == "edit_outer"):
+                in_scope.append(Query(render(template, question=question), load_optional_image(image, case.case_id), case.target))
+                in_scope_kinds.append(name)
+        if not in_scope:
+            raise TrainingError(f"case {case.case_id}: train_objective=reference trains on the rephrased question and the "
+                                "rephrase image, and this case has neither; use --editor_args train_objective=probes")
     edit = EditRequest(
         case_id=case.case_id, prompt=case.prompt, target=case.target,
         image=load_optional_image(case.image, case.case_id), original=case.original,
         rephrase_prompt=case.rephrase_prompt, rephrase_image=load_optional_image(case.rephrase_image, case.case_id),
         knowledge_type=case.knowledge_type, train_file=case.train_file, family=case.family,
     )
-    return TrainingExample(case.case_id, edit, in_scope, locality)
+    return TrainingExample(case.case_id, edit, in_scope, locality, in_scope_kinds)
 
 
 def case_order(step: int, n: int, seed: int) -> int:
@@ -148,13 +170,14 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
 
     @lru_cache(maxsize=512)
     def example(index: int) -> TrainingExample:
-        return training_example(*train_cases[index])
+        return training_example(*train_cases[index], objective=cfg.train_objective)
 
-    val_examples = [training_example(*c) for c in val_cases]
+    val_examples = [training_example(*c, objective=cfg.train_objective) for c in val_cases]
     editor.ensure_ready(adapter, for_training=True)
     for p in adapter.model.parameters():
         p.requires_grad_(False)  # the base model is frozen; editors ask for the gradients they need
     run_key = digest({"editor": editor.name, "config": cfg.architecture(), "seed": cfg.seed, "val_cases": n_val,
+                      **({"train_objective": cfg.train_objective} if cfg.train_objective != "probes" else {}),
                       "base": editor.checkpoint_meta(adapter, {}, {})["base_model"], "data": data["sha256"]})
     optimizer = torch.optim.Adam(editor.optimizer_groups())
     state = {"step": 0, "best_loss": float("inf"), "best_step": 0, "history": [], "seconds": 0.0, "finished": False}
