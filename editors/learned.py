@@ -140,6 +140,11 @@ class LearnedEditor(Editor):
     def after_step(self) -> None:
         """Called after every optimizer step of training (KE updates its Lagrange multiplier)."""
 
+    def build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        """The training optimizer and its learning-rate schedule (None: constant). Adam, as the
+        MEND/SERAC reference trainers use (``opt: Adam``); KE has its own."""
+        return torch.optim.Adam(self.optimizer_groups()), None
+
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Parameter groups of the training optimizer (MEND gives its step sizes their own rate)."""
         return [{"params": [p for p in self.learned.parameters() if p.requires_grad], "lr": self.config.meta_lr}]

@@ -179,7 +179,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
     run_key = digest({"editor": editor.name, "config": cfg.architecture(), "seed": cfg.seed, "val_cases": n_val,
                       **({"train_objective": cfg.train_objective} if cfg.train_objective != "probes" else {}),
                       "base": editor.checkpoint_meta(adapter, {}, {})["base_model"], "data": data["sha256"]})
-    optimizer = torch.optim.Adam(editor.optimizer_groups())
+    optimizer, scheduler = editor.build_optimizer()
     state = {"step": 0, "best_loss": float("inf"), "best_step": 0, "history": [], "seconds": 0.0, "finished": False}
     best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,8 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
                                 "use another --output_path, or --restart to train afresh there")
         editor.learned.load_state_dict(saved["learned"])
         optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
         best, state = saved["best"], saved["state"]
         print(f"mmke-eval train-editor: resuming {out} at step {state['step']}", file=sys.stderr)
     elif (out / META_FILE).is_file() and not restart and not resume_path.is_file():
@@ -211,6 +213,8 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(editor.learned.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         editor.after_step()
         state["step"] += 1
         running.append(float(loss.detach()))
@@ -232,6 +236,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
             state["finished"] = stop or state["step"] >= cfg.max_steps
             state["seconds"] = time.perf_counter() - started
             torch.save({"run_key": run_key, "learned": editor.learned.state_dict(), "optimizer": optimizer.state_dict(),
+                        **({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
                         "best": best, "state": state}, str(resume_path) + ".tmp")
             Path(str(resume_path) + ".tmp").replace(resume_path)
             if stop:
