@@ -105,6 +105,10 @@ class Editor(ABC):
     # Image of the portability question in this method's reference code, per knowledge type:
     # "edit" (the edit image) where it is not the image the data names ("data", the default).
     reference_port_images: dict[str, str] = {}
+    # VLKEB's edit twice (edit_onehop test_edit_onehop.py): whether this method's second edit sees
+    # the edit image in the reference. It does not for FT-LLM, MEND, SERAC and KE (text only);
+    # FT-Alignment, which edits the vision-language module, says so below.
+    reference_followup_image: bool = False
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()

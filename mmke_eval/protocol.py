@@ -16,8 +16,10 @@ from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 
 PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "answer")
+AVERAGES = ("case", "token")
+FOLLOWUP_IMAGES = ("auto", "edit", "none")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number")
+                   "edit_images", "edit_augment", "augment_seed", "user_number", "average", "followup_image")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
 
 
@@ -54,6 +56,14 @@ class Protocol:
     # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
     # them is scored, undone before the next group. 1: independent edits.
     user_number: int = 1
+    # How a task's teacher-forced column is averaged: "case" (the mean within each case, then over
+    # cases: MMKE-Bench, VLKEB, EasyEdit) or "token" (one ratio over every answer token, or every
+    # locality position, of the task: KE's ke_eval.py, which its published table reports).
+    average: str = "case"
+    # VLKEB's edit twice: the image of the follow-up edit. "auto": the editor's reference (none for
+    # FT-LLM, MEND, SERAC and KE; the edit image for FT-Alignment); "edit": always the edit image;
+    # "none": never.
+    followup_image: str = "auto"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -72,6 +82,10 @@ class Protocol:
             raise ValueError("user_number must be >= 1")
         if self.user_number > 1 and self.sequential:
             raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
+        if self.average not in AVERAGES:
+            raise ValueError(f"average must be one of {AVERAGES}, not {self.average!r}")
+        if self.followup_image not in FOLLOWUP_IMAGES:
+            raise ValueError(f"followup_image must be one of {FOLLOWUP_IMAGES}, not {self.followup_image!r}")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -94,6 +108,8 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         edit_augment=parse_choice("edit_augment", values["edit_augment"], AUGMENTATIONS),
         augment_seed=parse_int("augment_seed", values["augment_seed"]),
         user_number=parse_int("user_number", values["user_number"], minimum=1),
+        average=parse_choice("average", values["average"], AVERAGES),
+        followup_image=parse_choice("followup_image", values["followup_image"], FOLLOWUP_IMAGES),
     )
 
 

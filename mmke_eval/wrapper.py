@@ -159,6 +159,9 @@ class ProbeRequest:
 class EditedLMM(lmms):
     """lmms-eval model that edits its base model per edit case before answering."""
 
+    # (editor name, editor args) to resolve per benchmark family (``editor_for``); None: use ``editor``
+    _editor_request: tuple[str, dict] | None = None
+
     def __init__(
         self,
         base: str,
@@ -176,6 +179,8 @@ class EditedLMM(lmms):
         edit_augment: str = "none",
         augment_seed: int = 0,
         user_number: int = 1,
+        average: str = "case",
+        followup_image: str = "auto",
         journal: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -185,7 +190,7 @@ class EditedLMM(lmms):
             self._build(base, editor, batch_size, device, journal, kwargs, dict(
                 t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
                 sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
-                augment_seed=augment_seed, user_number=user_number))
+                augment_seed=augment_seed, user_number=user_number, average=average, followup_image=followup_image))
 
     def _build(self, base, editor, batch_size, device, journal, kwargs, options) -> None:
         global _last_evaluator
@@ -265,7 +270,7 @@ class EditedLMM(lmms):
             "padding_doc_ids": {task: list(ids) for task, ids in self.padding_docs.items()},
         }} if self.world_size > 1 else {}
         by_benchmark = {name: {**e.describe(), "defaults_source": self.defaults_by_benchmark[name]}
-                        for name, e in self.editors_by_benchmark.items()}
+                        for name, e in getattr(self, "editors_by_benchmark", {}).items()}
         return {
             "base": self.base_name,
             # One benchmark family (the usual run): the editor as resolved for it. Several (e.g.
@@ -276,6 +281,7 @@ class EditedLMM(lmms):
             "protocol": {
                 **asdict(self.protocol),
                 "loc_span_resolved": self.evaluator.locality_span,
+                "followup_image_resolved": self.evaluator.followup_image,
                 "port_image_resolved": {"default": self.evaluator.port_image_for(""),
                                         **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
@@ -334,6 +340,8 @@ class EditedLMM(lmms):
         (registry.yaml: benchmarks.<benchmark>.editors over the model family's values over the
         editor's defaults; --editor_args over all). Tasks of several families in one run each get
         their own family's values; the results list them per family (``editor_by_benchmark``)."""
+        if self._editor_request is None:
+            return self.editor  # an editor handed in already built (scripts, tests): its values as they are
         if benchmark not in self.editors_by_benchmark:
             name, editor_args = self._editor_request
             editor = registry.build_editor(name, family=self.adapter.family, overrides=editor_args, benchmark=benchmark)
@@ -423,6 +431,12 @@ class CaseEvaluator:
     def locality_span(self) -> str:
         span = self.protocol.loc_span
         return self.editor.reference_locality_span if span == "auto" else span
+
+    @property
+    def followup_image(self) -> str:
+        """"edit" or "none": the image of VLKEB's follow-up edit (edit twice) for this editor."""
+        choice = self.protocol.followup_image
+        return ("edit" if self.editor.reference_followup_image else "none") if choice == "auto" else choice
 
     def port_image_for(self, knowledge_type: str) -> str:
         """"edit" or "data": which image the portability question of this knowledge type is asked on."""
@@ -590,13 +604,14 @@ class CaseEvaluator:
         )
 
     def edit_requests(self, doc: dict) -> list[EditRequest]:
-        """The case's edit, then its follow-up edits (VLKEB's "edit twice": the one-hop fact),
-        each on the same edit image(s)."""
+        """The case's edit, then its follow-up edits (VLKEB's "edit twice": the one-hop fact), on
+        the edit image(s) or on none (``followup_image``: by default the editor's reference)."""
         main = self.edit_request(doc)
         followups = json.loads(doc["followup_edits"]) if doc.get("followup_edits") else []
+        image = {} if self.followup_image == "edit" else {"image": None, "extra_images": ()}
         return [main] + [
             replace(main, case_id=f"{main.case_id}#edit{n}", prompt=prompt, target=target, original="",
-                    rephrase_prompt="", rephrase_image=None)
+                    rephrase_prompt="", rephrase_image=None, **image)
             for n, (prompt, target) in enumerate(followups, 2)
         ]
 
@@ -649,9 +664,13 @@ class CaseEvaluator:
             if kind.is_locality:
                 pre_forward, pre_generated = pre[probe.index]
                 response["score"] = self._locality(kind, pre_forward, forward)
+                hits, total = self._locality(kind, pre_forward, forward, counts=True)
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
+                hits, total = metrics.token_counts(forward.predicted_ids, forward.answer_ids)
+            if self.protocol.average == "token":  # the task's column becomes hits / total over all its probes
+                response["average"], response["counts"] = "token", [hits, total]
             if kind.portability:
                 response["port_image"] = self.port_image_for(probe.doc["knowledge_type"])
             results[probe.index] = json.dumps(response, default=str)
@@ -672,11 +691,13 @@ class CaseEvaluator:
         return {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name,
                 "generated": generated or "", "edit": handle.stats}
 
-    def _locality(self, kind: families.ProbeKind, pre: ForwardResult, post: ForwardResult) -> float:
+    def _locality(self, kind: families.ProbeKind, pre: ForwardResult, post: ForwardResult, counts: bool = False):
+        """Top-k agreement of the pre- and post-edit outputs; with ``counts``: (agreeing, compared) entries."""
         k = getattr(self.protocol, kind.locality)  # the declared option: t_loc_k or i_loc_k
+        agreement = metrics.topk_agreement_counts if counts else metrics.topk_agreement
         if self.locality_span == "answer":
-            return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
-        return metrics.topk_agreement(pre.topk, post.topk, k)
+            return agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
+        return agreement(pre.topk, post.topk, k)
 
     def _generate(self, probes: list[ProbeRequest], queries: list[Query], model) -> list[str]:
         """Greedy generations of ``queries``, batched per distinct generation setting (normally one)."""
