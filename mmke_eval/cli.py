@@ -316,9 +316,12 @@ def _list() -> int:
         family = families.get(name)
         print(f"  {name:14s} {family.title}: {', '.join(title for _, title in family.columns)}")
         # The benchmark's own hparams, over the editors' model-family values above (registry.yaml)
-        for editor, per_model in registry.benchmark_editor_defaults(name).items():
+        declared = registry.benchmark_editor_defaults(name)
+        for editor, per_model in declared.items():
             for model_family, values in per_model.items():
                 print(f"  {'':14s}   {editor} on {model_family}: {_key_values(values)}")
+        if not declared:
+            print(f"  {'':14s}   editor values: the editors' defaults and model-family values above")
     print("tasks and groups:")
     tasks, groups = task_index()
     for name in sorted({*tasks, *groups}):
