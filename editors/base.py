@@ -120,6 +120,10 @@ class Editor(ABC):
     # MultimodalTrainer ("trainer") trained and scored MEND/SERAC; FT and KE have no public
     # MMEdit code and are scored as VLKEB/MMKE-Bench score them, through the trainer.
     reference_prompt_path: str = "trainer"
+    # VLKEB's edit twice (edit_onehop test_edit_onehop.py): whether this method's second edit sees
+    # the edit image in the reference. It does not for FT-LLM, MEND, SERAC and KE (text only);
+    # FT-Alignment, which edits the vision-language module, says so below.
+    reference_followup_image: bool = False
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -152,8 +156,13 @@ class Editor(ABC):
         """How many of the last layers its group spans (``parameter_group(group, last_k=...)``)."""
         return 1
 
+    # Set by registry.build_editor: the model and benchmark family its defaults were resolved for,
+    # and for each config key the registry entry (or editor_args) its value came from.
+    defaults_source: dict[str, Any] = {}
+
     def describe(self) -> dict[str, Any]:
-        return {"editor": self.name, **self.config.to_dict()}
+        return {"editor": self.name, **self.config.to_dict(),
+                **({"defaults_source": self.defaults_source} if self.defaults_source else {})}
 
     def summarize(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
         """What the results should say about one task's edits, from each edit's ``handle.stats``."""

@@ -72,6 +72,12 @@ class FTEditor(Editor):
         super().__init__(config)
         self._scalers: dict[torch.dtype, LossScaler] = {}  # the scale found by one edit serves the next
 
+    @property
+    def reference_followup_image(self) -> bool:
+        # VLKEB edit twice: only FT-Alignment's second edit sees the image (a text-only input
+        # would give the alignment module nothing to learn from).
+        return self.config.target == "alignment"
+
     def describe(self) -> dict:
         used = {str(dtype).removeprefix("torch."): scaler.describe() for dtype, scaler in self._scalers.items()}
         return {

@@ -50,8 +50,15 @@ class KEConfig(WeightUpdateConfig):
     margin: float = field(default=1e-3, metadata={"help": "training: bound on the update norm (Lagrangian constraint)"})
     lambda_lr: float = field(default=0.1, metadata={"help": "training: gradient-ascent rate of the Lagrange multiplier"})
     meta_lr: float = field(default=3e-4, metadata={"help": "training: learning rate of the hyper-network (reference 3e-4)"})
+    # KE's trainer (ke_train.py, train_ke.sh): centered RMSprop, linear warm-up over 1k updates then
+    # linear decay to 0 at 20k, and alpha_lp a parameter from 1 trained by gradient ascent at lr 0.1.
+    optimizer: str = field(default="rmsprop_centered", metadata={"help": "training: rmsprop_centered (KE's trainer) or adam (ours before)"})
+    warmup_steps: int = field(default=1000, metadata={"help": "training: linear learning-rate warm-up over N updates (reference 1000; 0: none)"})
+    decay_steps: int = field(default=20000, metadata={"help": "training: the rate decays linearly to 0 at update N (reference 20000; 0: constant)"})
+    lagrange_update: str = field(default="learned", metadata={"help": "training: learned (KE's alpha_lp: a parameter from 1, gradient ascent in the optimizer at lambda_lr) or ascent (ours before: from 0, + lambda_lr * violation per step)"})
 
-    RUNTIME_FIELDS = WeightUpdateConfig.RUNTIME_FIELDS + ("max_scale", "edit_lr", "margin", "lambda_lr")
+    RUNTIME_FIELDS = WeightUpdateConfig.RUNTIME_FIELDS + ("max_scale", "edit_lr", "margin", "lambda_lr", "optimizer",
+                                                          "warmup_steps", "decay_steps", "lagrange_update")
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,6 +66,12 @@ class KEConfig(WeightUpdateConfig):
             raise ConfigError("editor 'ke': layers, hidden_dim, condition_dim and max_length must be >= 1")
         if not (self.edit_lr > 0 and self.margin > 0 and self.lambda_lr >= 0 and self.max_scale > 0):
             raise ConfigError("editor 'ke': edit_lr, margin and max_scale must be > 0, lambda_lr >= 0")
+        if self.optimizer not in ("rmsprop_centered", "adam"):
+            raise ConfigError(f"editor 'ke': optimizer must be rmsprop_centered or adam, not {self.optimizer!r}")
+        if self.lagrange_update not in ("learned", "ascent"):
+            raise ConfigError(f"editor 'ke': lagrange_update must be learned or ascent, not {self.lagrange_update!r}")
+        if self.warmup_steps < 0 or self.decay_steps < 0 or (self.decay_steps and self.decay_steps <= self.warmup_steps):
+            raise ConfigError("editor 'ke': warmup_steps and decay_steps must be >= 0, and decay_steps (unless 0) > warmup_steps")
 
 
 class WeightNormLinear(nn.Module):
@@ -151,7 +164,35 @@ class KEEditor(WeightUpdateEditor):
 
     def build(self, adapter) -> nn.Module:
         shapes = self.linear_weight_shapes(adapter)
-        return KENetworks(shapes, adapter.model.get_input_embeddings().weight.detach(), self.config)
+        networks = KENetworks(shapes, adapter.model.get_input_embeddings().weight.detach(), self.config)
+        if self.config.lagrange_update == "learned":
+            # KE's alpha_lp: a parameter from 1 that the optimizer raises (its gradient negated:
+            # ascent) while the constraint is violated. Same state-dict key as the buffer.
+            del networks.lagrange
+            networks.lagrange = nn.Parameter(torch.ones((), device=networks.max_scale.device))
+            networks.lagrange.register_hook(lambda grad: -grad)
+        return networks
+
+    def optimizer_groups(self):
+        lagrange = [p for name, p in self.learned.named_parameters() if name == "lagrange"]
+        rest = [p for name, p in self.learned.named_parameters() if name != "lagrange" and p.requires_grad]
+        return [{"params": rest, "lr": self.config.meta_lr}] + ([{"params": lagrange, "lr": self.config.lambda_lr}] if lagrange else [])
+
+    def build_optimizer(self):
+        cfg = self.config
+        groups = self.optimizer_groups()
+        optimizer = torch.optim.RMSprop(groups, centered=True) if cfg.optimizer == "rmsprop_centered" else torch.optim.Adam(groups)
+        if not cfg.warmup_steps and not cfg.decay_steps:
+            return optimizer, None
+
+        def factor(step: int) -> float:  # linear warm-up, then linear decay to 0 at decay_steps
+            if cfg.warmup_steps and step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            if cfg.decay_steps:
+                return max(0.0, (cfg.decay_steps - step) / (cfg.decay_steps - cfg.warmup_steps))
+            return 1.0
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     @staticmethod
     def condition_text(request: EditRequest) -> str:
@@ -183,9 +224,14 @@ class KEEditor(WeightUpdateEditor):
         norm = sum(u.float().pow(2).sum() for u in updates.values()).sqrt()
         self._last_violation = float(norm.detach()) - self.config.margin
         loss = edit_nll + self.learned.lagrange * (norm - self.config.margin)
-        return loss, {"edit_nll": float(edit_nll.detach()), "update_norm": float(norm.detach()), "lagrange": float(self.learned.lagrange)}
+        return loss, {"edit_nll": float(edit_nll.detach()), "update_norm": float(norm.detach()), "lagrange": float(self.learned.lagrange.detach())}
 
     def after_step(self) -> None:
-        # Gradient ascent on the multiplier, kept >= 0: it grows while the updates are too large.
-        violation = getattr(self, "_last_violation", 0.0)
-        self.learned.lagrange.copy_((self.learned.lagrange + self.config.lambda_lr * violation).clamp(min=0.0))
+        # Gradient ascent on the multiplier, kept >= 0: it grows while the updates are too large
+        # (lagrange_update=learned: the optimizer took the step; only the bound is applied here).
+        with torch.no_grad():
+            if self.config.lagrange_update == "learned":
+                self.learned.lagrange.clamp_(min=0.0)
+                return
+            violation = getattr(self, "_last_violation", 0.0)
+            self.learned.lagrange.copy_((self.learned.lagrange + self.config.lambda_lr * violation).clamp(min=0.0))

@@ -54,6 +54,8 @@ class TrainingExample:
     edit: Any  # editors.base.EditRequest
     in_scope: list[Query] = field(default_factory=list)
     locality: list[Query] = field(default_factory=list)
+    # What each in-scope query is: "edit_outer"/"edit_outer_image" (train_objective=reference) or a probe kind (probes)
+    in_scope_kinds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -68,10 +70,12 @@ class LearnedConfig(EditorConfig):
     val_cases: int = field(default=8, metadata={"help": "training: train-split cases held out for validation"})
     grad_clip: float = field(default=100.0, metadata={"help": "training: gradient-norm clip of the learned networks"})
     seed: int = field(default=0, metadata={"help": "training: seed of initialisation and case order"})
+    train_objective: str = field(default="reference", metadata={"help": "training: what the edit loss is computed on: reference (the reference trainers' edit_outer, the rephrased question on the edit image, and edit_outer_image, the edit question on the rephrase image) or probes (every scored non-locality probe, ours before)"})
 
     # Fields that only steer training or loading: a checkpoint trained with other values of these
     # still serves (the rest of the config defines what was learned and must match).
-    RUNTIME_FIELDS = ("checkpoint", "meta_lr", "max_steps", "val_every", "patience", "val_cases", "grad_clip", "seed")
+    RUNTIME_FIELDS = ("checkpoint", "meta_lr", "max_steps", "val_every", "patience", "val_cases", "grad_clip", "seed",
+                      "train_objective")
 
     def __post_init__(self):
         for key in ("meta_lr", "grad_clip"):
@@ -82,6 +86,8 @@ class LearnedConfig(EditorConfig):
                 raise ConfigError(f"{key} must be >= 1, not {getattr(self, key)}")
         if self.val_cases < 0:
             raise ConfigError(f"val_cases must be >= 0, not {self.val_cases}")
+        if self.train_objective not in ("reference", "probes"):
+            raise ConfigError(f"train_objective must be reference or probes, not {self.train_objective!r}")
 
     def architecture(self) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
@@ -133,6 +139,11 @@ class LearnedEditor(Editor):
 
     def after_step(self) -> None:
         """Called after every optimizer step of training (KE updates its Lagrange multiplier)."""
+
+    def build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        """The training optimizer and its learning-rate schedule (None: constant). Adam, as the
+        MEND/SERAC reference trainers use (``opt: Adam``); KE has its own."""
+        return torch.optim.Adam(self.optimizer_groups()), None
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Parameter groups of the training optimizer (MEND gives its step sizes their own rate)."""
@@ -237,6 +248,10 @@ class LearnedEditor(Editor):
                 "editor": meta.get("editor"), "base_model": (meta.get("base_model") or {}).get("name_or_path"),
                 "data": (meta.get("data") or {}).get("sha256"), "best_step": (meta.get("training") or {}).get("best_step"),
                 "converted_from": meta.get("converted_from"),
+                # Checkpoints written before the option (the shipped world-model ones) trained on every
+                # scored non-locality probe: what train_objective=probes does now.
+                "train_objective": (meta.get("config") or {}).get("train_objective")
+                or ("probes (written before train_objective existed)" if not meta.get("converted_from") else "the reference's (converted)"),
             }
         return described
 

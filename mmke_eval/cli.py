@@ -441,7 +441,7 @@ def _bootstrap(parser: argparse.ArgumentParser, args):
 def _list() -> int:
     from mmke_eval import families, registry
 
-    print("editors (defaults; per model family overrides):")
+    print("editors (defaults; per model family overrides; a benchmark's own values are listed under it):")
     for name in registry.editor_names():
         entry = registry.load_registry()["editors"][name]
         print(f"  {name:14s} {entry.get('help', '')}")
@@ -453,6 +453,13 @@ def _list() -> int:
     for name in families.names():
         family = families.get(name)
         print(f"  {name:14s} {family.title}: {', '.join(title for _, title in family.columns)}")
+        # The benchmark's own hparams, over the editors' model-family values above (registry.yaml)
+        declared = registry.benchmark_editor_defaults(name)
+        for editor, per_model in declared.items():
+            for model_family, values in per_model.items():
+                print(f"  {'':14s}   {editor} on {model_family}: {_key_values(values)}")
+        if not declared:
+            print(f"  {'':14s}   editor values: the editors' defaults and model-family values above")
     print("tasks and groups:")
     tasks, groups = task_index()
     for name in sorted({*tasks, *groups}):

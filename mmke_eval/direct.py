@@ -46,6 +46,7 @@ def score_cases(adapter, editor, cases: list[EditCase], protocol: Protocol = Pro
     CaseEvaluator(adapter, editor, protocol, journal=journal).answer_cases(grouped, results, progress=False)
     columns: dict[str, list[dict]] = {}
     for probe in (p for g in grouped for p in g):
-        for name, score in metrics.probe_scores(families.kind_of(probe.doc), probe.doc["answer"], results[probe.index], probe.doc["entity"]).items():
-            columns.setdefault(name, []).append({"case": probe.doc["case_id"], "score": score})
+        for name, item in metrics.probe_items(families.kind_of(probe.doc), probe.doc["answer"], results[probe.index],
+                                              probe.doc["entity"], probe.doc["case_id"]).items():
+            columns.setdefault(name, []).append(item)
     return {name: metrics.case_mean(items) for name, items in columns.items()}

@@ -33,6 +33,21 @@ def token_accuracy(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> f
     return sum(int(p == a) for p, a in zip(predicted_ids, answer_ids)) / len(answer_ids)
 
 
+def token_counts(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> tuple[int, int]:
+    """(correct, answer tokens): what ``token_accuracy`` divides, for a token micro-average."""
+    if len(predicted_ids) != len(answer_ids):
+        raise ValueError(f"{len(predicted_ids)} predictions for {len(answer_ids)} answer tokens")
+    return sum(int(p == a) for p, a in zip(predicted_ids, answer_ids)), len(answer_ids)
+
+
+def topk_agreement_counts(pre_topk: torch.Tensor, post_topk: torch.Tensor, k: int) -> tuple[int, int]:
+    """(agreeing, compared) entries of ``topk_agreement``, for a micro-average over positions."""
+    if pre_topk.shape[1] < k or post_topk.shape[1] < k:
+        raise ValueError(f"top-{k} agreement needs at least {k} ids per position")
+    n = min(pre_topk.shape[0], post_topk.shape[0])
+    return int((pre_topk[-n:, :k] == post_topk[-n:, :k]).sum()) if n else 0, n * k
+
+
 def topk_agreement(pre_topk: torch.Tensor, post_topk: torch.Tensor, k: int) -> float:
     """Mean over positions and ranks of ``pre_topk[:, :k] == post_topk[:, :k]``.
 
@@ -75,7 +90,19 @@ def case_mean(items: Iterable[dict]) -> float:
     """Aggregate ``{"case": id, "score": s}`` items: mean within each case, then over cases, x100.
 
     Items with a NaN score (no answer tokens) are left out; a case with no valid item is left out.
+    Items that carry token counts (``hits``, ``total``: a run with ``average=token``) give instead
+    the micro-average ``sum(hits) / sum(total)`` x100 over every token (or locality position) of
+    the task, as KE's ke_eval.py accumulates its accuracy.
     """
+    items = list(items)
+    valid = [item for item in items if float(item["score"]) == float(item["score"])]
+    counted = [item for item in valid if "total" in item]
+    if counted:
+        if len(counted) != len(valid):
+            raise ValueError(f"{len(valid) - len(counted)} of {len(valid)} scores carry no token counts: a column cannot mix "
+                             "average=token and average=case results")
+        total = sum(int(item["total"]) for item in counted)
+        return 100.0 * sum(int(item["hits"]) for item in counted) / total if total else float("nan")
     per_case: dict[str, list[float]] = defaultdict(list)
     for item in items:
         score = float(item["score"])
@@ -102,6 +129,17 @@ def parse_response(text: str) -> dict | None:
 def entity_accuracy(prediction: str, reference: str, entity: str) -> float:
     """MIKE's entity-oriented accuracy (eq. 6): (1[output = y] + 1[entity name in output]) / 2."""
     return (exact_match(prediction, reference) + contains(prediction, entity)) / 2
+
+
+def probe_items(kind: ProbeKind, answer: str, output: str, entity: str, case: str) -> dict[str, dict]:
+    """``probe_scores`` as the items a task aggregates (``case_mean``): ``{"case", "score"}``, and for
+    the probe's own column in an ``average=token`` run its token counts (``hits``, ``total``)."""
+    items = {name: {"case": case, "score": score} for name, score in probe_scores(kind, answer, output, entity).items()}
+    response = parse_response(output)
+    if response is not None and response.get("average") == "token" and kind.name in items and response.get("counts"):
+        hits, total = response["counts"]
+        items[kind.name].update(hits=int(hits), total=int(total))
+    return items
 
 
 def probe_scores(kind: ProbeKind, answer: str, output: str, entity: str = "") -> dict[str, float]:

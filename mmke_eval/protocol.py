@@ -17,8 +17,10 @@ from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 PORT_IMAGES = ("auto", "data", "edit")
 PROMPT_PATHS = ("auto", "trainer", "editor")  # = mmke_eval.prompts.PROMPT_PATH_OPTIONS (kept light: no jinja here)
 LOC_SPANS = ("auto", "sequence", "answer")
+AVERAGES = ("case", "token")
+FOLLOWUP_IMAGES = ("auto", "edit", "none")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path")
+                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path", "average", "followup_image")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal", "wait_for_lock")  # every --model_args key the edited model owns
 
 
@@ -59,6 +61,14 @@ class Protocol:
     # and editor paths, registry.yaml prompt_paths): "auto" (the editor's reference path: IKE's
     # numbers come from the editor path, every other editor's from the trainer), "trainer", "editor".
     prompt_path: str = "auto"
+    # How a task's teacher-forced column is averaged: "case" (the mean within each case, then over
+    # cases: MMKE-Bench, VLKEB, EasyEdit) or "token" (one ratio over every answer token, or every
+    # locality position, of the task: KE's ke_eval.py, which its published table reports).
+    average: str = "case"
+    # VLKEB's edit twice: the image of the follow-up edit. "auto": the editor's reference (none for
+    # FT-LLM, MEND, SERAC and KE; the edit image for FT-Alignment); "edit": always the edit image;
+    # "none": never.
+    followup_image: str = "auto"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -79,6 +89,10 @@ class Protocol:
             raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
         if self.prompt_path not in PROMPT_PATHS:
             raise ValueError(f"prompt_path must be one of {PROMPT_PATHS}, not {self.prompt_path!r}")
+        if self.average not in AVERAGES:
+            raise ValueError(f"average must be one of {AVERAGES}, not {self.average!r}")
+        if self.followup_image not in FOLLOWUP_IMAGES:
+            raise ValueError(f"followup_image must be one of {FOLLOWUP_IMAGES}, not {self.followup_image!r}")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -132,6 +146,8 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         augment_seed=parse_int("augment_seed", values["augment_seed"]),
         user_number=parse_int("user_number", values["user_number"], minimum=1),
         prompt_path=parse_choice("prompt_path", values["prompt_path"], PROMPT_PATHS),
+        average=parse_choice("average", values["average"], AVERAGES),
+        followup_image=parse_choice("followup_image", values["followup_image"], FOLLOWUP_IMAGES),
     )
 
 

@@ -58,21 +58,55 @@ def editor_title(name: str) -> str:
     return str(entry.get("title") or name) if isinstance(entry, dict) else name
 
 
-def editor_defaults(name: str, family: str = "") -> dict[str, Any]:
+def editor_defaults(name: str, family: str = "", benchmark: str = "") -> dict[str, Any]:
+    """The editor's default values for a model family (``family``) on a benchmark family."""
+    return {key: value for key, (value, _) in resolve_editor_defaults(name, family, benchmark).items()}
+
+
+def benchmark_editor_defaults(benchmark: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """``benchmarks.<benchmark>.editors``: editor -> model family -> values (the benchmark's hparams)."""
+    entry = (load_registry().get("benchmarks") or {}).get(benchmark)
+    if entry is None:
+        known = ", ".join(sorted(load_registry().get("benchmarks") or {}))
+        raise RegistryError(f"unknown benchmark family {benchmark!r}; declared in registry.yaml: {known}")
+    declared = entry.get("editors") or {}
+    for editor, per_model in declared.items():
+        _entry("editors", editor)  # a misspelt editor name fails here, naming the known ones
+        if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
+            raise RegistryError(f"registry.yaml benchmarks.{benchmark}.editors.{editor}: expected model family -> {{key: value}}")
+    return declared
+
+
+def resolve_editor_defaults(name: str, family: str = "", benchmark: str = "") -> dict[str, tuple[Any, str]]:
+    """key -> (value, where it came from), in the documented order (registry.yaml, top): the
+    editor's defaults, its model family's values, the benchmark's values for that model family."""
     entry = _entry("editors", name)
-    return {**entry.get("defaults", {}), **entry.get("families", {}).get(family, {})}
+    layers = [(entry.get("defaults") or {}, f"editors.{name}.defaults"),
+              ((entry.get("families") or {}).get(family) or {}, f"editors.{name}.families.{family}")]
+    if benchmark:
+        layers.append((benchmark_editor_defaults(benchmark).get(name, {}).get(family) or {},
+                       f"benchmarks.{benchmark}.editors.{name}.{family}"))
+    resolved: dict[str, tuple[Any, str]] = {}
+    for values, source in layers:
+        resolved.update((key, (value, source)) for key, value in values.items())
+    return resolved
 
 
 def editor_class(name: str):
     return _import(_entry("editors", name)["class"])
 
 
-def build_editor(name: str, family: str = "", overrides: dict[str, Any] | None = None):
-    """Editor instance: registry defaults, then family defaults, then ``overrides``."""
+def build_editor(name: str, family: str = "", overrides: dict[str, Any] | None = None, benchmark: str = ""):
+    """Editor instance: registry defaults, model family values, the benchmark's values for that
+    model family, then ``overrides``. The editor records where each value came from
+    (``defaults_source``, in the results' editor description)."""
     cls = editor_class(name)
-    values = {**editor_defaults(name, family), **(overrides or {})}
-    editor = cls(cls.config_class.from_dict(values, editor=name))
+    resolved = resolve_editor_defaults(name, family, benchmark)
+    resolved.update((key, (value, "editor_args")) for key, value in (overrides or {}).items())
+    editor = cls(cls.config_class.from_dict({key: value for key, (value, _) in resolved.items()}, editor=name))
     editor.name = name  # ft_llm and ft_alignment share a class
+    editor.defaults_source = {"model_family": family, "benchmark": benchmark,
+                              "values": {key: source for key, (_, source) in sorted(resolved.items())}}
     return editor
 
 

@@ -114,28 +114,54 @@ def training_cases(sources: list[tuple[str, dict, str]]) -> tuple[list[tuple[Edi
     return cases, record
 
 
-def training_example(case: EditCase, template: str) -> TrainingExample:
-    """In-scope probes (not locality, not portability) with the new answer; locality probes."""
-    from mmke_eval.prompts import TRAINING_PATH, edit_prompts, probe_prompt
+# What the learned editors' edit loss is computed on (``train_objective``):
+#   reference: the reference trainers' (MMKE-Bench, VLKEB, EasyEdit MultimodalTrainer) ``edit_outer``
+#              (the rephrased question on the edit image) and ``edit_outer_image`` (the edit question
+#              on the rephrase image), with the new target; the scored T-Rel/I-Rel probes never;
+#   probes:    every scored probe that is neither locality nor portability (ours before issue 23).
+# Locality probes are the locality inputs either way.
+TRAIN_OBJECTIVES = ("reference", "probes")
+REFERENCE_IN_SCOPE = ("edit_outer", "edit_outer_image")
 
+
+def training_example(case: EditCase, template: str, objective: str = "reference") -> TrainingExample:
+    """The case's in-scope inputs with the new answer (``objective``, above) and its locality probes."""
+    from mmke_eval.prompts import TRAINING_PATH, edit_prompts, probe_prompt
+    from mmke_eval.templates import render
+
+    if objective not in TRAIN_OBJECTIVES:
+        raise TrainingError(f"train_objective={objective!r}: expected one of {', '.join(TRAIN_OBJECTIVES)}")
     family = families.get(case.family)
-    in_scope, locality = [], []
+    in_scope, in_scope_kinds, locality = [], [], []
     for doc in ProbeDoc.rows(case):
         kind = family.probe(doc["probe"])
         # The prompts the reference trains on (its trainer path, where a family has several).
         query = Query(probe_prompt(doc, template, TRAINING_PATH), load_optional_image(doc["image"], case.case_id), doc["answer"])
         if kind.is_locality:
             locality.append(query)
-        elif not kind.portability:
+        elif not kind.portability and objective == "probes":
             in_scope.append(query)
+            in_scope_kinds.append(kind.name)
     prompt, rephrase_prompt = edit_prompts(case.family, case.knowledge_type, case.prompt, case.rephrase_prompt, TRAINING_PATH)
+    if objective == "reference":
+        # The edit request's questions as the trainer path builds them (wrapped where the family
+        # declares an edit template, as EasyEdit's E-VQA), else through the task's template.
+        wrapped = (prompt, rephrase_prompt) != (case.prompt, case.rephrase_prompt)
+        for name, question, image in zip(REFERENCE_IN_SCOPE, (rephrase_prompt, prompt), (case.image, case.rephrase_image)):
+            if question and (image or name == "edit_outer"):
+                text = question if wrapped else render(template, question=question)
+                in_scope.append(Query(text, load_optional_image(image, case.case_id), case.target))
+                in_scope_kinds.append(name)
+        if not in_scope:
+            raise TrainingError(f"case {case.case_id}: train_objective=reference trains on the rephrased question and the "
+                                "rephrase image, and this case has neither; use --editor_args train_objective=probes")
     edit = EditRequest(
         case_id=case.case_id, prompt=prompt, target=case.target,
         image=load_optional_image(case.image, case.case_id), original=case.original,
         rephrase_prompt=rephrase_prompt, rephrase_image=load_optional_image(case.rephrase_image, case.case_id),
         knowledge_type=case.knowledge_type, train_file=case.train_file, family=case.family,
     )
-    return TrainingExample(case.case_id, edit, in_scope, locality)
+    return TrainingExample(case.case_id, edit, in_scope, locality, in_scope_kinds)
 
 
 def case_order(step: int, n: int, seed: int) -> int:
@@ -158,15 +184,16 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
 
     @lru_cache(maxsize=512)
     def example(index: int) -> TrainingExample:
-        return training_example(*train_cases[index])
+        return training_example(*train_cases[index], objective=cfg.train_objective)
 
-    val_examples = [training_example(*c) for c in val_cases]
+    val_examples = [training_example(*c, objective=cfg.train_objective) for c in val_cases]
     editor.ensure_ready(adapter, for_training=True)
     for p in adapter.model.parameters():
         p.requires_grad_(False)  # the base model is frozen; editors ask for the gradients they need
     run_key = digest({"editor": editor.name, "config": cfg.architecture(), "seed": cfg.seed, "val_cases": n_val,
+                      **({"train_objective": cfg.train_objective} if cfg.train_objective != "probes" else {}),
                       "base": editor.checkpoint_meta(adapter, {}, {})["base_model"], "data": data["sha256"]})
-    optimizer = torch.optim.Adam(editor.optimizer_groups())
+    optimizer, scheduler = editor.build_optimizer()
     state = {"step": 0, "best_loss": float("inf"), "best_step": 0, "history": [], "seconds": 0.0, "finished": False}
     best = {k: v.detach().clone() for k, v in editor.learned.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +213,8 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
         try:
             editor.learned.load_state_dict({k: v.to(adapter.device) for k, v in saved["learned"].items()})
             optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
             restore_rng_states(saved["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
             raise TrainingError(f"{resume_path}: does not fit this run's networks ({type(err).__name__}: {str(err)[:200]}); "
@@ -215,6 +244,8 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(editor.learned.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         editor.after_step()
         state["step"] += 1
         running.append(float(loss.detach()))
@@ -235,7 +266,7 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
             stop = state["step"] - state["best_step"] >= cfg.patience
             state["finished"] = stop or state["step"] >= cfg.max_steps
             state["seconds"] = time.perf_counter() - started
-            write_training_state(resume_path, run_key, editor.learned.state_dict(), optimizer, best, state)
+            write_training_state(resume_path, run_key, editor.learned.state_dict(), optimizer, best, state, scheduler)
             if stop:
                 print(f"\nmmke-eval train-editor: early stop at step {state['step']} (no better validation loss "
                       f"for {cfg.patience} steps)", file=sys.stderr)
@@ -251,9 +282,9 @@ def train(editor: LearnedEditor, adapter, cases: list[tuple[EditCase, str]], dat
 
 # -- the training state (resume.safetensors) -----------------------------------------------------
 def write_training_state(path: Path, run_key: str, learned: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                         best: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+                         best: dict[str, torch.Tensor], state: dict[str, Any], scheduler=None) -> None:
     """Tensors under ``learned/``, ``best/``, ``optimizer/<param>/<name>`` and ``rng/``; everything
-    else (the loop's state, the optimizer's settings, Python's and NumPy's generators) as JSON in
+    else (the loop's state, the optimizer's and the rate scheduler's settings, Python's and NumPy's generators) as JSON in
     the header. Written to a temporary file and renamed, so a crash leaves the previous state."""
     from safetensors.torch import save_file
 
@@ -280,7 +311,8 @@ def write_training_state(path: Path, run_key: str, learned: dict[str, torch.Tens
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     rng["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-    header = {"run_key": run_key, "state": state, "optimizer": {"param_groups": opt["param_groups"], "state": other}, "rng": rng}
+    header = {"run_key": run_key, "state": state, "optimizer": {"param_groups": opt["param_groups"], "state": other}, "rng": rng,
+              "scheduler": scheduler.state_dict() if scheduler is not None else None}
     tmp = Path(str(path) + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "version": str(STATE_VERSION), "json": json.dumps(header)})
     tmp.replace(path)
@@ -318,7 +350,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
                "cuda_states": [groups["rng"][f"cuda/{i}"] for i in range(int(header["rng"]["cuda"]))]}
         return {"run_key": header["run_key"], "state": header["state"], "learned": groups["learned"], "best": groups["best"],
                 "optimizer": {"state": opt_state, "param_groups": [_with_tuples(g) for g in header["optimizer"]["param_groups"]]},
-                "rng": rng}
+                "rng": rng, "scheduler": header.get("scheduler")}
     except TrainingError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -423,10 +455,15 @@ def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
     if "checkpoint" in overrides:
         raise TrainingError("--editor_args checkpoint=...: training writes a checkpoint (--output_path); it does not read one")
     registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
+    sources = task_sources(args.tasks)
+    benchmark = training_benchmark(sources, args.tasks)
     adapter = load_adapter(args.model, args.model_args)
     # A family default may name a checkpoint to evaluate with (the world model's); training writes one.
-    editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""})
-    cases, data = training_cases(task_sources(args.tasks))
+    # The budget (max_steps, val_every, patience, val_cases) is the benchmark's reference one for this model.
+    editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""},
+                                   benchmark=benchmark)
+    cases, data = training_cases(sources)
+    data = {**data, "benchmark": benchmark, "defaults_source": editor.defaults_source}
     if args.cases is not None:
         if args.cases < 2:
             raise TrainingError("--cases must be at least 2")
@@ -445,6 +482,16 @@ def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
           f"(best step {record['best_step']}, validation {editor.validation_key} {record['best_val']:.4f}); checkpoint in {args.output_path}. "
           f"Use it with --editor {args.editor} --editor_args checkpoint={args.output_path}")
     return 0
+
+
+def training_benchmark(sources: list[tuple[str, dict, str]], tasks: str) -> str:
+    """The one benchmark family the tasks belong to: its reference budget is the default, so
+    tasks of two families (each with its own budget) are refused."""
+    found = sorted({families.of_card(card).name for _, card, _ in sources})
+    if len(found) != 1:
+        raise TrainingError(f"--tasks {tasks}: tasks of the benchmark families {', '.join(found)}; the training defaults "
+                            "(budget) depend on the benchmark, so train on one family's tasks per run")
+    return found[0]
 
 
 def learned_editor_names() -> list[str]:

@@ -175,6 +175,9 @@ class ProbeRequest:
 class EditedLMM(lmms):
     """lmms-eval model that edits its base model per edit case before answering."""
 
+    # (editor name, editor args) to resolve per benchmark family (``editor_for``); None: use ``editor``
+    _editor_request: tuple[str, dict] | None = None
+
     def __init__(
         self,
         base: str,
@@ -193,6 +196,8 @@ class EditedLMM(lmms):
         augment_seed: int = 0,
         user_number: int = 1,
         prompt_path: str = "auto",
+        average: str = "case",
+        followup_image: str = "auto",
         journal: str | None = None,
         wait_for_lock: bool = False,
         **kwargs: Any,
@@ -205,7 +210,8 @@ class EditedLMM(lmms):
             self._build(base, editor, batch_size, device, journal, kwargs, dict(
                 t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
                 sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
-                augment_seed=augment_seed, user_number=user_number, prompt_path=prompt_path))
+                augment_seed=augment_seed, user_number=user_number, prompt_path=prompt_path, average=average,
+                followup_image=followup_image))
 
     def _build(self, base, editor, batch_size, device, journal, kwargs, options) -> None:
         global _last_evaluator
@@ -244,9 +250,14 @@ class EditedLMM(lmms):
         if hasattr(self.base, "accelerator"):
             self.accelerator = self.base.accelerator
         self.adapter = adapter_cls.from_lmms(self.base, **adapter_args)
+        # The model family's editor, to fail on bad values and checkpoints before any case; each
+        # task's cases are edited by the editor resolved for its benchmark family (``editor_for``).
         self.editor = registry.build_editor(editor, family=self.adapter.family, overrides=editor_args)
         if hasattr(self.editor, "ensure_ready"):  # a learned editor: load and check its checkpoint now, not mid-run
             self.editor.ensure_ready(self.adapter)
+        self._editor_request = (editor, dict(editor_args))
+        self.editors_by_benchmark: dict[str, Any] = {}
+        self.defaults_by_benchmark: dict[str, dict] = {}  # where each value came from, per benchmark family
         self.base_name = base
         self.journal_path = str(journal) if journal else None
         self.run_key = journal_digest({
@@ -285,14 +296,20 @@ class EditedLMM(lmms):
             "resumed_cases": dict(self.evaluator.resumed_cases),
             "padding_doc_ids": {task: list(ids) for task, ids in self.padding_docs.items()},
         }} if self.world_size > 1 else {}
+        by_benchmark = {name: {**e.describe(), "defaults_source": self.defaults_by_benchmark[name]}
+                        for name, e in getattr(self, "editors_by_benchmark", {}).items()}
         return {
             "base": self.base_name,
-            "editor": self.editor.describe(),
+            # One benchmark family (the usual run): the editor as resolved for it. Several (e.g.
+            # --tasks mmke_entity,vlkeb): each task used its own family's editor (editor_by_benchmark).
+            "editor": next(iter(by_benchmark.values())) if len(by_benchmark) == 1 else self.editor.describe(),
+            **({"editor_by_benchmark": by_benchmark} if by_benchmark else {}),
             "adapter": self.adapter.describe(),
             "protocol": {
                 **asdict(self.protocol),
                 "loc_span_resolved": self.evaluator.locality_span,
                 "prompt_path_resolved": self.evaluator.prompt_path,
+                "followup_image_resolved": self.evaluator.followup_image,
                 "port_image_resolved": {"default": self.evaluator.port_image_for(""),
                                         **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
@@ -342,10 +359,29 @@ class EditedLMM(lmms):
         for (task, _), probes in cases.items():
             by_task.setdefault(task, []).append(probes)
         for task, task_cases in by_task.items():
+            self.evaluator.editor = self.editor_for(task_cases[0][0].doc["family"])
             self.evaluator.answer_cases(task_cases, results, progress=self.rank == 0, label=task)
         if cases:
             LAST_PROTOCOL.update(self.describe())  # editors report what they really used (IKE's retriever)
         return results
+
+    def editor_for(self, benchmark: str):
+        """The editor with its defaults resolved for this benchmark family and the model's family
+        (registry.yaml: benchmarks.<benchmark>.editors over the model family's values over the
+        editor's defaults; --editor_args over all). Tasks of several families in one run each get
+        their own family's values; the results list them per family (``editor_by_benchmark``)."""
+        if self._editor_request is None:
+            return self.editor  # an editor handed in already built (scripts, tests): its values as they are
+        if benchmark not in self.editors_by_benchmark:
+            name, editor_args = self._editor_request
+            editor = registry.build_editor(name, family=self.adapter.family, overrides=editor_args, benchmark=benchmark)
+            self.defaults_by_benchmark[benchmark] = editor.defaults_source
+            if editor.config.to_dict() == self.editor.config.to_dict():
+                editor = self.editor  # the same values: keep the editor already loaded (its checkpoint, IKE's pools)
+            elif hasattr(editor, "ensure_ready"):
+                editor.ensure_ready(self.adapter)
+            self.editors_by_benchmark[benchmark] = editor
+        return self.editors_by_benchmark[benchmark]
 
     def _base_generate(self, requests) -> list:
         """The base backend's answers to other tasks' requests. lmms-eval backends log a failed
@@ -430,6 +466,12 @@ class CaseEvaluator:
     def prompt_path(self) -> str:
         """The prompt path of the run (mmke_eval/prompts.py): the option, or the editor's reference."""
         return prompts.resolve(self.protocol.prompt_path, self.editor)
+
+    @property
+    def followup_image(self) -> str:
+        """"edit" or "none": the image of VLKEB's follow-up edit (edit twice) for this editor."""
+        choice = self.protocol.followup_image
+        return ("edit" if self.editor.reference_followup_image else "none") if choice == "auto" else choice
 
     def port_image_for(self, knowledge_type: str) -> str:
         """"edit" or "data": which image the portability question of this knowledge type is asked on."""
@@ -599,13 +641,14 @@ class CaseEvaluator:
         )
 
     def edit_requests(self, doc: dict) -> list[EditRequest]:
-        """The case's edit, then its follow-up edits (VLKEB's "edit twice": the one-hop fact),
-        each on the same edit image(s)."""
+        """The case's edit, then its follow-up edits (VLKEB's "edit twice": the one-hop fact), on
+        the edit image(s) or on none (``followup_image``: by default the editor's reference)."""
         main = self.edit_request(doc)
         followups = json.loads(doc["followup_edits"]) if doc.get("followup_edits") else []
+        image = {} if self.followup_image == "edit" else {"image": None, "extra_images": ()}
         return [main] + [
             replace(main, case_id=f"{main.case_id}#edit{n}", prompt=prompt, target=target, original="",
-                    rephrase_prompt="", rephrase_image=None)
+                    rephrase_prompt="", rephrase_image=None, **image)
             for n, (prompt, target) in enumerate(followups, 2)
         ]
 
@@ -658,9 +701,13 @@ class CaseEvaluator:
             if kind.is_locality:
                 pre_forward, pre_generated = pre[probe.index]
                 response["score"] = self._locality(kind, pre_forward, forward)
+                hits, total = self._locality(kind, pre_forward, forward, counts=True)
                 response["pre_generated"] = pre_generated
             else:
                 response["score"] = forward.token_acc
+                hits, total = metrics.token_counts(forward.predicted_ids, forward.answer_ids)
+            if self.protocol.average == "token":  # the task's column becomes hits / total over all its probes
+                response["average"], response["counts"] = "token", [hits, total]
             if kind.portability:
                 response["port_image"] = self.port_image_for(probe.doc["knowledge_type"])
             results[probe.index] = json.dumps(response, default=str)
@@ -681,11 +728,13 @@ class CaseEvaluator:
         return {RESPONSE_MARKER: 1, "probe": probe.doc["probe"], "editor": self.editor.name,
                 "generated": generated or "", "edit": handle.stats}
 
-    def _locality(self, kind: families.ProbeKind, pre: ForwardResult, post: ForwardResult) -> float:
+    def _locality(self, kind: families.ProbeKind, pre: ForwardResult, post: ForwardResult, counts: bool = False):
+        """Top-k agreement of the pre- and post-edit outputs; with ``counts``: (agreeing, compared) entries."""
         k = getattr(self.protocol, kind.locality)  # the declared option: t_loc_k or i_loc_k
+        agreement = metrics.topk_agreement_counts if counts else metrics.topk_agreement
         if self.locality_span == "answer":
-            return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
-        return metrics.topk_agreement(pre.topk, post.topk, k)
+            return agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
+        return agreement(pre.topk, post.topk, k)
 
     def _generate(self, probes: list[ProbeRequest], queries: list[Query], model) -> list[str]:
         """Greedy generations of ``queries``, batched per distinct generation setting (normally one)."""

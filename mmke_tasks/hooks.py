@@ -46,8 +46,7 @@ def process_results(doc: dict, results: list) -> dict:
     A padding document (a filler of a multi-process run) gives nothing: no column counts it."""
     if doc.get("padding"):
         return {}
-    scores = metrics.probe_scores(families.kind_of(doc), doc["answer"], results[0], doc.get("entity", ""))
-    return {name: {"case": doc["case_id"], "score": score} for name, score in scores.items()}
+    return metrics.probe_items(families.kind_of(doc), doc["answer"], results[0], doc.get("entity", ""), doc["case_id"])
 
 
 def case_mean(items: list[dict]) -> float:

@@ -31,15 +31,39 @@ def parse_dtype(value: Any, default: torch.dtype) -> torch.dtype:
     return DTYPES[value]
 
 
+def resolve_device(device: Any, device_map: Any, backend: str) -> torch.device:
+    """The one device our backends load the whole model on, from ``device`` and/or ``device_map``.
+
+    lmms-eval's own backends (llava_hf, qwen2_vl, ...) take ``device_map``, some insist on it; ours
+    accept it too, so the same ``--model_args`` serve every backend. Our models live on one device:
+    ``device_map`` names it (``cpu``, ``cuda``, ``cuda:1``) or is ``auto`` (the first GPU, else the
+    CPU); a device map that would spread the model, or one that contradicts ``device``, is refused.
+    """
+    device = None if device in (None, "") else str(device).strip()
+    device_map = None if device_map in (None, "") else str(device_map).strip()
+    if device_map == "auto":
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device_map is not None:
+        try:
+            mapped = torch.device(device_map)
+        except (RuntimeError, TypeError):
+            raise OptionError(f"{backend}: option device_map={device_map!r}: expected auto or one device (cpu, cuda, "
+                              "cuda:N); this backend keeps the whole model on one device") from None
+        if device is not None and torch.device(device) != mapped:
+            raise OptionError(f"{backend}: options device={device} and device_map={device_map} disagree; give one of them")
+        return mapped
+    return torch.device(device or "cuda")
+
+
 class AdapterBackend(lmms):
     """Base of our lmms-eval backends: ``self.model``, ``self.processor`` and an adapter over them."""
 
     adapter_class: type  # set by each backend
 
-    def __init__(self, batch_size: int | str = 1, device: str = "cuda") -> None:
+    def __init__(self, batch_size: int | str = 1, device: str | None = None, device_map: str | None = None) -> None:
         super().__init__()
         self.batch_size_per_gpu = parse_int("batch_size", batch_size, minimum=1)
-        self._device = torch.device(device)
+        self._device = resolve_device(device, device_map, type(self).__name__)
 
     def _attach(self, model: torch.nn.Module, processor: Any) -> None:
         self.model = model.to(self._device).eval()

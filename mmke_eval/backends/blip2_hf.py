@@ -19,11 +19,12 @@ from mmke_eval.backends.base import AdapterBackend, parse_dtype
 class Blip2HF(AdapterBackend):
     adapter_class = Blip2Adapter
 
-    def __init__(self, pretrained: str = "Salesforce/blip2-opt-2.7b", device: str = "cuda", dtype: str = "auto",
-                 batch_size: int | str = 1, **kwargs) -> None:
+    def __init__(self, pretrained: str = "Salesforce/blip2-opt-2.7b", device: str | None = None, dtype: str = "auto",
+                 batch_size: int | str = 1, device_map: str | None = None, **kwargs) -> None:
         if kwargs:  # a misspelt option must not be ignored
-            raise ValueError(f"blip2_hf: unknown model argument(s) {sorted(kwargs)}; known: pretrained, device, dtype, batch_size")
-        super().__init__(batch_size=batch_size, device=device)
+            raise ValueError(f"blip2_hf: unknown model argument(s) {sorted(kwargs)}; known: pretrained, device, device_map, "
+                             "dtype, batch_size")
+        super().__init__(batch_size=batch_size, device=device, device_map=device_map)
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         torch_dtype = parse_dtype(dtype, torch.float16 if self.device.type == "cuda" else torch.float32)

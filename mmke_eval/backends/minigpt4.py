@@ -278,11 +278,11 @@ class MiniGPT4(AdapterBackend):
     adapter_class = MiniGPT4Adapter
 
     def __init__(self, pretrained: str | None = None, llm: str | None = None, vit: str | None = None,
-                 qformer: str | None = None, proj: str | None = None, device: str = "cuda", dtype: str = "auto",
-                 batch_size: int | str = 1, **kwargs) -> None:
+                 qformer: str | None = None, proj: str | None = None, device: str | None = None, dtype: str = "auto",
+                 batch_size: int | str = 1, device_map: str | None = None, **kwargs) -> None:
         if kwargs:
             raise ValueError(f"minigpt4: unknown model argument(s) {sorted(kwargs)}; known: pretrained, llm, vit, qformer, "
-                             "proj, device, dtype, batch_size")
-        super().__init__(batch_size=batch_size, device=device)
+                             "proj, device, device_map, dtype, batch_size")
+        super().__init__(batch_size=batch_size, device=device, device_map=device_map)
         torch_dtype = parse_dtype(dtype, torch.float16 if self.device.type == "cuda" else torch.float32)
         self._attach(*load_minigpt4(pretrained, llm, vit, qformer, proj, torch_dtype))
