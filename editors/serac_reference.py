@@ -15,7 +15,8 @@ the reference's does with the tensors it learned (docs/editors.md, "What the SER
   the checkpoint, 1 in the reference); the entry reaching it is the one used.
 * **What it compares** (``cls_input``): ``prompt`` (default, our fix) the edit prompt with the
   probe's prompt, never the probe's answer; ``reference`` the paper's: the edit text ``"src alt"``
-  without its last whitespace word with the probe's prompt and answer (reference pitfall 4: the
+  without its last whitespace word, then ``[SEP]`` appended as text (the classifier reads ``[CLS] ...
+  [SEP] [SEP]``, as the reference tokenises its cache keys), with the probe's prompt and answer (reference pitfall 4: the
   classifier sees the answer being scored). Generation has no answer: both compare the prompt.
 * **Counterfactual model**: a separate causal LM (``small_name``) whose trained tensors come from
   the checkpoint. It reads the entry's prefix ``"{src} {alt} "`` before the probe's text, in the
@@ -74,8 +75,8 @@ class SERACReferenceConfig(EditorConfig):
                 "replace; default: the checkpoint's (lmsys/vicuna-7b-v1.5 for LLaVA, facebook/opt-125m for BLIP-2)"})
     cls_input: str = field(default="prompt", metadata={
         "help": "what the scope classifier compares: 'prompt' (the edit prompt with the probe's prompt, never its "
-                "answer) or 'reference' (the paper's: the edit text minus its last word with the probe's prompt and "
-                "answer, reference pitfall 4)"})
+                "answer) or 'reference' (the paper's: the edit text minus its last word + '[SEP]' with the probe's "
+                "prompt and answer, reference pitfall 4)"})
 
     def __post_init__(self):
         if self.cls_input not in CLS_INPUTS:
@@ -363,8 +364,15 @@ class SERACReferenceEditor(Editor):
         return out.last_hidden_state[:, 0].float()
 
     def key_text(self, request: EditRequest) -> str:
-        if self.config.cls_input == "reference":  # the edit's text input "src alt" minus its last word
-            return f"{request.prompt} {request.target}".rsplit(" ", 1)[0]
+        if self.config.cls_input == "reference":
+            # The reference's cache key: the edit's text input "src alt" minus its last word, then the
+            # classifier tokenizer's sep_token appended as text (SERAC.py build_cls_cache_inputs), so
+            # the classifier reads "[CLS] ... [SEP] [SEP]".
+            sep = getattr(self.cls_tokenizer, "sep_token", None)
+            if not sep:
+                raise ConfigError(f"editor 'serac_ref': cls_input=reference needs the classifier tokenizer's sep_token; "
+                                  f"cls_name={self.cls_name} has none")
+            return f"{request.prompt} {request.target}".rsplit(" ", 1)[0] + sep
         return request.prompt
 
     def query_text(self, query: Query) -> str:
@@ -401,7 +409,7 @@ class SERACReferenceEditor(Editor):
         described = {
             **super().describe(),
             "cls_name_resolved": self.cls_name, "small_name_resolved": self.small_name,
-            "classifier_input": ("reference: edit text minus its last word vs the probe's prompt and answer (pitfall 4)"
+            "classifier_input": ("reference: edit text minus its last word + '[SEP]' as text vs the probe's prompt and answer (pitfall 4)"
                                  if self.config.cls_input == "reference" else "prompt: edit prompt vs the probe's prompt, never its answer"),
             "mixture": "soft (the reference): (1 - s) p_base + s p_cf, s = max over memory of exp(-scale * ||CLS_q - CLS_k||^2); "
                        "counterfactual positions right-aligned to the base model's",
