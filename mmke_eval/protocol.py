@@ -15,7 +15,7 @@ from mmke_eval.data.augment import AUGMENTATIONS
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 
 PORT_IMAGES = ("auto", "data", "edit")
-LOC_SPANS = ("auto", "sequence", "answer")
+LOC_SPANS = ("auto", "sequence", "query", "answer")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
                    "edit_images", "edit_augment", "augment_seed", "user_number")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
@@ -35,7 +35,10 @@ class Protocol:
 
     t_loc_k: int = 1  # text locality: top-1 agreement
     i_loc_k: int = 10  # image locality: top-10 agreement, element-wise in rank order
-    loc_span: str = "auto"  # "sequence" | "answer" | "auto" (= the editor's reference span)
+    # "sequence": the whole input, right-aligned (an in-context editor's prefix included, as EasyEdit
+    # compares IKE); "query": every position but an in-context prefix; "answer": the answer span;
+    # "auto": the editor's reference span (docs/protocol.md, "Locality span").
+    loc_span: str = "auto"
     generate: bool = True  # greedy generations for the exact-match / contains columns
     sequential: bool = False  # apply edits cumulatively, restore only at the end
     # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
@@ -61,7 +64,7 @@ class Protocol:
         if self.sequential_gap and not self.sequential:
             raise ValueError("sequential_gap needs sequential=true")
         if self.loc_span not in LOC_SPANS:
-            raise ValueError(f"loc_span must be auto, sequence or answer, not {self.loc_span!r}")
+            raise ValueError(f"loc_span must be one of {LOC_SPANS}, not {self.loc_span!r}")
         if self.t_loc_k < 1 or self.i_loc_k < 1:
             raise ValueError("t_loc_k and i_loc_k must be >= 1")
         if self.port_image not in PORT_IMAGES:

@@ -631,6 +631,11 @@ class CaseEvaluator:
 
     def _post_edit_query(self, probe: ProbeRequest, handle, request: EditRequest) -> Query:
         query = replace(probe.query, prefix=handle.prefix)
+        if handle.prefix and _kind(probe).is_locality and self.locality_span == "sequence":
+            # EasyEdit's whole-sequence rule for an in-context edit: the prefix is part of the
+            # compared input (same text, same tokens), so right-aligned against the pre-edit input
+            # its BOS and image positions meet demonstration text (docs/protocol.md, "Locality span").
+            query = replace(probe.query, prompt=handle.prefix + probe.query.prompt, prefix="")
         if _kind(probe).portability and self.port_image_for(probe.doc["knowledge_type"]) == "edit":
             query = replace(query, image=request.image)
         return query
@@ -649,6 +654,8 @@ class CaseEvaluator:
         k = getattr(self.protocol, kind.locality)  # the declared option: t_loc_k or i_loc_k
         if self.locality_span == "answer":
             return metrics.topk_agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
+        # "query": the positions of the query (an in-context prefix left out); "sequence": the
+        # post-edit input holds the prefix too (``_post_edit_query``). Both right-aligned.
         return metrics.topk_agreement(pre.topk, post.topk, k)
 
     def _generate(self, probes: list[ProbeRequest], queries: list[Query], model) -> list[str]:

@@ -437,3 +437,48 @@ def test_user_number_refuses_in_context_editors():
     with pytest.raises(ValueError, match="cannot hold several cases' edits"):
         lm.generate_until(make_requests({"t": docs}))
     assert lm.adapter.edits == []
+
+
+class CharAdapter(FakeAdapter):
+    """One position per character: two lead positions ("<>", BOS and an image), the prefix, then
+    ``prompt + " " + target``; each position's top-k ids are that character's code and the next
+    k-1 codes, so two positions agree exactly when they hold the same character. ``topk`` leaves the
+    prefix out, as the adapters do."""
+
+    def teacher_forced(self, queries, k=10):
+        self.calls.append(("tf", len(self.edits), tuple(q.prefix for q in queries)))
+        self.queries.append(("tf", list(queries)))
+        results = []
+        for q in queries:
+            body = f"{q.prompt} {q.target}"
+            kept = "<>" + body  # the prefix's positions are not rows of topk
+            topk = torch.tensor([[ord(c) + j for j in range(k)] for c in kept], dtype=torch.long)
+            n = len(kept)
+            results.append(ForwardResult(0.0, [1], [0], topk, slice(n - len(q.target), n)))
+        return results
+
+
+@pytest.mark.parametrize("span, expected", [
+    # pre "<>" + body (25 positions) against the post-edit input's last 25: the prefix's last two
+    # characters ": " meet "<>", the 23 characters of the body meet themselves
+    ("sequence", 23 / 25),
+    ("query", 1.0),  # the prefix left out: the same 25 positions
+    ("answer", 1.0),
+])
+def test_in_context_locality_sequence_compares_the_whole_right_aligned_input_prefix_included(span, expected):
+    """EasyEdit's IKE locality (loc_span=sequence): post-edit with demonstrations against pre-edit
+    without, whole sequences right-aligned, so the pre-edit BOS and image positions meet the end of
+    the demonstrations. Body of the t_loc probe: "t_loc q of c1 unrelated" (23 characters)."""
+    prefix = "New Fact: ...\nPrompt: "
+    editor = FakeEditor(prefix=prefix)
+    lm = make_lmm(editor, Protocol(loc_span=span))
+    lm.adapter = lm.evaluator.adapter = CharAdapter()
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = {o["probe"]: o for o in map(json.loads, lm.generate_until(make_requests({"t": docs})))}
+    assert outputs["t_loc"]["score"] == pytest.approx(expected) and outputs["i_loc"]["score"] == pytest.approx(expected)
+    post_loc = [q for what, qs in lm.adapter.queries if what == "tf" for q in qs if q.prompt.endswith("t_loc q of c1")][-1]
+    if span == "sequence":  # the same text, the prefix inside the compared input
+        assert (post_loc.prefix, post_loc.prompt) == ("", prefix + "t_loc q of c1")
+    else:
+        assert (post_loc.prefix, post_loc.prompt) == (prefix, "t_loc q of c1")
