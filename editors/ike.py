@@ -108,6 +108,10 @@ class IKEEditor(Editor):
     # The reference's IKE path asks the user-type portability question on the edit image (its
     # trainer path, used for FT/MEND/SERAC/KE, on one_hop_img).
     reference_port_images = {"user_specific": "edit"}
+    # Demonstrations are text and a post-edit input holds one image (the probe's): K edit images
+    # would make K copies of one text demonstration, a multi-step number equal to the single-step one.
+    multi_image_refusal = ("its demonstrations are text and the post-edit input holds only the probe's image, so K edit "
+                           "images would give K copies of the same demonstration")
 
     def __init__(self, config: IKEConfig | None = None):
         super().__init__(config)
@@ -163,6 +167,7 @@ class IKEEditor(Editor):
             "n_demonstrations": kept,
             "dropped": len(demos) - kept,
             "demonstration_ids": hits[:kept],
+            "edit_images": 0,  # in context: no edit image is shown (edit_images > 1 is refused)
             "token_budget": budget,
             "seconds": round(time.perf_counter() - started, 4),
         }

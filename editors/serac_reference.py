@@ -248,6 +248,8 @@ class SERACReferenceEditor(Editor):
     name = "serac_ref"
     config_class = SERACReferenceConfig
     reference_locality_span = "sequence"
+    multi_image = ("K memory entries, one per edit image (the same key text and prefix: the reference's memory holds "
+                   "text only, so they score as one entry)")
     # What `mmke-eval train-editor --editor serac_ref` answers (mmke_eval/train_editor.py).
     training_note = ("runs the reference's published SERAC checkpoints (convert one with `mmke-eval convert-checkpoint "
                      "--editor serac`); it is not trained here. Train mmke-eval's own SERAC with "
@@ -394,16 +396,22 @@ class SERACReferenceEditor(Editor):
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         self.ensure_ready(adapter)
         started = time.perf_counter()
+        # edit_images=K: K memory entries, one per edit image. The reference's memory holds text only
+        # ("src alt"), so the K entries are the same to its classifier and counterfactual model.
+        requests = [replace(request, image=image, extra_images=()) for image in (request.image, *request.extra_images)]
         key = self.key_text(request)
-        entry = ReferenceEntry(request, key, CF_PREFIX.format(prompt=request.prompt, target=request.target), self.embed([key])[0])
-        self.memory.append(entry)
-        return EditHandle(editor=self.name, stats={"memory": len(self.memory), "seconds": round(time.perf_counter() - started, 4)},
-                          responder=SERACReferenceResponder(self, adapter, entry))
+        embedding = self.embed([key])[0]
+        entries = [ReferenceEntry(r, key, CF_PREFIX.format(prompt=r.prompt, target=r.target), embedding) for r in requests]
+        self.memory.extend(entries)
+        return EditHandle(editor=self.name, stats={"memory": len(self.memory), "edit_images": len(entries),
+                                                   "memory_entries_added": len(entries),
+                                                   "seconds": round(time.perf_counter() - started, 4)},
+                          responder=SERACReferenceResponder(self, adapter, entries))
 
     def restore(self, adapter, handle: EditHandle) -> None:
-        """Remove exactly the handle's memory entry (no weight was changed)."""
-        entry = getattr(handle.responder, "entry", None)
-        self.memory = [e for e in self.memory if e is not entry]
+        """Remove exactly the handle's memory entries (no weight was changed)."""
+        mine = getattr(handle.responder, "entries", [])
+        self.memory = [e for e in self.memory if all(e is not m for m in mine)]
 
     def describe(self) -> dict[str, Any]:
         described = {
@@ -424,8 +432,8 @@ class SERACReferenceResponder:
     """Answers post-edit queries in the adapter's place with the reference's soft mixture; the
     adapter's ``teacher_forced`` and ``generate`` signatures and semantics."""
 
-    def __init__(self, editor: SERACReferenceEditor, adapter, entry: ReferenceEntry):
-        self.editor, self.adapter, self.entry = editor, adapter, entry
+    def __init__(self, editor: SERACReferenceEditor, adapter, entries: list[ReferenceEntry]):
+        self.editor, self.adapter, self.entries = editor, adapter, entries  # this edit's (restore removes them)
         self.last_scope: list[float] = []  # scope scores of the last call's queries (diagnostics)
 
     @torch.no_grad()

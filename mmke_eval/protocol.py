@@ -16,8 +16,9 @@ from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 
 PORT_IMAGES = ("auto", "data", "edit")
 LOC_SPANS = ("auto", "sequence", "query", "answer")
+ENTITY_ACCS = ("tokens", "generation")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number")
+                   "edit_images", "edit_augment", "augment_seed", "user_number", "entity_acc")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal",)  # every --model_args key the edited model owns
 
 
@@ -57,6 +58,10 @@ class Protocol:
     # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
     # them is scored, undone before the next group. 1: independent edits.
     user_number: int = 1
+    # MIKE's entity-oriented accuracy A (eq. 6): "tokens" (the paper's reading: teacher-forced token
+    # accuracy of the answer, and 1 if every token of the entity name in it is right) or
+    # "generation" (exact match of the greedy generation, and 1 if it contains the name).
+    entity_acc: str = "tokens"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -75,6 +80,10 @@ class Protocol:
             raise ValueError("user_number must be >= 1")
         if self.user_number > 1 and self.sequential:
             raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
+        if self.entity_acc not in ENTITY_ACCS:
+            raise ValueError(f"entity_acc must be one of {ENTITY_ACCS}, not {self.entity_acc!r}")
+        if self.entity_acc == "generation" and not self.generate:
+            raise ValueError("entity_acc=generation scores greedy generations: it needs generate=true")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -97,6 +106,7 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         edit_augment=parse_choice("edit_augment", values["edit_augment"], AUGMENTATIONS),
         augment_seed=parse_int("augment_seed", values["augment_seed"]),
         user_number=parse_int("user_number", values["user_number"], minimum=1),
+        entity_acc=parse_choice("entity_acc", values["entity_acc"], ENTITY_ACCS),
     )
 
 

@@ -568,3 +568,16 @@ def test_blip2_mixture_equals_a_hand_computation(blip2, blip2_converted):
     editor.scale = 1e30
     assert same_results(handle.responder.teacher_forced(probes, k=5), base_results)
     assert handle.responder.generate(probes, max_new_tokens=3) == blip2.generate(probes, max_new_tokens=3)
+
+
+def test_two_edit_images_make_two_memory_entries_recorded_and_both_restored(tiny, converted):
+    """edit_images=2: one memory entry per edit image (the reference's memory holds text only, so both
+    have the same key and prefix); the edit report says 2; restore removes both."""
+    editor = loaded(tiny, converted)
+    red, blue = image(), image((30, 30, 230))
+    handle = editor.apply(tiny, EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=red, extra_images=(blue,)))
+    assert handle.stats["edit_images"] == 2 and handle.stats["memory_entries_added"] == 2
+    assert [e.request.image for e in editor.memory] == [red, blue] and editor.memory[0].key_text == editor.memory[1].key_text
+    editor.restore(tiny, handle)
+    assert editor.memory == []
+    assert editor.multi_image_rule() is not None
