@@ -124,9 +124,24 @@ class Editor(ABC):
     # the edit image in the reference. It does not for FT-LLM, MEND, SERAC and KE (text only);
     # FT-Alignment, which edits the vision-language module, says so below.
     reference_followup_image: bool = False
+    # Multi-step editing (``edit_images=K``, MIKE): how this editor uses K images of the edit's
+    # subject, or None when it cannot (then ``multi_image_refusal`` says why and K > 1 is refused
+    # before any edit). Each edit's ``handle.stats["edit_images"]`` says how many it used.
+    multi_image: str | None = None
+    multi_image_refusal: str = "it has no multi-step editing"
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()
+
+    def multi_image_rule(self) -> str | None:
+        """How K > 1 edit images are used (config-dependent for some editors), or None: refused."""
+        return self.multi_image
+
+    def check_edit_images(self, k: int) -> None:
+        """Refuse ``edit_images=k`` in one line when this editor cannot use several edit images."""
+        if k > 1 and self.multi_image_rule() is None:
+            raise ConfigError(f"editor {self.name!r} cannot use edit_images={k}: {self.multi_image_refusal}; "
+                              "run it with edit_images=1")
 
     @abstractmethod
     def apply(self, adapter, request: EditRequest) -> EditHandle:
@@ -173,6 +188,7 @@ class NoEdit(Editor):
     """The unedited model: pre-edit scores under the same protocol."""
 
     name = "none"
+    multi_image = "no edit is made: no edit image is used (edit_images 0 in each edit report)"
 
     def apply(self, adapter, request: EditRequest) -> EditHandle:
-        return EditHandle(editor=self.name)
+        return EditHandle(editor=self.name, stats={"edit_images": 0})

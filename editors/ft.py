@@ -67,6 +67,7 @@ class FTEditor(Editor):
 
     name = "ft"
     config_class = FTConfig
+    multi_image = "every step fits the target on all K edit images (the mean of their losses)"
 
     def __init__(self, config: FTConfig | None = None):
         super().__init__(config)

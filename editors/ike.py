@@ -110,6 +110,10 @@ class IKEEditor(Editor):
     reference_port_images = {"user_specific": "edit"}
     # EasyEdit scores IKE through MultimodalEditor.edit_dataset: the questions as the records hold them.
     reference_prompt_path = "editor"
+    # Demonstrations are text and a post-edit input holds one image (the probe's): K edit images
+    # would make K copies of one text demonstration, a multi-step number equal to the single-step one.
+    multi_image_refusal = ("its demonstrations are text and the post-edit input holds only the probe's image, so K edit "
+                           "images would give K copies of the same demonstration")
 
     def __init__(self, config: IKEConfig | None = None):
         super().__init__(config)
@@ -165,6 +169,7 @@ class IKEEditor(Editor):
             "n_demonstrations": kept,
             "dropped": len(demos) - kept,
             "demonstration_ids": hits[:kept],
+            "edit_images": 0,  # in context: no edit image is shown (edit_images > 1 is refused)
             "token_budget": budget,
             "seconds": round(time.perf_counter() - started, 4),
         }

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -401,17 +401,28 @@ def gradient_factors(adapter, names: list[str], request) -> dict[str, tuple[torc
     return {name: (torch.cat(inputs[name]).float(), torch.cat(deltas[name]).float()) for name in names}
 
 
+MULTI_IMAGE_MODES = ("combined", "successive")
+
+
 @dataclass
 class WeightUpdateConfig(LearnedConfig):
     """Options of editors that update linear weights of one parameter group (MEND, KE)."""
 
     target: str = field(default="llm_last_mlp", metadata={"help": "parameter group whose weights are edited"})
     layers: int = field(default=3, metadata={"help": "edit the group in the last N layers (reference: 3, layers 29-31)"})
+    multi_image: str = field(default="combined", metadata={
+        "help": "multi-step editing (edit_images=K): 'combined' (one edit from the K images' gradients together) or "
+                "'successive' (K edits, one per image, each from the gradient of the model the previous ones edited)"})
+
+    # How K edit images are used does not change what the networks learned.
+    RUNTIME_FIELDS = LearnedConfig.RUNTIME_FIELDS + ("multi_image",)
 
     def __post_init__(self):
         super().__post_init__()
         if self.layers < 1:
             raise ConfigError(f"layers must be >= 1, not {self.layers}")
+        if self.multi_image not in MULTI_IMAGE_MODES:
+            raise ConfigError(f"multi_image must be one of {MULTI_IMAGE_MODES}, not {self.multi_image!r}")
 
 
 class WeightUpdateEditor(LearnedEditor):
@@ -422,6 +433,11 @@ class WeightUpdateEditor(LearnedEditor):
     """
 
     config_class = WeightUpdateConfig
+
+    def multi_image_rule(self) -> str:
+        if self.config.multi_image == "successive":
+            return "successive: K edits, one per edit image in order, each from the gradient of the model the previous ones edited"
+        return "combined: one edit from the K edit images' gradients together (the mean of their losses)"
 
     def updates(self, adapter, request) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -449,18 +465,27 @@ class WeightUpdateEditor(LearnedEditor):
         params = dict(adapter.model.named_parameters())
         names = self.weight_names()
         handle = EditHandle(editor=self.name, touched=tuple(names), saved={n: params[n].detach().clone() for n in names})
+        images = (request.image, *request.extra_images)
+        # edit_images=K: one request with all K images (combined), or K requests of one image each.
+        steps = ([replace(request, image=image, extra_images=()) for image in images]
+                 if self.config.multi_image == "successive" and len(images) > 1 else [request])
+        total: dict[str, torch.Tensor] = {}
         try:
             with torch.no_grad():
-                updates = self.updates(adapter, request)
-                for name, update in updates.items():
-                    params[name].sub_(update.to(params[name].dtype))
+                for step in steps:
+                    for name, update in self.updates(adapter, step).items():
+                        params[name].sub_(update.to(params[name].dtype))
+                        total[name] = total[name] + update.float() if name in total else update.float()
         except BaseException:
             self.restore(adapter, handle)  # never leave a half-edited model behind
             raise
         handle.stats = {
             "weights": len(names),
             "n_params": sum(params[n].numel() for n in names),
-            "update_norm": round(float(sum(u.float().norm() ** 2 for u in updates.values()) ** 0.5), 6),
+            "update_norm": round(float(sum(u.norm() ** 2 for u in total.values()) ** 0.5), 6),
+            "edit_images": len(images),
+            "multi_image": self.config.multi_image,
+            "updates": len(steps),
             "seconds": round(time.perf_counter() - started, 4),
         }
         return handle

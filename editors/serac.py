@@ -181,6 +181,8 @@ class SERACEditor(LearnedEditor):
     name = "serac"
     config_class = SERACConfig
     reference_locality_span = "sequence"
+    multi_image = ("K memory entries, one per edit image (the same prompt and target); the scope classifier tells them "
+                   "apart only with cls_image=true (text-only, they route as one entry)")
 
     def __init__(self, config: SERACConfig | None = None):
         super().__init__(config)
@@ -309,20 +311,25 @@ class SERACEditor(LearnedEditor):
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         self.ensure_ready(adapter)
         started = time.perf_counter()
-        entry = MemoryEntry(request, self.key_text(request), self.prefix_for(request))
-        if self.config.cls_image and request.image is not None:
-            self._image_feature(adapter, request.image)  # computed once, while the edit is applied
-        self.memory.append(entry)
+        # edit_images=K: K memory entries, one per edit image (the same prompt and target).
+        requests = [replace(request, image=image, extra_images=()) for image in (request.image, *request.extra_images)]
+        entries = [MemoryEntry(r, self.key_text(r), self.prefix_for(r)) for r in requests]
+        if self.config.cls_image:
+            for r in requests:
+                if r.image is not None:
+                    self._image_feature(adapter, r.image)  # computed once, while the edit is applied
+        self.memory.extend(entries)
         return EditHandle(
             editor=self.name,
-            stats={"memory": len(self.memory), "seconds": round(time.perf_counter() - started, 4)},
-            responder=SERACResponder(self, adapter, entry),
+            stats={"memory": len(self.memory), "edit_images": len(entries), "memory_entries_added": len(entries),
+                   "seconds": round(time.perf_counter() - started, 4)},
+            responder=SERACResponder(self, adapter, entries),
         )
 
     def restore(self, adapter, handle: EditHandle) -> None:
-        """Remove exactly the handle's memory entry (no weight was changed)."""
-        entry = getattr(handle.responder, "entry", None)
-        self.memory = [e for e in self.memory if e is not entry]
+        """Remove exactly the handle's memory entries (no weight was changed)."""
+        mine = getattr(handle.responder, "entries", [])
+        self.memory = [e for e in self.memory if all(e is not m for m in mine)]
 
     @torch.no_grad()
     def route(self, adapter, queries: list[Query]) -> list[tuple[MemoryEntry | None, float]]:
@@ -377,8 +384,8 @@ class SERACResponder:
     (its tensors substituted, the entry's prefix before the prompt), the others through the base model.
     The same signatures and semantics as the adapter's ``teacher_forced`` and ``generate``."""
 
-    def __init__(self, editor: SERACEditor, adapter, entry: MemoryEntry):
-        self.editor, self.adapter, self.entry = editor, adapter, entry
+    def __init__(self, editor: SERACEditor, adapter, entries: list[MemoryEntry]):
+        self.editor, self.adapter, self.entries = editor, adapter, entries  # this edit's (restore removes them)
         self.last_routing: list[float] = []  # scope probabilities of the last call's queries (diagnostics)
 
     def _split(self, queries: list[Query]) -> tuple[list[int], dict[int, tuple[MemoryEntry, list[int]]]]:

@@ -15,7 +15,8 @@ the reference's does with the tensors it learned (docs/editors.md, "What the SER
   the checkpoint, 1 in the reference); the entry reaching it is the one used.
 * **What it compares** (``cls_input``): ``prompt`` (default, our fix) the edit prompt with the
   probe's prompt, never the probe's answer; ``reference`` the paper's: the edit text ``"src alt"``
-  without its last whitespace word with the probe's prompt and answer (reference pitfall 4: the
+  without its last whitespace word, then ``[SEP]`` appended as text (the classifier reads ``[CLS] ...
+  [SEP] [SEP]``, as the reference tokenises its cache keys), with the probe's prompt and answer (reference pitfall 4: the
   classifier sees the answer being scored). Generation has no answer: both compare the prompt.
 * **Counterfactual model**: a separate causal LM (``small_name``) whose trained tensors come from
   the checkpoint. It reads the entry's prefix ``"{src} {alt} "`` before the probe's text, in the
@@ -74,8 +75,8 @@ class SERACReferenceConfig(EditorConfig):
                 "replace; default: the checkpoint's (lmsys/vicuna-7b-v1.5 for LLaVA, facebook/opt-125m for BLIP-2)"})
     cls_input: str = field(default="prompt", metadata={
         "help": "what the scope classifier compares: 'prompt' (the edit prompt with the probe's prompt, never its "
-                "answer) or 'reference' (the paper's: the edit text minus its last word with the probe's prompt and "
-                "answer, reference pitfall 4)"})
+                "answer) or 'reference' (the paper's: the edit text minus its last word + '[SEP]' with the probe's "
+                "prompt and answer, reference pitfall 4)"})
 
     def __post_init__(self):
         if self.cls_input not in CLS_INPUTS:
@@ -245,6 +246,8 @@ class SERACReferenceEditor(Editor):
     name = "serac_ref"
     config_class = SERACReferenceConfig
     reference_locality_span = "sequence"
+    multi_image = ("K memory entries, one per edit image (the same key text and prefix: the reference's memory holds "
+                   "text only, so they score as one entry)")
     # What `mmke-eval train-editor --editor serac_ref` answers (mmke_eval/train_editor.py).
     training_note = ("runs the reference's published SERAC checkpoints (convert one with `mmke-eval convert-checkpoint "
                      "--editor serac`); it is not trained here. Train mmke-eval's own SERAC with "
@@ -361,8 +364,15 @@ class SERACReferenceEditor(Editor):
         return out.last_hidden_state[:, 0].float()
 
     def key_text(self, request: EditRequest) -> str:
-        if self.config.cls_input == "reference":  # the edit's text input "src alt" minus its last word
-            return f"{request.prompt} {request.target}".rsplit(" ", 1)[0]
+        if self.config.cls_input == "reference":
+            # The reference's cache key: the edit's text input "src alt" minus its last word, then the
+            # classifier tokenizer's sep_token appended as text (SERAC.py build_cls_cache_inputs), so
+            # the classifier reads "[CLS] ... [SEP] [SEP]".
+            sep = getattr(self.cls_tokenizer, "sep_token", None)
+            if not sep:
+                raise ConfigError(f"editor 'serac_ref': cls_input=reference needs the classifier tokenizer's sep_token; "
+                                  f"cls_name={self.cls_name} has none")
+            return f"{request.prompt} {request.target}".rsplit(" ", 1)[0] + sep
         return request.prompt
 
     def query_text(self, query: Query) -> str:
@@ -384,22 +394,28 @@ class SERACReferenceEditor(Editor):
     def apply(self, adapter, request: EditRequest) -> EditHandle:
         self.ensure_ready(adapter)
         started = time.perf_counter()
+        # edit_images=K: K memory entries, one per edit image. The reference's memory holds text only
+        # ("src alt"), so the K entries are the same to its classifier and counterfactual model.
+        requests = [replace(request, image=image, extra_images=()) for image in (request.image, *request.extra_images)]
         key = self.key_text(request)
-        entry = ReferenceEntry(request, key, CF_PREFIX.format(prompt=request.prompt, target=request.target), self.embed([key])[0])
-        self.memory.append(entry)
-        return EditHandle(editor=self.name, stats={"memory": len(self.memory), "seconds": round(time.perf_counter() - started, 4)},
-                          responder=SERACReferenceResponder(self, adapter, entry))
+        embedding = self.embed([key])[0]
+        entries = [ReferenceEntry(r, key, CF_PREFIX.format(prompt=r.prompt, target=r.target), embedding) for r in requests]
+        self.memory.extend(entries)
+        return EditHandle(editor=self.name, stats={"memory": len(self.memory), "edit_images": len(entries),
+                                                   "memory_entries_added": len(entries),
+                                                   "seconds": round(time.perf_counter() - started, 4)},
+                          responder=SERACReferenceResponder(self, adapter, entries))
 
     def restore(self, adapter, handle: EditHandle) -> None:
-        """Remove exactly the handle's memory entry (no weight was changed)."""
-        entry = getattr(handle.responder, "entry", None)
-        self.memory = [e for e in self.memory if e is not entry]
+        """Remove exactly the handle's memory entries (no weight was changed)."""
+        mine = getattr(handle.responder, "entries", [])
+        self.memory = [e for e in self.memory if all(e is not m for m in mine)]
 
     def describe(self) -> dict[str, Any]:
         described = {
             **super().describe(),
             "cls_name_resolved": self.cls_name, "small_name_resolved": self.small_name,
-            "classifier_input": ("reference: edit text minus its last word vs the probe's prompt and answer (pitfall 4)"
+            "classifier_input": ("reference: edit text minus its last word + '[SEP]' as text vs the probe's prompt and answer (pitfall 4)"
                                  if self.config.cls_input == "reference" else "prompt: edit prompt vs the probe's prompt, never its answer"),
             "mixture": "soft (the reference): (1 - s) p_base + s p_cf, s = max over memory of exp(-scale * ||CLS_q - CLS_k||^2); "
                        "counterfactual positions right-aligned to the base model's",
@@ -414,8 +430,8 @@ class SERACReferenceResponder:
     """Answers post-edit queries in the adapter's place with the reference's soft mixture; the
     adapter's ``teacher_forced`` and ``generate`` signatures and semantics."""
 
-    def __init__(self, editor: SERACReferenceEditor, adapter, entry: ReferenceEntry):
-        self.editor, self.adapter, self.entry = editor, adapter, entry
+    def __init__(self, editor: SERACReferenceEditor, adapter, entries: list[ReferenceEntry]):
+        self.editor, self.adapter, self.entries = editor, adapter, entries  # this edit's (restore removes them)
         self.last_scope: list[float] = []  # scope scores of the last call's queries (diagnostics)
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ class ProbeKind:
     image: str = "none"  # none | edit | rephrase | locality | data (the image the record names for it)
     portability: bool = False  # the port_image option applies
     template: str | None = None  # prompt template for this kind; None: the task's
-    entity_metric: bool = False  # MIKE's entity-oriented accuracy on generations (<name>_entity)
+    entity_metric: bool = False  # MIKE's entity-oriented accuracy A (<name>_entity; protocol option entity_acc)
 
     @property
     def is_locality(self) -> bool:

@@ -127,7 +127,8 @@ def parse_response(text: str) -> dict | None:
 
 
 def entity_accuracy(prediction: str, reference: str, entity: str) -> float:
-    """MIKE's entity-oriented accuracy (eq. 6): (1[output = y] + 1[entity name in output]) / 2."""
+    """MIKE's entity-oriented accuracy (eq. 6) on a generation (``entity_acc=generation``):
+    (1[output = y] + 1[entity name in output]) / 2."""
     return (exact_match(prediction, reference) + contains(prediction, entity)) / 2
 
 
@@ -140,15 +141,29 @@ def probe_items(kind: ProbeKind, answer: str, output: str, entity: str, case: st
         hits, total = response["counts"]
         items[kind.name].update(hits=int(hits), total=int(total))
     return items
+def tokens_match(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
+    """1.0 if every (teacher-forced) predicted token is the answer token, else 0.0; an empty span is 0."""
+    if len(predicted_ids) != len(answer_ids):
+        raise ValueError(f"{len(predicted_ids)} predictions for {len(answer_ids)} answer tokens")
+    return float(bool(answer_ids) and all(p == a for p, a in zip(predicted_ids, answer_ids)))
+
+
+def entity_accuracy_tokens(token_acc: float, entity_match: float) -> float:
+    """MIKE's entity-oriented accuracy (eq. 6) as the paper defines its halves (``entity_acc=tokens``,
+    the default): the token-level match (teacher-forced token accuracy over the answer, in [0, 1])
+    and the entity-level match (1 if every token of the entity name is right)."""
+    return (token_acc + entity_match) / 2
 
 
 def probe_scores(kind: ProbeKind, answer: str, output: str, entity: str = "") -> dict[str, float]:
     """Every column one probe contributes to, from the model's output for it.
 
     A scored response gives the probe's benchmark number (teacher-forced accuracy or locality
-    agreement); any output gives the generation columns: exact match / contains against the
-    answer, or for locality probes exact match of the post-edit against the pre-edit generation;
-    a probe naming an ``entity`` of a kind that declares it also gives MIKE's entity accuracy.
+    agreement) and, for a probe naming an ``entity`` of a kind that declares it, MIKE's entity
+    accuracy as the ``edited`` model computed it (``entity_acc``, by the protocol option of that
+    name); any output gives the generation columns: exact match / contains against the answer, or
+    for locality probes exact match of the post-edit against the pre-edit generation. A plain
+    model's generation has no teacher-forced pass, hence no benchmark number and no entity accuracy.
     """
     response = parse_response(output)
     name = kind.name
@@ -164,6 +179,8 @@ def probe_scores(kind: ProbeKind, answer: str, output: str, entity: str = "") ->
     else:
         scores[f"{name}_em"] = exact_match(generated, answer)
         scores[f"{name}_contains"] = contains(generated, answer)
-        if kind.entity_metric and entity:
-            scores[f"{name}_entity"] = entity_accuracy(generated, answer, entity)
+        if kind.entity_metric and entity and response is not None:
+            if "entity_acc" not in response:
+                raise ValueError(f"probe {name}: the edited model's response lacks entity_acc (MIKE's entity accuracy)")
+            scores[f"{name}_entity"] = response["entity_acc"]
     return scores

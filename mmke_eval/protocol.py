@@ -16,11 +16,13 @@ from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
 
 PORT_IMAGES = ("auto", "data", "edit")
 PROMPT_PATHS = ("auto", "trainer", "editor")  # = mmke_eval.prompts.PROMPT_PATH_OPTIONS (kept light: no jinja here)
-LOC_SPANS = ("auto", "sequence", "answer")
+LOC_SPANS = ("auto", "sequence", "query", "answer")
 AVERAGES = ("case", "token")
 FOLLOWUP_IMAGES = ("auto", "edit", "none")
+ENTITY_ACCS = ("tokens", "generation")
 PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path", "average", "followup_image")
+                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path", "average", "followup_image",
+                   "entity_acc")
 PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal", "wait_for_lock")  # every --model_args key the edited model owns
 
 
@@ -38,7 +40,10 @@ class Protocol:
 
     t_loc_k: int = 1  # text locality: top-1 agreement
     i_loc_k: int = 10  # image locality: top-10 agreement, element-wise in rank order
-    loc_span: str = "auto"  # "sequence" | "answer" | "auto" (= the editor's reference span)
+    # "sequence": the whole input, right-aligned (an in-context editor's prefix included, as EasyEdit
+    # compares IKE); "query": every position but an in-context prefix; "answer": the answer span;
+    # "auto": the editor's reference span (docs/protocol.md, "Locality span").
+    loc_span: str = "auto"
     generate: bool = True  # greedy generations for the exact-match / contains columns
     sequential: bool = False  # apply edits cumulatively, restore only at the end
     # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
@@ -69,6 +74,10 @@ class Protocol:
     # FT-LLM, MEND, SERAC and KE; the edit image for FT-Alignment); "edit": always the edit image;
     # "none": never.
     followup_image: str = "auto"
+    # MIKE's entity-oriented accuracy A (eq. 6): "tokens" (the paper's reading: teacher-forced token
+    # accuracy of the answer, and 1 if every token of the entity name in it is right) or
+    # "generation" (exact match of the greedy generation, and 1 if it contains the name).
+    entity_acc: str = "tokens"
 
     def __post_init__(self):
         if self.sequential_gap < 0:
@@ -76,7 +85,7 @@ class Protocol:
         if self.sequential_gap and not self.sequential:
             raise ValueError("sequential_gap needs sequential=true")
         if self.loc_span not in LOC_SPANS:
-            raise ValueError(f"loc_span must be auto, sequence or answer, not {self.loc_span!r}")
+            raise ValueError(f"loc_span must be one of {LOC_SPANS}, not {self.loc_span!r}")
         if self.t_loc_k < 1 or self.i_loc_k < 1:
             raise ValueError("t_loc_k and i_loc_k must be >= 1")
         if self.port_image not in PORT_IMAGES:
@@ -93,6 +102,10 @@ class Protocol:
             raise ValueError(f"average must be one of {AVERAGES}, not {self.average!r}")
         if self.followup_image not in FOLLOWUP_IMAGES:
             raise ValueError(f"followup_image must be one of {FOLLOWUP_IMAGES}, not {self.followup_image!r}")
+        if self.entity_acc not in ENTITY_ACCS:
+            raise ValueError(f"entity_acc must be one of {ENTITY_ACCS}, not {self.entity_acc!r}")
+        if self.entity_acc == "generation" and not self.generate:
+            raise ValueError("entity_acc=generation scores greedy generations: it needs generate=true")
         if self.edit_augment not in AUGMENTATIONS:
             raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
 
@@ -148,6 +161,7 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
         prompt_path=parse_choice("prompt_path", values["prompt_path"], PROMPT_PATHS),
         average=parse_choice("average", values["average"], AVERAGES),
         followup_image=parse_choice("followup_image", values["followup_image"], FOLLOWUP_IMAGES),
+        entity_acc=parse_choice("entity_acc", values["entity_acc"], ENTITY_ACCS),
     )
 
 

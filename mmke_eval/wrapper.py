@@ -198,6 +198,7 @@ class EditedLMM(lmms):
         prompt_path: str = "auto",
         average: str = "case",
         followup_image: str = "auto",
+        entity_acc: str = "tokens",
         journal: str | None = None,
         wait_for_lock: bool = False,
         **kwargs: Any,
@@ -211,7 +212,7 @@ class EditedLMM(lmms):
                 t_loc_k=t_loc_k, i_loc_k=i_loc_k, loc_span=loc_span, generate=generate, sequential=sequential,
                 sequential_gap=sequential_gap, port_image=port_image, edit_images=edit_images, edit_augment=edit_augment,
                 augment_seed=augment_seed, user_number=user_number, prompt_path=prompt_path, average=average,
-                followup_image=followup_image))
+                followup_image=followup_image, entity_acc=entity_acc))
 
     def _build(self, base, editor, batch_size, device, journal, kwargs, options) -> None:
         global _last_evaluator
@@ -310,6 +311,7 @@ class EditedLMM(lmms):
                 "loc_span_resolved": self.evaluator.locality_span,
                 "prompt_path_resolved": self.evaluator.prompt_path,
                 "followup_image_resolved": self.evaluator.followup_image,
+                "edit_images_rule": self.editor.multi_image_rule() if self.protocol.edit_images > 1 else "one edit image",
                 "port_image_resolved": {"default": self.evaluator.port_image_for(""),
                                         **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
@@ -449,6 +451,8 @@ class CaseEvaluator:
 
     def __init__(self, adapter, editor, protocol: Protocol, journal: CaseJournal | None = None):
         self.adapter, self.editor, self.protocol, self.journal = adapter, editor, protocol, journal
+        if editor is not None:  # an editor that cannot use K images refuses them up front
+            editor.check_edit_images(protocol.edit_images)
         self.resumed_cases: dict[str, int] = {}  # per task label: cases answered from the journal
         self.unscored_cases: dict[str, int] = {}  # per task label: sequential tail left unscored
         self.edit_only_cases: dict[str, int] = {}  # per task label: edited after the scored ones (--cases N, gap G)
@@ -658,6 +662,8 @@ class CaseEvaluator:
         for request in requests:
             applied.append(self.editor.apply(self.adapter, request))
             handles.append(applied[-1])
+            if "edit_images" not in applied[-1].stats:  # every edit report says how many edit images it used
+                raise ValueError(f"editor {self.editor.name!r}: its edit report (handle.stats) lacks 'edit_images'")
         if len(applied) > 1 and any(handle.prefix for handle in applied):
             raise ValueError(f"editor {self.editor.name!r} edits in context (a prompt prefix per edit); the follow-up "
                              "edits of this task (VLKEB edit twice) need an editor that changes the model")
@@ -706,14 +712,52 @@ class CaseEvaluator:
             else:
                 response["score"] = forward.token_acc
                 hits, total = metrics.token_counts(forward.predicted_ids, forward.answer_ids)
+                if kind.entity_metric and probe.doc.get("entity"):
+                    self._entity_accuracy(probe, self._post_edit_query(probe, handle, request), forward, generated, response)
             if self.protocol.average == "token":  # the task's column becomes hits / total over all its probes
                 response["average"], response["counts"] = "token", [hits, total]
             if kind.portability:
                 response["port_image"] = self.port_image_for(probe.doc["knowledge_type"])
             results[probe.index] = json.dumps(response, default=str)
 
+    def _entity_accuracy(self, probe: ProbeRequest, query: Query, forward: ForwardResult, generated: str | None,
+                         response: dict) -> None:
+        """MIKE's A (eq. 6) of one probe into ``response["entity_acc"]``, by ``protocol.entity_acc``.
+
+        tokens (the paper's reading): (teacher-forced token accuracy of the answer + 1 if every token
+        of the entity name inside the answer is predicted right) / 2; the name's tokens are those
+        of the answer that hold its first occurrence (the whole answer when it is the name).
+        generation: (exact match of the greedy generation + 1 if it contains the name) / 2."""
+        doc = probe.doc
+        answer, entity = doc["answer"], doc["entity"]
+        if self.protocol.entity_acc == "generation":
+            response["entity_acc"] = metrics.entity_accuracy(generated or "", answer, entity)
+            return
+        if forward.token_acc != forward.token_acc:  # no answer token: left out, as the score is
+            response["entity_acc"] = float("nan")
+            return
+        if answer.strip().lower() == entity.strip().lower():
+            span = slice(0, len(forward.answer_ids))
+        else:
+            start = answer.lower().find(entity.lower())
+            if start < 0:
+                raise DataError(f"case {doc['case_id']}, probe {doc['probe_id']}: the entity name {entity!r} does not occur "
+                                f"in the answer {answer!r}; MIKE's entity accuracy needs it there")
+            span = self.adapter.answer_span(query, start, start + len(entity))
+            if self.adapter.answer_ids(query) != list(forward.answer_ids):  # the span indexes the adapter's tokens
+                raise ValueError(f"case {doc['case_id']}, probe {doc['probe_id']}: the post-edit model scored other answer "
+                                 "tokens than the adapter's; the entity name cannot be located in them")
+        entity_match = metrics.tokens_match(forward.predicted_ids[span], forward.answer_ids[span])
+        response["entity_match"] = entity_match
+        response["entity_acc"] = metrics.entity_accuracy_tokens(forward.token_acc, entity_match)
+
     def _post_edit_query(self, probe: ProbeRequest, handle, request: EditRequest) -> Query:
         query = replace(probe.query, prefix=handle.prefix)
+        if handle.prefix and _kind(probe).is_locality and self.locality_span == "sequence":
+            # EasyEdit's whole-sequence rule for an in-context edit: the prefix is part of the
+            # compared input (same text, same tokens), so right-aligned against the pre-edit input
+            # its BOS and image positions meet demonstration text (docs/protocol.md, "Locality span").
+            query = replace(probe.query, prompt=handle.prefix + probe.query.prompt, prefix="")
         if _kind(probe).portability and self.port_image_for(probe.doc["knowledge_type"]) == "edit":
             query = replace(query, image=request.image)
         return query
@@ -734,6 +778,8 @@ class CaseEvaluator:
         agreement = metrics.topk_agreement_counts if counts else metrics.topk_agreement
         if self.locality_span == "answer":
             return agreement(pre.topk[pre.answer_positions], post.topk[post.answer_positions], k)
+        # "query": the positions of the query (an in-context prefix left out); "sequence": the
+        # post-edit input holds the prefix too (``_post_edit_query``). Both right-aligned.
         return agreement(pre.topk, post.topk, k)
 
     def _generate(self, probes: list[ProbeRequest], queries: list[Query], model) -> list[str]:

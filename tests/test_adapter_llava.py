@@ -420,3 +420,18 @@ def test_onevision_and_next_default_to_the_chat_layout_llava15_to_raw(loaded):
     assert LlavaHFAdapter(model, processor, prompt_format="raw").prompt_format == "raw"  # the option keeps raw
     assert LlavaHFAdapter(*build_tiny_llava_next()).prompt_format == "chat"
     assert LlavaHFAdapter(*loaded).prompt_format == "raw"  # LLaVA-1.5: VLKEB/MMKE-Bench's layout
+@pytest.mark.parametrize("target, name, held_by", [
+    ("A Snowy Owl perched on a branch.", "Snowy Owl", " Snowy Owl"),  # a name inside a caption
+    ("Snowy Owl", "Snowy Owl", " Snowy Owl"),  # the whole target
+    ("Two Snowy Owls sit.", "Snowy Owl", " Snowy Owl"),  # inside a longer word: up to its last character's token
+])
+def test_answer_span_holds_the_tokens_of_a_name_inside_the_target(adapter, images, target, name, held_by):
+    """MIKE's entity match scores the answer tokens that hold the entity name (mmke_eval/wrapper.py)."""
+    query = Query("Describe the picture.", images[0], target)
+    start = target.index(name)
+    span = adapter.answer_span(query, start, start + len(name))
+    answer = adapter.answer_ids(query)
+    assert answer == adapter.teacher_forced([query], k=1)[0].answer_ids
+    assert adapter.tokenizer.decode(answer[span]) == held_by
+    assert adapter.tokenizer.decode(answer[: span.start]) + adapter.tokenizer.decode(answer[span]) + \
+        adapter.tokenizer.decode(answer[span.stop:]) == adapter.tokenizer.decode(answer)

@@ -87,14 +87,27 @@ def test_missing_file_and_bad_task(root, tmp_path):
 
 
 def test_entity_accuracy_by_hand():
-    """A = (1[output = y] + 1[E in output]) / 2 (MIKE eq. 6)."""
+    """A = (1[output = y] + 1[E in output]) / 2 (MIKE eq. 6). The paper's halves (entity_acc=tokens,
+    default): teacher-forced token accuracy over the answer, and 1 if every token of the name is right."""
+    # a name of one token, right; a name of two tokens, one wrong; a caption of 6 tokens, 2 wrong
+    # outside the name's 2 tokens
+    assert metrics.entity_accuracy_tokens(1.0, metrics.tokens_match([7], [7])) == 1.0
+    assert metrics.entity_accuracy_tokens(0.5, metrics.tokens_match([7, 0], [7, 8])) == 0.25
+    assert metrics.entity_accuracy_tokens(4 / 6, metrics.tokens_match([3, 4], [3, 4])) == pytest.approx((4 / 6 + 1) / 2)
+    assert metrics.tokens_match([], []) == 0.0
+    # entity_acc=generation, on generated text
     assert metrics.entity_accuracy("Snowy Owl", "Snowy Owl", "Snowy Owl") == 1.0  # exact
     assert metrics.entity_accuracy("It is a Snowy Owl.", "Snowy Owl", "Snowy Owl") == 0.5  # entity only
     assert metrics.entity_accuracy("A snowy owl on a branch", "A Snowy Owl perched on a branch.", "Snowy Owl") == 0.5
     assert metrics.entity_accuracy("An owl", "Snowy Owl", "Snowy Owl") == 0.0  # partial name: neither
     kind = families.get("mike").probe("rel")
+    # the column is what the edited model computed (by the protocol's entity_acc) ...
+    response = json.dumps({"mmke_probe": 1, "probe": "rel", "generated": "It is a Snowy Owl.", "score": 0.5, "entity_acc": 0.25})
+    scores = metrics.probe_scores(kind, "Snowy Owl", response, entity="Snowy Owl")
+    assert scores["rel_entity"] == 0.25 and scores["rel_em"] == 0.0 and scores["rel_contains"] == 1.0
+    # ... and a plain model's generation, with no teacher-forced pass, has none
     scores = metrics.probe_scores(kind, "Snowy Owl", "It is a Snowy Owl.", entity="Snowy Owl")
-    assert scores["rel_entity"] == 0.5 and scores["rel_em"] == 0.0 and scores["rel_contains"] == 1.0
+    assert "rel_entity" not in scores and scores["rel_contains"] == 1.0
     assert "rel_entity" not in metrics.probe_scores(families.get("mmedit").probe("rel"), "x", "x", entity="x")
 
 

@@ -128,3 +128,76 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
     assert changed(model, before) == set()
     if editor.edited_group() is None and not in_context and not answers_elsewhere:  # the unedited model agrees with itself
         assert scores["t_loc"] == 100.0 and scores["i_loc"] == 100.0
+
+
+@pytest.mark.parametrize("editor_name", sorted(registry.editor_names()))
+def test_every_editor_uses_two_edit_images_and_says_so_or_refuses_them(editor_name, tiny_llava15_adapter, train_file):
+    """Multi-step editing (edit_images=2): an editor either refuses before any edit, in one line, or
+    uses both images and records it (``edit_images`` in its edit report, which every sample carries).
+    Using them: a weight edit from (red, blue) differs from one from (red, red); SERAC holds one
+    memory entry per image."""
+    if editor_name in ELSEWHERE:
+        pytest.skip(ELSEWHERE[editor_name])
+    from editors.base import ConfigError
+    from mmke_eval.wrapper import CaseEvaluator
+
+    adapter = tiny_llava15_adapter
+    editor = fast_editor(editor_name, adapter)
+    if editor.multi_image_rule() is None:  # declared on the class: it cannot use several images
+        with pytest.raises(ConfigError, match=f"editor '{editor_name}' cannot use edit_images=2: .*; run it with edit_images=1"):
+            CaseEvaluator(adapter, editor, Protocol(edit_images=2))
+        return
+    CaseEvaluator(adapter, editor, Protocol(edit_images=2))  # accepted
+    red, blue = Image.new("RGB", (48, 40), (230, 30, 30)), Image.new("RGB", (48, 40), (30, 30, 230))
+    before = state(adapter.model)
+    after = {}
+    for label, second in (("red+blue", blue), ("red+red", red)):
+        request = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=red, extra_images=(second,), train_file=str(train_file))
+        with editor.editing(adapter, request) as handle:
+            after[label] = state(adapter.model)
+            entries = getattr(handle.responder, "entries", None)
+            if editor.edited_group() is None and entries is None:  # no edit at all (none)
+                assert handle.stats["edit_images"] == 0
+                return
+            assert handle.stats["edit_images"] == 2
+            if entries is not None:  # a memory editor: one entry per edit image
+                assert [e.request.image for e in entries] == [red, second] and len(editor.memory) == 2
+        assert changed(adapter.model, before) == set()
+    if editor.edited_group() is not None:
+        assert changed_between(after["red+blue"], after["red+red"])
+
+
+def changed_between(a, b) -> set[str]:
+    return {name for name in a if not torch.equal(a[name], b[name])}
+
+
+@pytest.fixture(scope="module")
+def tiny_llava15_adapter():
+    name, model_name = MODELS[0]
+    model, processor = registry.adapter_test_models(name)[model_name]()
+    return registry.adapter_class(name)(model.eval(), processor)
+
+
+@pytest.mark.parametrize("editor_name", ["mend", "ke"])
+def test_mend_and_ke_multi_image_successive_makes_one_edit_per_image(editor_name, tiny_llava15_adapter, train_file):
+    """multi_image=successive: K edits in order, the second from the gradient of the model the first
+    edited; combined (default): one edit from both images' gradients."""
+    adapter = tiny_llava15_adapter
+    red, blue = Image.new("RGB", (48, 40), (230, 30, 30)), Image.new("RGB", (48, 40), (30, 30, 230))
+    request = EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=red, extra_images=(blue,))
+    weights = {}
+    for mode in ("combined", "successive"):
+        editor = fast_editor(editor_name, adapter, multi_image=mode)
+        with editor.editing(adapter, request) as handle:
+            weights[mode] = state(adapter.model)
+            assert (handle.stats["edit_images"], handle.stats["multi_image"], handle.stats["updates"]) == (2, mode, 1 if mode == "combined" else 2)
+        assert mode in editor.multi_image_rule()
+    # by hand: successive = the red edit, then the blue edit computed on the red-edited model
+    editor = fast_editor(editor_name, adapter)
+    with editor.editing(adapter, EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=red)):
+        with editor.editing(adapter, EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=blue)):
+            by_hand = state(adapter.model)
+    assert not changed_between(weights["successive"], by_hand)
+    assert changed_between(weights["successive"], weights["combined"])
+    with pytest.raises(Exception, match="multi_image must be one of"):
+        fast_editor(editor_name, adapter, multi_image="mean")

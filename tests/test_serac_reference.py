@@ -303,9 +303,21 @@ def test_cls_input_prompt_never_shows_the_answer_and_reference_does(tiny, conver
         handle.responder.teacher_forced([Query("Which building is this?", image(), "zanzibarish")], k=3)
         if mode == "prompt":
             assert seen == [PROMPT, "Which building is this?"]
-        else:  # the edit text minus its last word; the probe with its answer (reference pitfall 4)
-            assert seen == [f"{PROMPT} A red circle", "Which building is this? zanzibarish"]
+        else:  # the edit text minus its last word, then "[SEP]" as text; the probe with its answer (reference pitfall 4)
+            assert seen == [f"{PROMPT} A red circle[SEP]", "Which building is this? zanzibarish"]
         assert editor.describe()["cls_input"] == mode
+
+
+def test_cls_input_reference_key_ends_with_two_sep_tokens_as_the_reference_tokenises_it(tiny, converted):
+    """The reference appends the classifier tokenizer's sep_token to the key text before tokenising
+    (SERAC.py build_cls_cache_inputs), so the classifier reads [CLS] ... [SEP] [SEP]."""
+    editor = loaded(tiny, converted, cls_input="reference")
+    key = editor.key_text(edit(target="A red circle today"))
+    tok = editor.cls_tokenizer
+    ids = tok([key])["input_ids"][0]
+    words = tok(["what is shown in the image? a red circle"], add_special_tokens=False)["input_ids"][0]
+    assert ids == [tok.cls_token_id, *words, tok.sep_token_id, tok.sep_token_id]
+    assert loaded(tiny, converted).key_text(edit()) == PROMPT  # cls_input=prompt: unchanged
 
 
 def test_edit_then_restore_leaves_the_memory_empty_and_sequential_keeps_the_rest(tiny, converted):
@@ -571,3 +583,16 @@ def test_broken_checkpoint_files_are_refused_naming_the_file(tiny, converted, tm
     (folder / WEIGHTS_FILE).write_bytes(b"\0" * 64)
     with pytest.raises(CheckpointError, match=rf"ck/{WEIGHTS_FILE}: not a readable safetensors file"):
         loaded(tiny, (None, None, folder))
+
+
+def test_two_edit_images_make_two_memory_entries_recorded_and_both_restored(tiny, converted):
+    """edit_images=2: one memory entry per edit image (the reference's memory holds text only, so both
+    have the same key and prefix); the edit report says 2; restore removes both."""
+    editor = loaded(tiny, converted)
+    red, blue = image(), image((30, 30, 230))
+    handle = editor.apply(tiny, EditRequest(case_id="c0", prompt=PROMPT, target=TARGET, image=red, extra_images=(blue,)))
+    assert handle.stats["edit_images"] == 2 and handle.stats["memory_entries_added"] == 2
+    assert [e.request.image for e in editor.memory] == [red, blue] and editor.memory[0].key_text == editor.memory[1].key_text
+    editor.restore(tiny, handle)
+    assert editor.memory == []
+    assert editor.multi_image_rule() is not None

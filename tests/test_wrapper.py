@@ -58,6 +58,7 @@ class FakeAdapter:
 
 class FakeEditor(Editor):
     name = "fake"
+    multi_image = "the fake editor records the K images"
 
     def __init__(self, prefix=""):
         super().__init__()
@@ -67,7 +68,8 @@ class FakeEditor(Editor):
     def apply(self, adapter, request):
         adapter.edits.append(request.target)
         self.log.append(f"apply {request.case_id}")
-        return EditHandle(editor=self.name, prefix=self.prefix, stats={"target": request.target})
+        return EditHandle(editor=self.name, prefix=self.prefix,
+                          stats={"target": request.target, "edit_images": 1 + len(request.extra_images)})
 
     def restore(self, adapter, handle):
         adapter.edits.remove(handle.stats["target"])
@@ -361,6 +363,8 @@ def test_multi_step_editing_gives_the_editor_k_images_of_the_subject(tmp_path):
         assert request.image.getpixel((1, 1)) == (255, 0, 0)
         colours = {(0, 255, 0): second, (0, 0, 255): third}
         assert [colours[image.getpixel((1, 1))] for image in request.extra_images] == expected
+        sample = json.loads(lm.generate_until(make_requests({"t": docs}))[0])
+        assert sample["edit"]["edit_images"] == k  # every sample's edit report says how many images the edit used
     lm = make_lmm(RecordingEditor(), Protocol(edit_images=4))
     lm.task_dict["t"] = {"eval": docs}
     from mmke_eval.data.schema import DataError
@@ -437,3 +441,157 @@ def test_user_number_refuses_in_context_editors():
     with pytest.raises(ValueError, match="cannot hold several cases' edits"):
         lm.generate_until(make_requests({"t": docs}))
     assert lm.adapter.edits == []
+
+
+class CharAdapter(FakeAdapter):
+    """One position per character: two lead positions ("<>", BOS and an image), the prefix, then
+    ``prompt + " " + target``; each position's top-k ids are that character's code and the next
+    k-1 codes, so two positions agree exactly when they hold the same character. ``topk`` leaves the
+    prefix out, as the adapters do."""
+
+    def teacher_forced(self, queries, k=10):
+        self.calls.append(("tf", len(self.edits), tuple(q.prefix for q in queries)))
+        self.queries.append(("tf", list(queries)))
+        results = []
+        for q in queries:
+            body = f"{q.prompt} {q.target}"
+            kept = "<>" + body  # the prefix's positions are not rows of topk
+            topk = torch.tensor([[ord(c) + j for j in range(k)] for c in kept], dtype=torch.long)
+            n = len(kept)
+            results.append(ForwardResult(0.0, [1], [0], topk, slice(n - len(q.target), n)))
+        return results
+
+
+@pytest.mark.parametrize("span, expected", [
+    # pre "<>" + body (25 positions) against the post-edit input's last 25: the prefix's last two
+    # characters ": " meet "<>", the 23 characters of the body meet themselves
+    ("sequence", 23 / 25),
+    ("query", 1.0),  # the prefix left out: the same 25 positions
+    ("answer", 1.0),
+])
+def test_in_context_locality_sequence_compares_the_whole_right_aligned_input_prefix_included(span, expected):
+    """EasyEdit's IKE locality (loc_span=sequence): post-edit with demonstrations against pre-edit
+    without, whole sequences right-aligned, so the pre-edit BOS and image positions meet the end of
+    the demonstrations. Body of the t_loc probe: "t_loc q of c1 unrelated" (23 characters)."""
+    prefix = "New Fact: ...\nPrompt: "
+    editor = FakeEditor(prefix=prefix)
+    lm = make_lmm(editor, Protocol(loc_span=span))
+    lm.adapter = lm.evaluator.adapter = CharAdapter()
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = {o["probe"]: o for o in map(json.loads, lm.generate_until(make_requests({"t": docs})))}
+    assert outputs["t_loc"]["score"] == pytest.approx(expected) and outputs["i_loc"]["score"] == pytest.approx(expected)
+    post_loc = [q for what, qs in lm.adapter.queries if what == "tf" for q in qs if q.prompt.endswith("t_loc q of c1")][-1]
+    if span == "sequence":  # the same text, the prefix inside the compared input
+        assert (post_loc.prefix, post_loc.prompt) == ("", prefix + "t_loc q of c1")
+    else:
+        assert (post_loc.prefix, post_loc.prompt) == (prefix, "t_loc q of c1")
+
+
+def test_an_editor_that_cannot_use_several_images_refuses_them_and_every_edit_report_says_how_many():
+    class SingleImage(FakeEditor):
+        multi_image = None  # the class declares it: no multi-step editing
+        multi_image_refusal = "it edits from one image"
+
+    from editors.base import ConfigError
+
+    with pytest.raises(ConfigError, match="editor 'fake' cannot use edit_images=2: it edits from one image; run it with edit_images=1"):
+        make_lmm(SingleImage(), Protocol(edit_images=2))
+    make_lmm(SingleImage(), Protocol(edit_images=1))  # one image: fine
+
+    class Silent(FakeEditor):
+        def apply(self, adapter, request):
+            handle = super().apply(adapter, request)
+            del handle.stats["edit_images"]
+            return handle
+
+    lm = make_lmm(Silent())
+    docs = probe_docs("c1", "Rome")
+    lm.task_dict["t"] = {"eval": docs}
+    with pytest.raises(ValueError, match="its edit report .* lacks 'edit_images'"):
+        lm.generate_until(make_requests({"t": docs}))
+    assert lm.adapter.edits == []  # restored
+
+
+class LetterAdapter(FakeAdapter):
+    """One token per character of the target; the edited model predicts every character right except
+    those in ``unknown``. Its ``answer_span`` is the characters' own positions."""
+
+    def __init__(self, unknown=""):
+        super().__init__()
+        self.unknown = set(unknown)
+
+    def answer_ids(self, query):
+        return [ord(c) for c in query.target]
+
+    def answer_span(self, query, start, end):
+        return slice(start, end)
+
+    def teacher_forced(self, queries, k=10):
+        results = []
+        for q in queries:
+            answer = self.answer_ids(q)
+            predicted = [0 if chr(a) in self.unknown else a for a in answer]
+            acc = sum(p == a for p, a in zip(predicted, answer)) / len(answer) if answer else float("nan")
+            n = len(answer) + 2
+            results.append(ForwardResult(acc, answer, predicted, torch.zeros((n, k), dtype=torch.long), slice(2, n)))
+        return results
+
+    def generate(self, queries, max_new_tokens=32, until=None):
+        return ["It is a Snowy Owl." for _ in queries]
+
+
+def mike_docs(answers_entities: dict[str, tuple[str, str]]) -> list[dict]:
+    docs = probe_docs("c1", "Snowy Owl", kinds=tuple(answers_entities), family="mike", knowledge_type="elc")
+    for doc in docs:
+        doc["answer"], doc["entity"] = answers_entities[doc["probe"]]
+    return docs
+
+
+def scores_of(protocol, unknown, answers_entities):
+    from mmke_eval import metrics
+
+    lm = make_lmm(FakeEditor(), protocol)
+    lm.adapter = lm.evaluator.adapter = LetterAdapter(unknown)
+    docs = mike_docs(answers_entities)
+    lm.task_dict["t"] = {"eval": docs}
+    outputs = lm.generate_until(make_requests({"t": docs}))
+    return {doc["probe"]: metrics.probe_scores(families.kind_of(doc), doc["answer"], out, doc["entity"])
+            for doc, out in zip(docs, outputs)}
+
+
+@pytest.mark.parametrize("unknown, expected", [
+    # a name of one token, right / wrong: A = (1 + 1) / 2, (0 + 0) / 2
+    ("", {"rel": 1.0, "t_gen": 1.0, "i_gen": 1.0}),
+    ("X", {"rel": 0.0, "t_gen": 1.0, "i_gen": 1.0}),
+    # "w" is in the two-token-or-more name "Snowy Owl" twice and in no other word of the caption:
+    # name: token accuracy 7/9, name not all right -> 7/18; caption (23 characters): 21/23 -> 21/46
+    ("w", {"rel": 1.0, "t_gen": 7 / 18, "i_gen": 21 / 46}),
+    # "b" only in "branch", outside the name: caption 22/23 and the name right -> (22/23 + 1) / 2
+    ("b", {"rel": 1.0, "t_gen": 1.0, "i_gen": (22 / 23 + 1) / 2}),
+])
+def test_mike_entity_accuracy_is_token_accuracy_plus_the_names_tokens_all_right_by_hand(unknown, expected):
+    """MIKE eq. 6 as the paper reads it (entity_acc=tokens, default): A = (teacher-forced token
+    accuracy over the answer + 1[every token of the entity name right]) / 2, per probe."""
+    answers = {"rel": ("X", "X"), "t_gen": ("Snowy Owl", "Snowy Owl"), "i_gen": ("A Snowy Owl on a branch", "Snowy Owl")}
+    scores = scores_of(Protocol(), unknown, answers)
+    assert {kind: s[f"{kind}_entity"] for kind, s in scores.items()} == pytest.approx(expected)
+
+
+def test_mike_entity_accuracy_on_generations_is_the_option_and_needs_them():
+    """entity_acc=generation: (exact match of the generation + 1[it contains the name]) / 2, whatever the
+    teacher-forced tokens: "It is a Snowy Owl." for every probe."""
+    answers = {"t_gen": ("Snowy Owl", "Snowy Owl"), "i_gen": ("A Snowy Owl on a branch", "Snowy Owl")}
+    scores = scores_of(Protocol(entity_acc="generation"), "w", answers)
+    assert scores["t_gen"]["t_gen_entity"] == 0.5 and scores["i_gen"]["i_gen_entity"] == 0.5
+    with pytest.raises(ValueError, match="entity_acc=generation .* needs generate=true"):
+        Protocol(entity_acc="generation", generate=False)
+    with pytest.raises(ValueError, match="entity_acc must be one of"):
+        Protocol(entity_acc="words")
+
+
+def test_mike_entity_missing_from_its_answer_is_an_error_naming_the_case():
+    from mmke_eval.data.schema import DataError
+
+    with pytest.raises(DataError, match="case c1, probe i_gen_1: the entity name 'Snowy Owl' does not occur in the answer"):
+        scores_of(Protocol(), "", {"i_gen": ("A bird on a branch", "Snowy Owl")})

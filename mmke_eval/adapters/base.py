@@ -89,6 +89,15 @@ class ModelAdapter(ABC):
         included, prefix positions excluded), differentiable: the locality term of learned editors."""
         raise NotImplementedError(f"{type(self).__name__} cannot give differentiable logits (needed to train an editor)")
 
+    def answer_ids(self, query: Query) -> list[int]:
+        """The ids of the tokens ``query.target`` adds (``ForwardResult.answer_ids``), without a forward pass."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tokenise a target on its own")
+
+    def answer_span(self, query: Query, start: int, end: int) -> slice:
+        """The answer tokens of ``query`` (``ForwardResult.answer_ids``) that hold the characters
+        ``query.target[start:end]`` (MIKE's entity name inside a caption)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot locate a span of the target in its tokens")
+
     @abstractmethod
     def generate(self, queries: list[Query], max_new_tokens: int = 32, until: list[str] | None = None) -> list[str]:
         """Greedy continuations of image + prefix + prompt, cut at the first ``until`` string."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import inspect
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -229,6 +229,31 @@ class HFVisionLanguageAdapter(ModelAdapter):
     def count_tokens(self, query: Query) -> int:
         """Positions the model sees for ``query`` (special, image, prefix, prompt and target tokens)."""
         return len(self.encoded(query).ids)
+
+    def answer_ids(self, query: Query) -> list[int]:
+        """The ids of the tokens ``query.target`` adds at the end (``ForwardResult.answer_ids``)."""
+        if not query.target:
+            return []
+        enc = self.encoded(query)
+        return enc.ids[enc.answer_start :]
+
+    def answer_span(self, query: Query, start: int, end: int) -> slice:
+        """Tokenise the target cut before ``start`` and after ``end``: the tokens the full target
+        shares with the first precede the span, and the span ends where the second's tokens are
+        covered. Where the target's tokens do not split at ``end`` (a name inside a longer word),
+        the span takes the tokens up to the one holding its last character."""
+        if not 0 <= start < end <= len(query.target):
+            raise ValueError(f"{self.label}: span [{start}, {end}) outside the target {query.target!r}")
+        full = self.answer_ids(query)
+        before = query.target[:start].rstrip()
+        first = common_prefix_len(full, self.answer_ids(replace(query, target=before))) if before else 0
+        through = self.answer_ids(replace(query, target=query.target[:end]))
+        last = common_prefix_len(full, through)
+        if last < len(through):  # the tokens differ at the boundary: cover the span's characters
+            wanted = len(self.tokenizer.decode(through, skip_special_tokens=True))
+            while last < len(full) and len(self.tokenizer.decode(full[:last], skip_special_tokens=True)) < wanted:
+                last += 1
+        return slice(first, max(last, first + 1))
 
     def encoded(self, query: Query) -> Encoded:
         """``query`` as this model's token ids (image tokens expanded), with its prefix and answer spans."""

@@ -118,7 +118,7 @@ def build_case(entity: Entity, entities: list[Entity], index: int, task: str, se
         asked = name if rng.random() < 0.5 else other.name
         scene_of = entity if rng.random() < 0.5 else other
         answer = "yes" if (asked == name) == (scene_of is entity) else "no"
-        # Entity accuracy looks for the expected answer word here: "yes" scores 1, "Yes, it does" 0.5.
+        # The "entity" is the expected answer word here (entity_acc=generation: "yes" scores 1, "Yes, it does" 0.5).
         probes.append(Probe("i_gen", "i_gen", CSR_PROMPT.format(name=asked), answer, rng.choice(scene_of.scenes),
                             "scene_images", entity=answer))
         probes.append(Probe("i_loc", "i_loc", CSR_PROMPT.format(name=other.name), "yes", rng.choice(other.scenes),
