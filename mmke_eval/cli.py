@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from mmke_eval import report, runner
+from mmke_eval.protocol import PROTOCOL_FIELDS
 
 
 # Every subcommand `main` dispatches (the run's --help lists them).
@@ -44,7 +45,7 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tasks", default=runner.DEFAULT_TASKS, help="comma-separated tasks or groups (default: %(default)s)")
     parser.add_argument("--model", default=runner.DEFAULT_MODEL, help="lmms-eval backend to edit (default: %(default)s)")
-    parser.add_argument("--model_args", default=None, help="backend arguments, plus protocol options (t_loc_k, i_loc_k, loc_span, generate, sequential, sequential_gap); default: the shipped world model on CPU, to which options without pretrained= are added")
+    parser.add_argument("--model_args", default=None, help=f"backend arguments, plus protocol options ({', '.join(PROTOCOL_FIELDS)}; docs/protocol.md); default: the shipped world model on CPU, to which options without pretrained= are added")
     parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
     parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one")
     parser.add_argument("--data", default=None, help="local copy of the benchmark the tasks read (MMKE-Bench: data_json/, data_image/; VLKEB, MMEdit: their release layout); sets the data variable of their source cards (MMKE_DATA, VLKEB_DATA, MMEDIT_DATA, ...)")
