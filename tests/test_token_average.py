@@ -40,7 +40,7 @@ class Toggle(Editor):
 
     def apply(self, adapter, request):
         adapter.edited = True
-        return EditHandle(editor=self.name)
+        return EditHandle(editor=self.name, stats={"edit_images": 0})  # every edit report says how many images it used
 
     def restore(self, adapter, handle):
         adapter.edited = False
