@@ -194,6 +194,36 @@ def test_an_interrupted_training_resumes_at_its_last_saved_step_and_ends_the_sam
         train(editor_for("mend", adapter, **settings, seed="1"), adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
 
 
+def test_a_resumed_training_continues_the_learning_rate_schedule(adapter, train_cases, tmp_path, monkeypatch):
+    """KE's reference schedule (centered RMSprop, warm-up, linear decay): the scheduler's state is in
+    the training state, so a resumed run ends bit for bit where an uninterrupted one ends."""
+    settings = {"max_steps": "12", "val_every": "4", "val_cases": "2", "optimizer": "rmsprop_centered",
+                "warmup_steps": "3", "decay_steps": "12", "lagrange_update": "learned"}
+    whole = editor_for("ke", adapter, **settings)
+    train(whole, adapter, train_cases[:8], DATA, tmp_path / "whole", progress=False)
+    interrupted = editor_for("ke", adapter, **settings)
+    original, calls = type(interrupted).meta_loss, {"n": 0}
+
+    def failing(self, adapter_, example):
+        calls["n"] += 1
+        if calls["n"] == 7 + 2:  # training step 7 (after 6 steps and one validation of 2 cases)
+            raise KeyboardInterrupt
+        return original(self, adapter_, example)
+
+    monkeypatch.setattr(type(interrupted), "meta_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(type(interrupted), "meta_loss", original)
+    saved = read_training_state(tmp_path / "resumed" / RESUME_FILE)
+    assert saved["scheduler"]["last_epoch"] == 4  # saved at the step-4 validation
+    resumed = editor_for("ke", adapter, **settings)
+    train(resumed, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
+    for key, value in whole.learned.state_dict().items():
+        assert torch.equal(value, resumed.learned.state_dict()[key]), key
+    ends = [read_training_state(tmp_path / run / RESUME_FILE) for run in ("whole", "resumed")]
+    assert ends[0]["scheduler"] == ends[1]["scheduler"] and ends[0]["scheduler"]["last_epoch"] == 12
+
+
 class _CreatesAFile:
     """A pickle payload: unpickling it calls ``open(path, "w")``, creating the file."""
 
