@@ -140,6 +140,23 @@ def test_an_untrained_editor_without_a_checkpoint_says_how_to_train_one(adapter)
         registry.build_editor("mend", overrides={"checkpoint": ""}).ensure_ready(adapter)
 
 
+def train_until_interrupted(editor, loss, adapter, train_cases, out, monkeypatch):
+    """Train ``editor`` with ``loss`` into ``out`` until Ctrl-C at training step 7 (after 6 steps and
+    one validation of 2 cases); ``loss`` is its meta_loss again afterwards."""
+    calls = {"n": 0}
+
+    def failing(self, adapter_, example):
+        calls["n"] += 1
+        if calls["n"] == 7 + 2:
+            raise KeyboardInterrupt
+        return loss(self, adapter_, example)
+
+    monkeypatch.setattr(type(editor), "meta_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(editor, adapter, train_cases[:8], DATA, out, progress=False)
+    monkeypatch.setattr(type(editor), "meta_loss", loss)
+
+
 def test_an_interrupted_training_resumes_at_its_last_saved_step_and_ends_the_same(adapter, train_cases, tmp_path, monkeypatch):
     settings = {"max_steps": "12", "val_every": "4", "val_cases": "2"}
     original = registry.editor_class("mend").meta_loss
@@ -154,19 +171,7 @@ def test_an_interrupted_training_resumes_at_its_last_saved_step_and_ends_the_sam
     whole = editor_for("mend", adapter, **settings)
     train(whole, adapter, train_cases[:8], DATA, tmp_path / "whole", progress=False)
 
-    interrupted = editor_for("mend", adapter, **settings)
-    calls = {"n": 0}
-
-    def failing(self, adapter_, example):
-        calls["n"] += 1
-        if calls["n"] == 7 + 2:  # training step 7 (after 6 steps and one validation of 2 cases)
-            raise KeyboardInterrupt
-        return noisy(self, adapter_, example)
-
-    monkeypatch.setattr(type(interrupted), "meta_loss", failing)
-    with pytest.raises(KeyboardInterrupt):
-        train(interrupted, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(type(interrupted), "meta_loss", noisy)
+    train_until_interrupted(editor_for("mend", adapter, **settings), noisy, adapter, train_cases, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / WEIGHTS_FILE).exists()
     assert (tmp_path / "resumed" / RESUME_FILE).is_file() and not (tmp_path / "resumed" / "resume.pt").exists()
     torch.manual_seed(123), random.seed(123), np.random.seed(123)  # whatever ran in between
@@ -202,18 +207,7 @@ def test_a_resumed_training_continues_the_learning_rate_schedule(adapter, train_
     whole = editor_for("ke", adapter, **settings)
     train(whole, adapter, train_cases[:8], DATA, tmp_path / "whole", progress=False)
     interrupted = editor_for("ke", adapter, **settings)
-    original, calls = type(interrupted).meta_loss, {"n": 0}
-
-    def failing(self, adapter_, example):
-        calls["n"] += 1
-        if calls["n"] == 7 + 2:  # training step 7 (after 6 steps and one validation of 2 cases)
-            raise KeyboardInterrupt
-        return original(self, adapter_, example)
-
-    monkeypatch.setattr(type(interrupted), "meta_loss", failing)
-    with pytest.raises(KeyboardInterrupt):
-        train(interrupted, adapter, train_cases[:8], DATA, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(type(interrupted), "meta_loss", original)
+    train_until_interrupted(interrupted, type(interrupted).meta_loss, adapter, train_cases, tmp_path / "resumed", monkeypatch)
     saved = read_training_state(tmp_path / "resumed" / RESUME_FILE)
     assert saved["scheduler"]["last_epoch"] == 4  # saved at the step-4 validation
     resumed = editor_for("ke", adapter, **settings)
