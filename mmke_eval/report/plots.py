@@ -28,7 +28,7 @@ from typing import Any
 
 from mmke_eval.journal import digest
 from mmke_eval.report.runs import Entry, Run
-from mmke_eval.report.tables import Labels
+from mmke_eval.report.tables import Labels, distinguish
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -105,24 +105,14 @@ class Names:
     def variants(runs: list[Run], leave_out: tuple[str, ...] = ()) -> dict[str, str]:
         """variant key -> the editor's title, and where several runs share it, the settings in
         which they differ: "FT-LLM (one edit at a time)", "FT-LLM (sequential, gap 10)"."""
-        items = {run.variant_key: (editor_title(run), {k: v for k, v in run.variant_values().items() if k not in leave_out})
-                 for run in runs}
-        by_title: dict[str, list[str]] = {}
-        for key, (title, _) in items.items():
-            by_title.setdefault(title, []).append(key)
-        names = {}
-        for title, keys in by_title.items():
-            if len(keys) == 1:
-                names[keys[0]] = title
-                continue
-            settings = sorted({k for key in keys for k in items[key][1]})
-            differing = [k for k in settings if len({repr(items[key][1].get(k)) for key in keys}) > 1]
+        def label_with(title: str, differing: list[str], values: dict[str, Any]) -> str:
             if "sequential_gap" in differing and "sequential" not in differing:
-                differing.insert(0, "sequential")  # "sequential, gap 1" rather than "gap 1"
-            for key in keys:
-                text = settings_text({k: items[key][1].get(k) for k in differing})
-                names[key] = f"{title} ({text})" if text else title
-        return names
+                differing = ["sequential", *differing]  # "sequential, gap 1" rather than "gap 1"
+            text = settings_text({k: values.get(k) for k in differing})
+            return f"{title} ({text})" if text else title
+
+        return distinguish({run.variant_key: (editor_title(run), {k: v for k, v in run.variant_values().items()
+                                                                  if k not in leave_out}) for run in runs}, label_with)
 
 
 def editor_title(run: Run) -> str:

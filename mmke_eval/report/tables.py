@@ -88,8 +88,9 @@ def editor_names(runs) -> dict[str, str]:
     return distinguish({run.variant_key: (run.editor or "-", run.variant_values()) for run in runs})
 
 
-def distinguish(items: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, str]:
-    """key -> label; labels that several keys share get the values in which those keys differ."""
+def distinguish(items: dict[str, tuple[str, dict[str, Any]]], label_with=None) -> dict[str, str]:
+    """key -> label; labels that several keys share get the values in which those keys differ
+    (``label_with(label, differing names, values)`` writes them; default ``label [k=v, ...]``)."""
     by_label: dict[str, list[str]] = {}
     for key, (label, _) in items.items():
         by_label.setdefault(label, []).append(key)
@@ -101,8 +102,12 @@ def distinguish(items: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, str]:
         names = sorted({name for key in keys for name in items[key][1]})
         differing = [n for n in names if len({_text(items[key][1].get(n)) for key in keys}) > 1]
         for key in keys:
-            labels[key] = f"{label} [" + ", ".join(f"{n}={_text(items[key][1].get(n))}" for n in differing) + "]"
+            labels[key] = (label_with or _bracketed)(label, differing, items[key][1])
     return labels
+
+
+def _bracketed(label: str, differing: list[str], values: dict[str, Any]) -> str:
+    return f"{label} [" + ", ".join(f"{n}={_text(values.get(n))}" for n in differing) + "]"
 
 
 def _text(value: Any) -> str:
