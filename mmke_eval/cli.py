@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import traceback
-from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -102,143 +101,55 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-# lmms-eval options that would give wrong numbers with edit cases, and what to use instead.
-REFUSED_OPTIONS = {
-    "--use_cache": "lmms-eval's response cache is keyed by the prompt text only (not the case's answers, images or "
-    "edit), so it serves stale scores; finished cases are kept under --output_path and a rerun resumes from them",
-    "--limit": "it counts probe documents and would split an edit case; use --cases N (the first N edit cases of each task)",
-    "--config": "mmke-eval does not read lmms-eval config files (their keys would be ignored); run one with "
-    "`LMMS_EVAL_PLUGINS=mmke_eval lmms-eval --config FILE` (docs/lmms-eval.md)",
-}
+def lmms_eval_options(passthrough: list[str]) -> tuple[dict, list[str]]:
+    """The lmms-eval options given on the command line, as ``mmke_eval.evaluate`` keywords, and the
+    --include_path folders. Refused and unknown options fail, naming themselves (api.py)."""
+    from mmke_eval import api
 
-
-def _check_passthrough(passthrough: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mmke-eval", add_help=False)
+    parser.add_argument("--include_path", action="append", default=[])
+    for name in ("batch_size", "device", "verbosity", "gen_kwargs", "system_instruction", "seed", "timezone"):
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS)
+    for name in ("max_batch_size", "num_fewshot", "process_docs_parallel"):
+        parser.add_argument(f"--{name}", type=int, default=argparse.SUPPRESS)
+    for name in ("log_samples", "predict_only", "apply_chat_template", "fewshot_as_multiturn", "write_out", "check_integrity"):
+        parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS)
     for arg in passthrough:
         name = arg.split("=", 1)[0]
-        if name in REFUSED_OPTIONS:
-            raise runner.EvaluationError(f"{name} is not supported by mmke-eval: {REFUSED_OPTIONS[name]}")
-    for path in runner._include_paths(passthrough):
-        if not Path(path).expanduser().is_dir():
-            raise FileNotFoundError(f"--include_path {path}: no such folder")
-
-
-@contextmanager
-def environment(values: dict[str, str]):
-    """``os.environ`` with ``values`` set while the block runs, as it was after: a second run in the
-    same process (a library caller, a test) must not inherit this run's --data or --cases."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if name.startswith("--") and name[2:] in api.REFUSED_OPTIONS:
+            raise runner.EvaluationError(f"{name} is not supported by mmke-eval: {api.REFUSED_OPTIONS[name[2:]]}")
+    known, unknown = parser.parse_known_args(passthrough)
+    if unknown:
+        raise runner.EvaluationError(f"unknown option {unknown[0]} (lmms-eval options mmke-eval forwards: "
+                                     f"--include_path, --{', --'.join(api.FORWARDED_OPTIONS)}); see mmke-eval --help")
+    options = vars(known)
+    return options, options.pop("include_path")
 
 
 def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
-    _check_passthrough(passthrough)
+    from loguru import logger as eval_logger
+
+    from mmke_eval import api
+    from mmke_eval.report.rows import format_table
+
+    options, include_paths = lmms_eval_options(passthrough)
     if os.path.isdir(args.tasks):  # lmms-eval would read it as a folder of task YAMLs and find none
         raise ValueError(f"--tasks {args.tasks}: a folder of that name is in the current directory, and lmms-eval reads "
                          "--tasks as a folder of task YAMLs when one exists; run from another folder (or rename it)")
-    check_task_names(args.tasks, runner._include_paths(passthrough))
-    env: dict[str, str] = {}
-    if args.data:
-        data = Path(args.data).expanduser().resolve()
-        if not data.is_dir():
-            raise FileNotFoundError(f"--data {args.data}: no such folder")
-        variables = data_variables(args.tasks, runner._include_paths(passthrough))
-        if not variables:
-            raise ValueError(f"--data {args.data}: none of the tasks {args.tasks} reads a data folder (no data_env in their source cards)")
-        env.update({name: str(data) for name in variables})
-    if args.cases is not None:
-        if args.cases < 1:
-            raise ValueError("--cases must be at least 1")
-        from mmke_eval.data.source import MAX_CASES_ENV
-
-        env[MAX_CASES_ENV] = str(args.cases)
-    with environment(env):
-        return _evaluate(args, passthrough)
-
-
-def _evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
+    # The command owns its process: lmms-eval's log goes to stderr at MMKE_VERBOSITY (or --verbosity).
+    verbosity = options.setdefault("verbosity", os.environ.get("MMKE_VERBOSITY", "WARNING"))
+    eval_logger.remove()
+    eval_logger.add(sys.stderr, level=verbosity)
     editors = [e.strip() for e in args.editor.split(",") if e.strip()]
     per_editor = runner.editor_args_for(editors, runner.parse_key_values(args.editor_args, "--editor_args"))
-    from mmke_eval import registry
-
-    for editor in editors:  # a bad name or value fails now, not after the editors before it ran
-        registry.build_editor(editor, overrides=per_editor[editor])
-    model_args = runner.model_args_for(args.model, args.model_args)
+    results = api.evaluate(tasks=args.tasks, model=args.model, model_args=args.model_args, editors=editors,
+                           editor_args=per_editor, data=args.data, cases=args.cases, output_path=args.output_path,
+                           include_paths=include_paths, wait_for_lock=args.wait_for_lock, **options)
     from mmke_eval import parallel
-    from mmke_eval.protocol import check_model_args
 
-    protocol = check_model_args(runner.parse_key_values(model_args, "--model_args"))  # fails in a second, not after loading lmms-eval
-    rank, world_size = parallel.world()
-    if world_size > 1 and protocol.sequential:
-        raise runner.EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
-    from mmke_eval.data import source
-
-    for card in source_cards(args.tasks, runner._include_paths(passthrough)):  # data that cannot be had fails before any model loads
-        source.check_available(card)
-    warning = parallel.accelerate_cpu_warning()
-    if warning:
-        print(f"mmke-eval: WARNING: {warning}", file=sys.stderr, flush=True)
-    main_process = rank == 0  # in several processes, process 0 reports and writes (it gathers every case)
-    with ExitStack() as locks:
-        if args.output_path and main_process:  # every editor's folder, before the first editor runs
-            from mmke_eval import run_lock
-
-            for editor in editors:
-                locks.enter_context(run_lock.holding(Path(args.output_path) / editor, wait=args.wait_for_lock))
-        return _evaluate_editors(args, passthrough, editors, per_editor, model_args, main_process, world_size)
-
-
-def _evaluate_editors(args, passthrough, editors, per_editor, model_args, main_process, world_size) -> int:
-    rows = []
-    table_error: OSError | None = None
-    for editor in editors:
-        spec = runner.RunSpec(
-            tasks=args.tasks,
-            model=args.model,
-            model_args=model_args,
-            editor=editor,
-            editor_args=per_editor[editor],
-            output_path=str(Path(args.output_path) / editor) if args.output_path else None,
-            lmms_eval_args=passthrough,
-            wait_for_lock=args.wait_for_lock,
-        )
-        if main_process:
-            print(f"mmke-eval: {editor} on {args.tasks}" + (f" in {world_size} processes" if world_size > 1 else "") + " ...",
-                  file=sys.stderr, flush=True)
-        results = runner.evaluate(spec)
-        if results is None:  # not process 0 of a multi-process run
-            continue
-        rows += report.table_rows(results, editor)
-        if args.output_path:  # after every editor: a later failure keeps the rows done so far
-            try:
-                _write_table(Path(args.output_path), rows)
-                table_error = None  # this write holds every row so far
-            except OSError as err:  # a read-only folder: the numbers must still reach the user
-                table_error = err
-    if main_process:
-        print(report.format_table(rows), flush=True)
-    if table_error is not None:
-        where = table_error.filename or Path(args.output_path) / "mmke_table.md"
-        raise TableNotWritten(f"could not write {where} ({table_error.strerror or table_error}); the table is printed "
-                              "above. Make the folder writable or pass another --output_path (a rerun resumes the finished cases)")
+    if parallel.world()[0] == 0:
+        print(format_table([row for name in editors if name in results for row in results[name]["mmke"]["table"]]), flush=True)
     return 0
-
-
-class TableNotWritten(OSError):
-    is_root_cause = True  # the CLI shows this message, not the OSError behind it
-
-
-def _write_table(out: Path, rows: list[dict]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mmke_table.md").write_text(report.format_table(rows) + "\n")
-    (out / "mmke_table.json").write_text(json.dumps(rows, indent=2, allow_nan=False))
 
 
 def _make_mini(argv: list[str]) -> int:

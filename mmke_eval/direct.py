@@ -12,7 +12,9 @@ from mmke_eval import families, metrics, prompts
 from mmke_eval.adapters.base import Query
 from mmke_eval.data.images import load_optional_image
 from mmke_eval.data.schema import EditCase, ProbeDoc
-from mmke_eval.wrapper import CaseEvaluator, ProbeRequest, Protocol
+from mmke_eval.engine.cases import ProbeRequest
+from mmke_eval.engine.evaluator import CaseEvaluator
+from mmke_eval.protocol import Protocol
 
 # The generation settings of the task YAML (mmke_tasks/mmke/_default_template_yaml).
 TASK_GEN_KWARGS = {"max_new_tokens": 32, "until": ["\n"], "do_sample": False, "temperature": 0}

@@ -50,20 +50,6 @@ def is_padding(doc) -> bool:
     return isinstance(doc, dict) and bool(doc.get(PADDING_FIELD))
 
 
-# How many consecutive cases must stay on one process (the `edited` model's user_number); set by
-# the model, which lmms-eval builds before it loads the tasks.
-_case_block = 1
-
-
-def set_case_block(n: int) -> None:
-    global _case_block
-    _case_block = max(int(n), 1)
-
-
-def case_block() -> int:
-    return _case_block
-
-
 def assign_units(sizes: list[int], world_size: int) -> list[list[int]]:
     """Which units (by index) each rank gets: largest first, each to the rank with the fewest
     probes so far (then fewest units, then lowest rank); each rank's units in their original order."""

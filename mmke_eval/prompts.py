@@ -23,11 +23,6 @@ PROMPT_PATH_OPTIONS = ("auto",) + families.PROMPT_PATHS
 # trainer path (EasyEdit's MultimodalTrainer, VLKEB's, MMKE-Bench's).
 TRAINING_PATH = "trainer"
 
-# The prompt path of the `edited` model built last in this process: lmms-eval builds the model
-# before it renders the tasks' prompts (doc_to_text), which cannot see the model otherwise.
-_active_path: str | None = None
-
-
 def resolve(option: str, editor) -> str:
     """The prompt path a run uses: the option, or with ``auto`` the editor's reference path."""
     if option not in PROMPT_PATH_OPTIONS:
@@ -35,17 +30,13 @@ def resolve(option: str, editor) -> str:
     return getattr(editor, "reference_prompt_path", TRAINING_PATH) if option == "auto" else option
 
 
-def set_active_path(path: str | None) -> None:
-    """Called by the `edited` model when it is built: the path doc_to_text renders with."""
-    global _active_path
-    if path is not None and path not in families.PROMPT_PATHS:
-        raise ValueError(f"prompt path must be one of {families.PROMPT_PATHS}, not {path!r}")
-    _active_path = path
-
-
 def active_path() -> str:
-    """The path of the `edited` model built last, else the trainer path (the default of every editor but IKE)."""
-    return _active_path or TRAINING_PATH
+    """The prompt path of the active run (mmke_eval/run_context.py: the `edited` model resolves it
+    for its editor), else the trainer path (the default of every editor but IKE)."""
+    from mmke_eval import run_context
+
+    context = run_context.active()
+    return (context.prompt_path if context else None) or TRAINING_PATH
 
 
 def probe_template(doc: dict, task_template: str = DEFAULT_TEMPLATE, path: str | None = None) -> str:

@@ -7,9 +7,9 @@ starting anything, and the ``edited`` model builds its ``Protocol`` with it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmke_eval.data.augment import AUGMENTATIONS
 from mmke_eval.options import OptionError, parse_bool, parse_choice, parse_int
@@ -20,10 +20,103 @@ LOC_SPANS = ("auto", "sequence", "query", "answer")
 AVERAGES = ("case", "token")
 FOLLOWUP_IMAGES = ("auto", "edit", "none")
 ENTITY_ACCS = ("tokens", "generation")
-PROTOCOL_FIELDS = ("t_loc_k", "i_loc_k", "loc_span", "generate", "sequential", "sequential_gap", "port_image",
-                   "edit_images", "edit_augment", "augment_seed", "user_number", "prompt_path", "average", "followup_image",
-                   "entity_acc")
-PROTOCOL_OPTIONS = PROTOCOL_FIELDS + ("journal", "wait_for_lock")  # every --model_args key the edited model owns
+
+
+def _option(default: Any, parse: Callable[[str, Any], Any], help: str, text: Callable[[Any], str] | None = None):
+    """A protocol option, declared once: its default, its parser (text or typed value -> value, or
+    OptionError naming it), its help (``--model_args`` help, docs/protocol.md) and how a figure
+    names a setting of it (``describe_settings``)."""
+    return field(default=default, metadata={"parse": parse, "help": help, "text": text})
+
+
+def _whole(minimum: int | None = None):
+    return lambda name, value: parse_int(name, value, minimum=minimum)
+
+
+def _one_of(choices: tuple[str, ...]):
+    return lambda name, value: parse_choice(name, value, choices)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Scoring choices, every one a ``--model_args`` option. Defaults are the MMKE-Bench reference
+    protocol (docs/protocol.md). The fields are the one declaration: parsing, help, the results
+    record (``asdict``), the journal key and figure labels all read them."""
+
+    t_loc_k: int = _option(1, _whole(1), "text locality: top-k agreement (1: top-1)", "T-Loc top-{}".format)
+    i_loc_k: int = _option(10, _whole(1), "image locality: top-k agreement, element-wise in rank order", "I-Loc top-{}".format)
+    # "sequence": the whole input, right-aligned (an in-context editor's prefix included, as EasyEdit
+    # compares IKE); "query": every position but an in-context prefix; "answer": the answer span;
+    # "auto": the editor's reference span (docs/protocol.md, "Locality span").
+    loc_span: str = _option("auto", _one_of(LOC_SPANS), "positions compared for locality: auto|sequence|query|answer",
+                            lambda v: "locality span per editor" if v == "auto" else f"locality over the {v}")
+    generate: bool = _option(True, parse_bool, "greedy generations for the exact-match / contains columns",
+                             lambda v: "with generations" if v else "no generations")
+    sequential: bool = _option(False, parse_bool, "apply edits cumulatively, restore only at the end",
+                               lambda v: "sequential" if v else "one edit at a time")
+    # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
+    # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
+    sequential_gap: int = _option(0, _whole(0), "with sequential: score each case after G more edits (VLKEB)", "gap {}".format)
+    # Image of the portability question: "data" (the image the data names for it: the edit image
+    # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
+    # editor's reference: IKE asks user-type portability on the edit image).
+    port_image: str = _option("auto", _one_of(PORT_IMAGES), "image of the portability question: auto|data|edit",
+                              lambda v: "Port image per editor" if v == "auto" else f"Port on the {v} image")
+    # Multi-step editing (MIKE): the edit sees K images of its subject (the case's edit image and
+    # K-1 more that no probe uses); a family whose cases have fewer is an error, never a quiet 1.
+    edit_images: int = _option(1, _whole(1), "multi-step editing: the edit sees K images of its subject",
+                               lambda v: f"{v} edit image{'s' * (v != 1)}")
+    # Augmentation of the edit image(s) before the edit (MIKE's study), seeded per case.
+    edit_augment: str = _option("none", _one_of(AUGMENTATIONS), f"augmentation of the edit image(s): {'|'.join(AUGMENTATIONS)}",
+                                "augmentation {}".format)
+    augment_seed: int = _option(0, _whole(), "seed of edit_augment (per case)", "augmentation seed {}".format)
+    # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
+    # them is scored, undone before the next group. 1: independent edits.
+    user_number: int = _option(1, _whole(1), "MMKE-Bench's user number: N edits live together", "user number {}".format)
+    # Where the reference builds prompts differently on its code paths (MMEdit: EasyEdit's trainer
+    # and editor paths, registry.yaml prompt_paths): "auto" (the editor's reference path: IKE's
+    # numbers come from the editor path, every other editor's from the trainer), "trainer", "editor".
+    prompt_path: str = _option("auto", _one_of(PROMPT_PATHS), "the reference's prompt path: auto|trainer|editor")
+    # How a task's teacher-forced column is averaged: "case" (the mean within each case, then over
+    # cases: MMKE-Bench, VLKEB, EasyEdit) or "token" (one ratio over every answer token, or every
+    # locality position, of the task: KE's ke_eval.py, which its published table reports).
+    average: str = _option("case", _one_of(AVERAGES), "teacher-forced columns averaged per case or per token: case|token")
+    # VLKEB's edit twice: the image of the follow-up edit. "auto": the editor's reference (none for
+    # FT-LLM, MEND, SERAC and KE; the edit image for FT-Alignment); "edit": always the edit image;
+    # "none": never.
+    followup_image: str = _option("auto", _one_of(FOLLOWUP_IMAGES), "image of VLKEB's follow-up edit: auto|edit|none")
+    # MIKE's entity-oriented accuracy A (eq. 6): "tokens" (the paper's reading: teacher-forced token
+    # accuracy of the answer, and 1 if every token of the entity name in it is right) or
+    # "generation" (exact match of the greedy generation, and 1 if it contains the name).
+    entity_acc: str = _option("tokens", _one_of(ENTITY_ACCS), "MIKE's entity accuracy A from: tokens|generation")
+
+    def __post_init__(self):
+        for spec in fields(self):  # a value built in code goes through the same parser as one typed
+            object.__setattr__(self, spec.name, spec.metadata["parse"](spec.name, getattr(self, spec.name)))
+        if self.sequential_gap and not self.sequential:
+            raise OptionError("sequential_gap needs sequential=true")
+        if self.user_number > 1 and self.sequential:
+            raise OptionError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
+        if self.entity_acc == "generation" and not self.generate:
+            raise OptionError("entity_acc=generation scores greedy generations: it needs generate=true")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "Protocol":
+        """A Protocol from option values as text (or typed); unknown keys are not looked at."""
+        return cls(**{spec.name: spec.metadata["parse"](spec.name, options[spec.name])
+                      for spec in fields(cls) if spec.name in options})
+
+
+PROTOCOL_FIELDS = tuple(spec.name for spec in fields(Protocol))
+# Run options the edited model owns besides the protocol (they change no number).
+RUN_OPTIONS = {"journal": "where finished cases are written (resume); mmke-eval sets <output_path>/<editor>/cases.jsonl",
+               "wait_for_lock": "another run holds the output folder: wait for it (else refused)"}
+PROTOCOL_OPTIONS = PROTOCOL_FIELDS + tuple(RUN_OPTIONS)  # every --model_args key the edited model owns
+
+
+def options_help() -> str:
+    """Every option with its default and help, for ``--model_args`` help."""
+    return "; ".join(f"{spec.name} (default {spec.default}): {spec.metadata['help']}" for spec in fields(Protocol))
 
 
 def refuse_misspelt_options(base_args: dict[str, Any]) -> None:
@@ -34,108 +127,16 @@ def refuse_misspelt_options(base_args: dict[str, Any]) -> None:
             raise OptionError(f"unknown option {key!r}; did you mean {close[0]!r}? (protocol options: {', '.join(PROTOCOL_OPTIONS)})")
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """Scoring choices. Defaults are the MMKE-Bench reference protocol (docs/protocol.md)."""
-
-    t_loc_k: int = 1  # text locality: top-1 agreement
-    i_loc_k: int = 10  # image locality: top-10 agreement, element-wise in rank order
-    # "sequence": the whole input, right-aligned (an in-context editor's prefix included, as EasyEdit
-    # compares IKE); "query": every position but an in-context prefix; "answer": the answer span;
-    # "auto": the editor's reference span (docs/protocol.md, "Locality span").
-    loc_span: str = "auto"
-    generate: bool = True  # greedy generations for the exact-match / contains columns
-    sequential: bool = False  # apply edits cumulatively, restore only at the end
-    # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
-    # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
-    sequential_gap: int = 0
-    # Image of the portability question: "data" (the image the data names for it: the edit image
-    # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
-    # editor's reference: IKE asks user-type portability on the edit image).
-    port_image: str = "auto"
-    # Multi-step editing (MIKE): the edit sees K images of its subject (the case's edit image and
-    # K-1 more that no probe uses); a family whose cases have fewer is an error, never a quiet 1.
-    edit_images: int = 1
-    # Augmentation of the edit image(s) before the edit (MIKE's study), seeded per case.
-    edit_augment: str = "none"
-    augment_seed: int = 0
-    # MMKE-Bench's user number: cases in consecutive groups of N, all N edits live while each of
-    # them is scored, undone before the next group. 1: independent edits.
-    user_number: int = 1
-    # Where the reference builds prompts differently on its code paths (MMEdit: EasyEdit's trainer
-    # and editor paths, registry.yaml prompt_paths): "auto" (the editor's reference path: IKE's
-    # numbers come from the editor path, every other editor's from the trainer), "trainer", "editor".
-    prompt_path: str = "auto"
-    # How a task's teacher-forced column is averaged: "case" (the mean within each case, then over
-    # cases: MMKE-Bench, VLKEB, EasyEdit) or "token" (one ratio over every answer token, or every
-    # locality position, of the task: KE's ke_eval.py, which its published table reports).
-    average: str = "case"
-    # VLKEB's edit twice: the image of the follow-up edit. "auto": the editor's reference (none for
-    # FT-LLM, MEND, SERAC and KE; the edit image for FT-Alignment); "edit": always the edit image;
-    # "none": never.
-    followup_image: str = "auto"
-    # MIKE's entity-oriented accuracy A (eq. 6): "tokens" (the paper's reading: teacher-forced token
-    # accuracy of the answer, and 1 if every token of the entity name in it is right) or
-    # "generation" (exact match of the greedy generation, and 1 if it contains the name).
-    entity_acc: str = "tokens"
-
-    def __post_init__(self):
-        if self.sequential_gap < 0:
-            raise ValueError("sequential_gap must be >= 0")
-        if self.sequential_gap and not self.sequential:
-            raise ValueError("sequential_gap needs sequential=true")
-        if self.loc_span not in LOC_SPANS:
-            raise ValueError(f"loc_span must be one of {LOC_SPANS}, not {self.loc_span!r}")
-        if self.t_loc_k < 1 or self.i_loc_k < 1:
-            raise ValueError("t_loc_k and i_loc_k must be >= 1")
-        if self.port_image not in PORT_IMAGES:
-            raise ValueError(f"port_image must be one of {PORT_IMAGES}, not {self.port_image!r}")
-        if self.edit_images < 1:
-            raise ValueError("edit_images must be >= 1")
-        if self.user_number < 1:
-            raise ValueError("user_number must be >= 1")
-        if self.user_number > 1 and self.sequential:
-            raise ValueError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
-        if self.prompt_path not in PROMPT_PATHS:
-            raise ValueError(f"prompt_path must be one of {PROMPT_PATHS}, not {self.prompt_path!r}")
-        if self.average not in AVERAGES:
-            raise ValueError(f"average must be one of {AVERAGES}, not {self.average!r}")
-        if self.followup_image not in FOLLOWUP_IMAGES:
-            raise ValueError(f"followup_image must be one of {FOLLOWUP_IMAGES}, not {self.followup_image!r}")
-        if self.entity_acc not in ENTITY_ACCS:
-            raise ValueError(f"entity_acc must be one of {ENTITY_ACCS}, not {self.entity_acc!r}")
-        if self.entity_acc == "generation" and not self.generate:
-            raise ValueError("entity_acc=generation scores greedy generations: it needs generate=true")
-        if self.edit_augment not in AUGMENTATIONS:
-            raise ValueError(f"edit_augment must be one of {AUGMENTATIONS}, not {self.edit_augment!r}")
-
-
-# How each setting reads in figures (mmke-eval report --plot names variants of an editor by the
-# settings in which they differ: "FT-LLM (sequential, gap 10)"); value -> text.
-SETTING_TEXT: dict[str, Any] = {
-    "t_loc_k": "T-Loc top-{}".format,
-    "i_loc_k": "I-Loc top-{}".format,
-    "loc_span": lambda v: "locality span per editor" if v == "auto" else f"locality over the {v}",
-    "generate": lambda v: "with generations" if v else "no generations",
-    "sequential": lambda v: "sequential" if v else "one edit at a time",
-    "sequential_gap": "gap {}".format,
-    "port_image": lambda v: "Port image per editor" if v == "auto" else f"Port on the {v} image",
-    "edit_images": lambda v: f"{v} edit image{'s' * (v != 1)}",
-    "edit_augment": "augmentation {}".format,
-    "augment_seed": "augmentation seed {}".format,
-    "user_number": "user number {}".format,
-}
-
-
 def describe_settings(values: dict[str, Any]) -> str:
     """Protocol settings (typed values) as a reader would say them: {sequential: True,
     sequential_gap: 1} -> "sequential, gap 1"; the gap of a run that is not sequential is left
-    out (it has none). Keys that are not protocol options read as key=value."""
+    out (it has none). Keys without a declared text read as key=value."""
+    texts = {spec.name: spec.metadata["text"] for spec in fields(Protocol)}
     parts = []
     for key, value in values.items():
         if key == "sequential_gap" and values.get("sequential") is False:
             continue
-        text = SETTING_TEXT.get(key)
+        text = texts.get(key)
         parts.append(text(value) if text else f"{key}={value}")
     return ", ".join(parts)
 
@@ -144,25 +145,7 @@ def protocol_from_options(base_args: dict[str, Any] | None = None, **options: An
     """A Protocol from option values as text (or typed); ``base_args`` are the keys meant for the
     base backend, where a near-miss of an option name is refused as a typo."""
     refuse_misspelt_options(base_args or {})
-    defaults = Protocol()
-    values = {name: options.get(name, getattr(defaults, name)) for name in PROTOCOL_FIELDS}
-    return Protocol(
-        t_loc_k=parse_int("t_loc_k", values["t_loc_k"], minimum=1),
-        i_loc_k=parse_int("i_loc_k", values["i_loc_k"], minimum=1),
-        loc_span=parse_choice("loc_span", values["loc_span"], LOC_SPANS),
-        generate=parse_bool("generate", values["generate"]),
-        sequential=parse_bool("sequential", values["sequential"]),
-        sequential_gap=parse_int("sequential_gap", values["sequential_gap"], minimum=0),
-        port_image=parse_choice("port_image", values["port_image"], PORT_IMAGES),
-        edit_images=parse_int("edit_images", values["edit_images"], minimum=1),
-        edit_augment=parse_choice("edit_augment", values["edit_augment"], AUGMENTATIONS),
-        augment_seed=parse_int("augment_seed", values["augment_seed"]),
-        user_number=parse_int("user_number", values["user_number"], minimum=1),
-        prompt_path=parse_choice("prompt_path", values["prompt_path"], PROMPT_PATHS),
-        average=parse_choice("average", values["average"], AVERAGES),
-        followup_image=parse_choice("followup_image", values["followup_image"], FOLLOWUP_IMAGES),
-        entity_acc=parse_choice("entity_acc", values["entity_acc"], ENTITY_ACCS),
-    )
+    return Protocol.from_options(options)
 
 
 def check_model_args(model_args: dict[str, str]) -> Protocol:

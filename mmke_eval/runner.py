@@ -1,25 +1,29 @@
-"""Run lmms-eval with the `edited` model and the mmke-eval tasks, in this process.
+"""One editor's evaluation through lmms-eval, in this process: ``run_editor``.
 
-The CLI is a thin shell over ``evaluate``. Unlike lmms-eval's own CLI, failures raise (so the
-process exits non-zero), the task folder is added without --include_path, and the protocol the
-wrapper used plus the cases the loaders skipped are written into the results file.
+It builds the `edited` model from a typed ``EditedConfig`` (no model_args string, no
+``sys.argv``), activates the run's context for the task hooks (mmke_eval/run_context.py), calls
+``lmms_eval.evaluator.simple_evaluate`` with the model instance, and writes lmms-eval's results and
+samples files itself (their paths are known, never searched for) with our ``mmke`` section: the
+protocol the model used, the cases the loaders skipped, the data read, provenance. Failures raise.
+``mmke_eval.evaluate`` (mmke_eval/api.py) runs it once per editor.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mmke_eval.resources import tasks_dir
+from mmke_eval import parallel, run_context
+from mmke_eval.config import EditedConfig
 
-# The built-in default: the generated mini benchmark and the shipped world model (issue 4).
+# The built-in default: the generated mini benchmark and the shipped world model.
 DEFAULT_TASKS = "mmke_mini"
 DEFAULT_MODEL = "llava_hf"
+JOURNAL_NAME = "cases.jsonl"
+LMMS_EVAL_TIMEZONE = "Asia/Singapore"  # lmms-eval's CLI default: the date in the results file names
 
 
 def default_model_args() -> str:
@@ -45,67 +49,6 @@ def model_args_for(model: str, given: str | None) -> str:
 
 class EvaluationError(RuntimeError):
     pass
-
-
-JOURNAL_NAME = "cases.jsonl"
-
-
-@dataclass
-class RunSpec:
-    tasks: str = DEFAULT_TASKS
-    model: str = DEFAULT_MODEL
-    model_args: str = ""
-    editor: str = "none"
-    editor_args: dict[str, str] = field(default_factory=dict)
-    output_path: str | None = None
-    lmms_eval_args: list[str] = field(default_factory=list)  # passed through verbatim
-    wait_for_lock: bool = False  # another run holds output_path: wait for it (else refused; mmke_eval/run_lock.py)
-
-    @property
-    def journal(self) -> Path | None:
-        """Where finished cases are written as they finish (a rerun resumes from it)."""
-        return Path(self.output_path) / JOURNAL_NAME if self.output_path else None
-
-    def wrapper_model_args(self) -> str:
-        parts = [f"base={self.model}", f"editor={self.editor}"]
-        if self.model_args:
-            parts.append(self.model_args)
-        parts += [f"editor.{key}={value}" for key, value in self.editor_args.items()]
-        if self.journal is not None and not any(p.strip().startswith("journal=") for p in self.model_args.split(",")):
-            parts.append(f"journal={self.journal}")
-        return ",".join(parts)
-
-    def argv(self) -> list[str]:
-        """lmms-eval arguments, without --include_path (see ``include_paths``)."""
-        argv = ["--model", "edited", "--model_args", self.wrapper_model_args(), "--tasks", self.tasks]
-        if self.output_path:
-            argv += ["--output_path", self.output_path]
-            # Per-case scores (lmms-eval's samples files) are what `mmke-eval compare` reads.
-            if not {"--log_samples", "--predict_only"} & set(self.lmms_eval_args):
-                argv.append("--log_samples")
-        return argv + _without_include_paths(self.lmms_eval_args)
-
-    def include_paths(self) -> list[str]:
-        """Our task folder first, then any --include_path the user gave (lmms-eval's CLI keeps one)."""
-        return [str(tasks_dir())] + _include_paths(self.lmms_eval_args)
-
-
-def _include_paths(args: list[str]) -> list[str]:
-    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--include_path"] + [
-        arg.split("=", 1)[1] for arg in args if arg.startswith("--include_path=")
-    ]
-
-
-def _without_include_paths(args: list[str]) -> list[str]:
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--include_path":
-            skip = True
-        elif not arg.startswith("--include_path="):
-            kept.append(arg)
-    return kept
 
 
 def parse_key_values(text: str, what: str) -> dict[str, str]:
@@ -149,62 +92,64 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def evaluate(spec: RunSpec) -> dict[str, Any] | None:
-    """Run one evaluation; return lmms-eval's results dict (with an added "mmke" section).
 
-    In several processes (torchrun / accelerate launch) every process calls this; process 0
-    returns the results of the whole run and writes the files, the others return None.
-    Process 0 holds the output folder's lock while it runs (mmke_eval/run_lock.py)."""
-    from contextlib import nullcontext
+def run_editor(config: EditedConfig, tasks: list[str], *, include_paths: list[str], output_path: Path | None,
+               record_model_args: str, log_samples: bool, verbosity: str = "WARNING",
+               timezone: str = LMMS_EVAL_TIMEZONE, **simple_evaluate_kwargs: Any) -> dict[str, Any] | None:
+    """Evaluate ``config`` on ``tasks``; lmms-eval's results dict with our "mmke" section.
 
-    from mmke_eval import parallel, run_lock
+    ``record_model_args``: the model_args string the results record (lmms-eval's ``config``,
+    which reports read), as ``lmms-eval --model edited`` would have it. In several processes
+    every process calls this; process 0 returns the whole run's results and writes the files,
+    the others return None."""
+    from lmms_eval import utils as lmms_utils
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.loggers import EvaluationTracker
+    from lmms_eval.tasks import TaskManager
 
-    owner = spec.output_path and parallel.world()[0] == 0
-    with run_lock.holding(spec.output_path, wait=spec.wait_for_lock) if owner else nullcontext():
-        return _evaluate(spec)
+    import torch.distributed as dist
 
+    from mmke_eval.lmms import patches
+    from mmke_eval.lmms.model import EditedLMM
+    from mmke_eval.lmms.taskfiles import task_cards
 
-def _evaluate(spec: RunSpec) -> dict[str, Any] | None:
-    import lmms_eval.__main__ as lmms_main
-    from loguru import logger as eval_logger
-
-    from mmke_eval import parallel, wrapper
-    from mmke_eval.data import source
-    from mmke_eval.lmms_plugin import install_fixes
-    from mmke_eval.report.rows import task_cards
-
-    verbosity = os.environ.get("MMKE_VERBOSITY", "WARNING")
-    eval_logger.remove()
-    eval_logger.add(sys.stderr, level=verbosity)
-    args = _parse_lmms_args(lmms_main, spec.argv() + ["--verbosity", verbosity])
-    args.include_path = spec.include_paths()  # lmms-eval's TaskManager takes a list
-    install_fixes()  # task YAMLs elsewhere can include ours by package path (README, "Adding a task")
-    wrapper.RAISE_ERRORS = True  # errors reach the CLI, which reports them and exits non-zero
-    wrapper.LAST_PROTOCOL.clear()
-    started = time.time()
-    try:
-        outcome = lmms_main.cli_evaluate_single(args)
-    except SystemExit as err:  # argparse inside lmms-eval
-        raise EvaluationError(f"lmms-eval rejected the arguments {spec.argv()} (exit {err.code})") from None
-    # Every process takes part (process 0 gets every process's cases; the others None).
-    protocol = wrapper.gather_protocol()
-    rank, world_size = parallel.world()
-    results = outcome[0] if outcome else None
+    patches.install_task_loading()  # task YAMLs elsewhere can include ours by package path
+    if log_samples and output_path is None:
+        raise EvaluationError("log_samples needs an output_path")
+    with run_context.activated(config.context):
+        lm = EditedLMM(config)
+        task_manager = TaskManager(verbosity, include_path=include_paths, model_name="edited")
+        names = task_manager.match_tasks(tasks)
+        missing = [task for task in tasks if task not in names and "*" not in task]
+        if missing:
+            raise EvaluationError(f"tasks not found by lmms-eval: {', '.join(missing)}")
+        tracker = EvaluationTracker(output_path=str(output_path) if output_path else None)
+        datetime_str = lmms_utils.get_datetime_str(timezone=timezone)
+        results = simple_evaluate(
+            model=lm, model_args=record_model_args, tasks=names, task_manager=task_manager, evaluation_tracker=tracker,
+            log_samples=log_samples, verbosity=verbosity, datetime_str=datetime_str,
+            distributed_executor_backend="torchrun" if dist.is_available() and dist.is_initialized() else "accelerate",
+            **simple_evaluate_kwargs)
+        report = lm.gather_report()  # every process takes part (process 0 gets every process's cases)
+    rank, _ = parallel.world()
     if rank != 0:
         return None
     if results is None:
         raise EvaluationError("lmms-eval returned no results (see the log above)")
-    padding = ((protocol or {}).get("data_parallel") or {}).pop("_padding_doc_ids", {})
-    _without_padding(results, padding)
-    for key, report in source.last_skip_reports().items():
-        print(f"mmke-eval: {'/'.join(key)}: {report.summary()}", file=sys.stderr)
+    results["config"]["model"] = "edited"  # the registry name, as lmms-eval's CLI records it (not the class name)
+    padding = ((report or {}).get("data_parallel") or {}).pop("_padding_doc_ids", {})
+    samples = results.pop("samples", None)
+    _without_padding(results, samples, padding)
+    context = config.context
+    for key, skipped in context.skip_reports.items():
+        print(f"mmke-eval: {'/'.join(key)}: {skipped.summary()}", file=sys.stderr)
     results["mmke"] = {
-        "model_args": spec.wrapper_model_args(),
-        **json.loads(json.dumps(protocol or {}, default=str)),
+        "model_args": record_model_args,
+        **json.loads(json.dumps(report or {}, default=str)),
         # the tasks' source cards, so that a report made on another machine knows each task's family and subset
         "cards": task_cards(results),
-        "skipped_cases": {"/".join(key): asdict(report) for key, report in source.last_skip_reports().items()},
-        "data": {"/".join(key): record for key, record in source.last_data_records().items()},
+        "skipped_cases": {"/".join(key): asdict(skipped) for key, skipped in context.skip_reports.items()},
+        "data": {"/".join(key): record for key, record in context.data_records.items()},
         "provenance": provenance(),
     }
     for task, summary in results["mmke"].get("editor_report", {}).items():
@@ -212,61 +157,39 @@ def _evaluate(spec: RunSpec) -> dict[str, Any] | None:
             print(f"mmke-eval: {task}: {summary['note']}", file=sys.stderr)
     for warning in results["mmke"].get("editor", {}).get("warnings", []):
         print(f"mmke-eval: WARNING: {warning}", file=sys.stderr)
-    if spec.output_path:
-        _add_to_results_file(Path(spec.output_path), started, results["mmke"], results.get("n-samples"))
-        _drop_padding_samples(Path(spec.output_path), started, padding)
+    if output_path is not None:
+        _save(tracker, results, samples, datetime_str, log_samples)
     return results
 
 
-def _without_padding(results: dict, padding: dict[str, list[int]]) -> None:
+def _without_padding(results: dict, samples: dict | None, padding: dict[str, list[int]]) -> None:
     """lmms-eval counts a multi-process run's filler documents (mmke_eval/parallel.py) as samples:
-    count only the real ones, as one process does."""
+    count and keep only the real ones, as one process does."""
     for task, ids in padding.items():
         counts = (results.get("n-samples") or {}).get(task)
         for key in ("original", "effective"):
             if isinstance(counts, dict) and isinstance(counts.get(key), int):
                 counts[key] -= len(ids)
+        if samples and task in samples:
+            drop = set(ids)
+            samples[task] = [sample for sample in samples[task] if sample.get("doc_id") not in drop]
 
 
-def _drop_padding_samples(output_path: Path, since: float, padding: dict[str, list[int]]) -> None:
-    """The filler documents' lines out of lmms-eval's samples files (--log_samples)."""
-    for task, ids in padding.items():
-        drop = set(ids)
-        for path in output_path.rglob(f"*_samples_{task}.jsonl"):
-            if path.stat().st_mtime < since - 1:
-                continue
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if not line.strip() or json.loads(line).get("doc_id") not in drop]
-            if len(kept) != len(lines):
-                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _parse_lmms_args(lmms_main, argv: list[str]):
-    saved = sys.argv
-    sys.argv = ["lmms-eval"] + argv
-    try:
-        _, args = lmms_main.parse_eval_args()
-    finally:
-        sys.argv = saved
-    return args
-
-
-def _add_to_results_file(output_path: Path, since: float, section: dict, n_samples: dict | None = None) -> None:
-    """lmms-eval has already written <output>/<model>/<date>_results.json: add our section, and
-    make the file valid JSON (lmms-eval writes NaN for a metric no case scored)."""
-    candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= since - 1]
-    if not candidates:
-        raise EvaluationError(f"no results file was written under {output_path}")
-    path = max(candidates, key=lambda p: p.stat().st_mtime)
-    data = json.loads(path.read_text())
-    data["mmke"] = section
-    if n_samples is not None:
-        data["n-samples"] = n_samples
+def _save(tracker, results: dict, samples: dict | None, datetime_str: str, log_samples: bool) -> None:
+    """lmms-eval's results file (valid JSON: a metric no case scored is null, and ``mmke.nulls``
+    says why) and, with ``log_samples``, its samples files; the tracker logs a failure and goes
+    on, so the file is checked."""
     nulls: dict[str, str] = {}
-    data = without_nan(data, nulls)
+    record = without_nan(results, nulls)
     if nulls:
-        data["mmke"]["nulls"] = nulls
-    path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
+        record["mmke"]["nulls"] = nulls
+    tracker.save_results_aggregated(results=record, samples=samples if log_samples else None, datetime_str=datetime_str)
+    path = Path(tracker.output_path) / tracker.general_config_tracker.model_name_sanitized / f"{tracker.date_id}_results.json"
+    if not path.is_file():
+        raise EvaluationError(f"lmms-eval could not write the results file {path} (see the log above)")
+    if log_samples:
+        for task_name in results["configs"]:
+            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
 
 
 def without_nan(value: Any, nulls: dict[str, str], where: str = "") -> Any:

@@ -294,7 +294,7 @@ def test_llava_next_anyres_batches_equal_one_at_a_time():
 @pytest.mark.parametrize("base", ["llava", "llava_onevision"])
 def test_original_llava_backends_fail_before_loading_with_the_line_to_use(base, monkeypatch):
     from mmke_eval.adapters.original_llava import BackendUnavailable
-    from mmke_eval.wrapper import EditedLMM
+    from mmke_eval.lmms.model import EditedLMM
 
     loaded = []
     monkeypatch.setattr("lmms_eval.models.get_model", lambda *a, **k: loaded.append(a))
@@ -426,7 +426,7 @@ def test_onevision_and_next_default_to_the_chat_layout_llava15_to_raw(loaded):
     ("Two Snowy Owls sit.", "Snowy Owl", " Snowy Owl"),  # inside a longer word: up to its last character's token
 ])
 def test_answer_span_holds_the_tokens_of_a_name_inside_the_target(adapter, images, target, name, held_by):
-    """MIKE's entity match scores the answer tokens that hold the entity name (mmke_eval/wrapper.py)."""
+    """MIKE's entity match scores the answer tokens that hold the entity name (mmke_eval/engine/evaluator.py)."""
     query = Query("Describe the picture.", images[0], target)
     start = target.index(name)
     span = adapter.answer_span(query, start, start + len(name))

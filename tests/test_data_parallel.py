@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mmke_eval import parallel, wrapper
+from mmke_eval import parallel
+from mmke_eval.engine.run_report import merge_protocols
 
 BIN = Path(sys.executable).parent
 
@@ -110,11 +111,11 @@ def test_a_process_answers_its_padding_unedited_and_refuses_a_case_split_across_
     both = docs + probe_docs("c2", "Oslo")
     lm.task_dict["t"] = {"eval": both}
     requests = make_requests({"t": both})[1::2]  # lmms-eval's i % 2 sharding of documents not ordered by case
-    monkeypatch.setattr(wrapper, "RAISE_ERRORS", True)  # as under the mmke-eval CLI
+    lm.config.raise_errors = True  # as under the mmke-eval CLI
     with pytest.raises(ValueError, match="only 1 of the 3 probes of case c1 reached process 1 of 2"):
         lm.generate_until(requests)
     # under lmms-eval's own CLI the process ends with exit code 1 (lmms-eval would log the error and exit 0)
-    monkeypatch.setattr(wrapper, "RAISE_ERRORS", False)
+    lm.config.raise_errors = False
     with pytest.raises(SystemExit) as ended:
         lm.generate_until(requests)
     assert ended.value.code.startswith("mmke-eval: error in process 1 of 2: ValueError: t: only 1 of the 3 probes")
@@ -132,7 +133,7 @@ def test_merged_report_adds_up_every_process():
         def summarize(self, stats):
             return {"cases": len(stats)}
 
-    merged = wrapper.merge_protocols(ranks, [{"t": [{}, {}]}, {"t": [{}, {}]}], Editor())
+    merged = merge_protocols(ranks, [{"t": [{}, {}]}, {"t": [{}, {}]}], Editor())
     assert merged["editor_report"] == {"t": {"cases": 4}}
     assert merged["resume"]["resumed_cases"] == {"t": 1}
     assert [r["cases"] for r in merged["data_parallel"]["ranks"]] == [{"t": 1}, {"t": 2}]

@@ -56,7 +56,7 @@ def test_build_editor_records_where_each_value_came_from():
 
 def test_a_run_resolves_each_task_for_its_own_benchmark():
     """--tasks mmke_entity,vlkeb: each task is edited with its own family's values."""
-    from mmke_eval.wrapper import EditedLMM
+    from mmke_eval.lmms.model import EditedLMM
 
     lm = EditedLMM.__new__(EditedLMM)
     lm.adapter = SimpleNamespace(family="llava")

@@ -139,7 +139,7 @@ def test_every_editor_uses_two_edit_images_and_says_so_or_refuses_them(editor_na
     if editor_name in ELSEWHERE:
         pytest.skip(ELSEWHERE[editor_name])
     from editors.base import ConfigError
-    from mmke_eval.wrapper import CaseEvaluator
+    from mmke_eval.engine.evaluator import CaseEvaluator
 
     adapter = tiny_llava15_adapter
     editor = fast_editor(editor_name, adapter)

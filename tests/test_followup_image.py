@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmke_eval import registry
 from mmke_eval.protocol import Protocol, protocol_from_options
-from mmke_eval.wrapper import CaseEvaluator
+from mmke_eval.engine.evaluator import CaseEvaluator
 
 REFERENCE = {"ft_llm": None, "ft_alignment": "edit", "mend": None, "serac": None, "ke": None, "serac_ref": None}
 

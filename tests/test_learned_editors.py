@@ -300,7 +300,7 @@ def test_sequential_edits_pile_up_and_are_all_undone(name, adapter, mini_root):
     """The shipped checkpoint, three cases edited in sequence: later edits act on the edited model,
     and the end of the task restores every weight bit-identically."""
     from mmke_eval.direct import probe_requests
-    from mmke_eval.wrapper import CaseEvaluator
+    from mmke_eval.engine.evaluator import CaseEvaluator
 
     editor = registry.build_editor(name, family=adapter.family)  # checkpoint=mini
     editor.ensure_ready(adapter)

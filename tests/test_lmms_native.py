@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmke_eval.lmms_plugin import install_fixes, package_include, with_plugin_tasks
+from mmke_eval.lmms.patches import install_task_loading as install_fixes, package_include, with_plugin_tasks
 from mmke_eval.mini import WORLD_MODEL_DIR
 from mmke_eval.resources import tasks_dir
 
@@ -119,7 +119,7 @@ def test_importing_the_plugin_first_still_registers_the_edited_model(tmp_path):
     """lmms-eval builds its model registry when lmms_eval.models is first imported, calling our entry
     point; if that import came from this module's own top level, the half-initialised module had no
     ``manifests`` yet, lmms-eval only logged it, and ``--model edited`` was "not found"."""
-    code = ("import mmke_eval.lmms_plugin\n"
+    code = ("import mmke_eval.lmms.plugin\n"
             "import lmms_eval.models as models\n"
             "names = models.MODEL_REGISTRY_V2.list_model_names()\n"
             "print(sorted(n for n in ('edited', 'blip2_hf', 'minigpt4') if n in names))\n")

@@ -41,7 +41,7 @@ def test_wheel_carries_the_root_resources(wheel):
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "edited = mmke_eval.lmms_plugin:manifests" in text
+    assert "edited = mmke_eval.lmms.plugin:manifests" in text
     assert "mmke-eval = mmke_eval.cli:main" in text
 
 

@@ -93,7 +93,7 @@ def test_the_edit_request_and_the_record_follow_the_resolved_path(mmedit_cases):
     from editors.base import NoEdit
     from editors.ike import IKEEditor
     from mmke_eval.protocol import Protocol
-    from mmke_eval.wrapper import CaseEvaluator
+    from mmke_eval.engine.evaluator import CaseEvaluator
 
     case = mmedit_cases["vqa"][0]
     first = ProbeDoc.rows(case)[0]
@@ -109,7 +109,7 @@ def test_the_edit_request_and_the_record_follow_the_resolved_path(mmedit_cases):
 
 def test_the_edited_model_sets_the_path_lmms_eval_renders_with_and_records_it(tiny_llava_dir):
     """lmms-eval builds the model before it renders the tasks' prompts (doc_to_text)."""
-    from mmke_eval.wrapper import EditedLMM
+    from mmke_eval.lmms.model import EditedLMM
 
     hooks = importlib.import_module("mmke_tasks.hooks")
     question = doc("vqa", "rel")

@@ -13,7 +13,7 @@ from mmke_eval.adapters.llava_hf import LlavaHFAdapter
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.journal import CaseJournal
-from mmke_eval.wrapper import Protocol
+from mmke_eval.protocol import Protocol
 
 FAST_FT = {"lr": 5e-2, "steps": 3}
 

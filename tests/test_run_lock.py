@@ -148,13 +148,16 @@ def test_the_other_processes_of_a_multi_process_run_do_not_take_the_lock(other_r
 def test_the_edited_model_under_lmms_evals_cli_takes_its_journal_folder(other_run, tmp_path, monkeypatch):
     """lmms-eval --model edited with journal=: the folder is held until the process ends; a refusal
     is an exit with the message (lmms-eval's CLI would log an exception and exit 0)."""
-    from mmke_eval import wrapper
+    from mmke_eval.config import EditedConfig
+    from mmke_eval.lmms import model
 
-    monkeypatch.setattr(wrapper, "RAISE_ERRORS", False)
+    def lock(folder):
+        model._lock_journal_folder(EditedConfig(base="llava_hf", journal=str(tmp_path / folder / "cases.jsonl")))
+
     holder = other_run(tmp_path / "ike")
     with pytest.raises(SystemExit, match=f"FolderLocked: {tmp_path / 'ike'} is in use by another run \\(pid {holder.pid}"):
-        wrapper._lock_journal_folder(str(tmp_path / "ike" / "cases.jsonl"), "false")
-    wrapper._lock_journal_folder(str(tmp_path / "mend" / "cases.jsonl"), "false")
+        lock("ike")
+    lock("mend")
     try:
         assert json.loads((tmp_path / "mend" / run_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
     finally:

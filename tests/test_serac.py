@@ -21,7 +21,8 @@ from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.direct import probe_requests, score_cases
-from mmke_eval.wrapper import CaseEvaluator, Protocol
+from mmke_eval.engine.evaluator import CaseEvaluator
+from mmke_eval.protocol import Protocol
 
 TYPES = ("entity_level", "visual_knowledge", "user_specific")
 

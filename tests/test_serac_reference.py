@@ -351,7 +351,7 @@ def test_memory_is_empty_between_cases_and_accumulates_in_sequential_mode(tiny, 
     from mmke_eval.data.mmke import load_cases
     from mmke_eval.direct import probe_requests, score_cases
     from mmke_eval.protocol import Protocol
-    from mmke_eval.wrapper import CaseEvaluator
+    from mmke_eval.engine.evaluator import CaseEvaluator
 
     cases = load_cases(mmke_fixture_root, "entity_level", "eval")[0][:3]
     none = score_cases(tiny, registry.build_editor("none"), cases, Protocol(generate=False))

@@ -18,7 +18,8 @@ from mmke_eval.adapters.prefix_cache import PrefixCache
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.data.schema import ProbeDoc
 from mmke_eval.direct import score_cases
-from mmke_eval.wrapper import CaseEvaluator, Protocol
+from mmke_eval.engine.evaluator import CaseEvaluator
+from mmke_eval.protocol import Protocol
 
 CASES_PER_TYPE = 8
 TYPES = ("entity_level", "visual_knowledge", "user_specific")

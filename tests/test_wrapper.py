@@ -12,7 +12,10 @@ from editors.base import EditHandle, Editor
 from mmke_eval import families
 from mmke_eval.adapters.base import ForwardResult
 from mmke_eval.data.schema import ProbeDoc
-from mmke_eval.wrapper import CaseEvaluator, EditedLMM, Protocol
+from mmke_eval.engine.evaluator import CaseEvaluator
+from mmke_eval.lmms.model import EditedLMM
+from mmke_eval.config import EditedConfig
+from mmke_eval.protocol import Protocol
 
 
 class FakeAdapter:
@@ -111,6 +114,7 @@ def make_lmm(editor, protocol=Protocol()):
     lm.journal_path, lm.run_key = None, "test"
     lm.evaluator = CaseEvaluator(lm.adapter, editor, protocol)
     lm.padding_docs = {}
+    lm.config = EditedConfig(base="fake", protocol=protocol)
 
     class Base:
         def generate_until(self, requests):

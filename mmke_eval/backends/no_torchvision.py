@@ -6,12 +6,15 @@ these checkpoints at all, although their image path needs no torchvision (the im
 fall back to PIL). ``allow_image_only_processors`` lets them load with no video processor; only
 when transformers itself says torchvision is unavailable, so nothing that loaded before changes.
 Images work exactly as with torchvision (tests/test_adapter_qwen2_vl.py compares); a video input
-fails. lmms_plugin installs it, so every lmms-eval run with mmke-eval installed has it.
+fails. The `edited` model applies it while it loads its backend (``image_only_processors``); plain
+lmms-eval runs are left alone.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 logger = logging.getLogger("mmke_eval")
 _INSTALLED = False
@@ -42,3 +45,25 @@ def allow_image_only_processors() -> bool:
     AutoVideoProcessor.from_pretrained = classmethod(no_video_processor)
     _INSTALLED = True
     return True
+
+
+@contextmanager
+def image_only_processors() -> Iterator[bool]:
+    """The fallback while the block runs (a backend loading its processor), undone after; yields
+    whether it was needed. Outside such a block transformers is left as it is."""
+    global _INSTALLED
+    from transformers.utils import is_torchvision_available
+
+    if _INSTALLED or is_torchvision_available():
+        yield False
+        return
+    from transformers import ProcessorMixin
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    saved = ProcessorMixin.__dict__["check_argument_for_proper_class"], AutoVideoProcessor.__dict__["from_pretrained"]
+    allow_image_only_processors()
+    try:
+        yield True
+    finally:
+        ProcessorMixin.check_argument_for_proper_class, AutoVideoProcessor.from_pretrained = saved
+        _INSTALLED = False

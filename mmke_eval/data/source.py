@@ -42,75 +42,44 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from mmke_eval import families
+from mmke_eval import families, run_context
 from mmke_eval.data.records import data_folders, inside
-from mmke_eval.data.schema import DataError, ProbeDoc, SkipReport
+from mmke_eval.data.schema import DataError, ProbeDoc
+from mmke_eval.run_context import RunContext
 
 logger = logging.getLogger("mmke_eval")
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 EXTRACTED_MARKER = ".mmke_eval_extracted"
 
-# The last SkipReport per card key (benchmark, knowledge_type, split, ...), for the CLI to write into results.
-_last_skip_reports: dict[tuple[str, ...], SkipReport] = {}
-
-
-def load_probe_docs(card: dict) -> list[dict]:
-    """One lmms-eval document per probe of every edit case the card's data holds."""
+def load_probe_docs(card: dict, context: RunContext | None = None) -> list[dict]:
+    """One lmms-eval document per probe of every edit case the card's data holds, as the run
+    (``context``, by default the active run's: mmke_eval/run_context.py) asks: its data root, its
+    first N cases; what was read and skipped is recorded in the context."""
+    context = context or run_context.current()
     key = card_key(card)
     family = families.of_card(card)
-    root = resolve_root(card, family)
+    root = resolve_root(card, family, context.data_root)
     cases, report = family.load(root, card)
-    first_n = max_cases()
+    first_n = context.max_cases
     edit_only: list = []
     if first_n is not None:
         # VLKEB's sequential protocol scores the first N cases and keeps editing G more after them.
-        edit_only = cases[first_n : first_n + _edit_only_tail]
+        edit_only = cases[first_n : first_n + context.edit_only_tail]
         cases, report.first_n, report.edit_only = cases[:first_n], first_n, len(edit_only)
-    _last_skip_reports[key] = report
-    _last_data_records[key] = data_record(root, report.files, cases + edit_only, describe_origin(card))
+    context.skip_reports[key] = report
+    context.data_records[key] = data_record(root, report.files, cases + edit_only,
+                                            describe_origin(card, context.data_root))
     logger.info("%s from %s: %s", "/".join(key), root, report.summary())
     return [row for case in cases for row in ProbeDoc.rows(case)] + [
         row for case in edit_only for row in ProbeDoc.rows(case, edit_only=True)
     ]
 
 
-MAX_CASES_ENV = "MMKE_MAX_CASES"
-# How many cases after the first N (--cases N) to load for editing only: the sequential gap of the
-# `edited` model built in this process (it is built before the tasks are loaded).
-_edit_only_tail = 0
-
-
-def set_edit_only_tail(gap: int) -> None:
-    global _edit_only_tail
-    _edit_only_tail = max(int(gap), 0)
-
-
-def max_cases() -> int | None:
-    """How many edit cases of each task to use (the first ones); None: all (``mmke-eval --cases``)."""
-    value = os.environ.get(MAX_CASES_ENV, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise DataError(f"{MAX_CASES_ENV}={value!r}: expected a positive whole number of cases")
-    return int(value)
-
-
-def last_skip_reports() -> dict[tuple[str, ...], SkipReport]:
-    """The SkipReport of the last load of each card key."""
-    return dict(_last_skip_reports)
-
-
-# What the last load of each card key read, for the results.
-_last_data_records: dict[tuple[str, ...], dict] = {}
-
-
-def last_data_records() -> dict[tuple[str, ...], dict]:
-    return dict(_last_data_records)
-
-
-def describe_origin(card: dict) -> str:
+def describe_origin(card: dict, data_root: Path | None = None) -> str:
     env_name = card.get("data_env")
+    if data_root is not None:
+        return f"--data {data_root}"
     if env_name and os.environ.get(env_name):
         return f"environment variable {env_name}"
     if card.get("generator"):
@@ -153,10 +122,13 @@ def card_key(card: dict) -> tuple[str, ...]:
     return tuple(f"{card[field]}-hop" if field == "hop" else str(card[field]) for field in CARD_KEY_FIELDS if card.get(field))
 
 
-def resolve_root(card: dict, family: families.Family | None = None) -> Path:
-    """The data root of a source card: environment variable, else generator, else Hub download."""
+def resolve_root(card: dict, family: families.Family | None = None, data_root: Path | str | None = None) -> Path:
+    """The data root of a source card: the run's ``--data``, else its environment variable, else
+    generator, else Hub download."""
     family = family or families.of_card(card)
     env_name = card.get("data_env")
+    if data_root is not None:
+        return checked_root(Path(data_root).expanduser(), f"--data {data_root}", family)
     if env_name and os.environ.get(env_name):
         return checked_root(Path(os.environ[env_name]).expanduser(), f"the environment variable {env_name}", family)
     if card.get("generator"):
@@ -174,14 +146,14 @@ def resolve_root(card: dict, family: families.Family | None = None) -> Path:
     )
 
 
-def check_available(card: dict) -> None:
+def check_available(card: dict, data_root: Path | str | None = None) -> None:
     """Fail now, before any model loads, where a card's data cannot be had: a data folder that is
     not one, no source at all, or a Hub dataset while offline (HF_HUB_OFFLINE) that is not in the
     local cache. A generator, or a download while online, is left to the load."""
     family = families.of_card(card)
     env_name = card.get("data_env")
-    if (env_name and os.environ.get(env_name)) or not (card.get("generator") or card.get("hf_dataset")):
-        resolve_root(card, family)
+    if data_root is not None or (env_name and os.environ.get(env_name)) or not (card.get("generator") or card.get("hf_dataset")):
+        resolve_root(card, family, data_root)
     elif not card.get("generator"):
         import huggingface_hub
 

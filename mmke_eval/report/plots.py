@@ -9,7 +9,7 @@
 Every name shown is declared once: editors by their ``title`` in registry.yaml (FT-LLM), the
 benchmark by its family's ``releases`` (mmke_mini: "MMKE-Bench mini (generated)"), a task by its
 family's ``subsets`` (entity_level: "Visual entity"), metrics by the family's column titles, and
-variants of one editor by the protocol settings in which they differ, as ``protocol.SETTING_TEXT``
+variants of one editor by the protocol settings in which they differ, as the ``text`` each ``Protocol`` field declares
 words them ("FT-LLM (sequential, gap 1)"). A number the results do not have is drawn as missing
 (a hatched "n/a" slot, a break in a radar polygon), never as a zero; a zero bar is a line at 0.
 The cases each task was scored on are in the subtitle (and "n=" in the labels).
