@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from mmke_eval import report, runner
+from mmke_eval import runner
 from mmke_eval.protocol import PROTOCOL_FIELDS
 
 

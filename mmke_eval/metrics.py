@@ -1,7 +1,7 @@
 """Per-probe scores and their aggregation, as MMKE-Bench computes them (shared docs, section 2).
 
 * Reliability / generality / portability: teacher-forced token accuracy over the answer tokens
-  (computed by the adapter; ``token_accuracy`` is the definition).
+  (``token_accuracy``: the one definition, which the adapters call).
 * Locality: agreement of the pre-edit and post-edit models' top-k token ids, compared element-wise
   in rank order over the compared positions (k=1 for text, k=10 for image in the reference).
 * Extra columns from greedy generations: exact match and "contains" after normalisation.
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import string
@@ -20,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from mmke_eval.data.schema import RESPONSE_MARKER
+from mmke_eval.engine.cases import ProbeResponse
 from mmke_eval.families import ProbeKind
 
 
@@ -115,15 +114,9 @@ def case_mean(items: Iterable[dict]) -> float:
     return 100.0 * math.fsum(math.fsum(v) / len(v) for v in per_case.values()) / len(per_case)
 
 
-def parse_response(text: str) -> dict | None:
-    """The `edited` model's JSON response for one probe, or None for a plain model's generation."""
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) and data.get(RESPONSE_MARKER) else None
+def parse_response(text: str) -> ProbeResponse | None:
+    """The `edited` model's response for one probe, or None for a plain model's generation."""
+    return ProbeResponse.from_json(text)
 
 
 def entity_accuracy(prediction: str, reference: str, entity: str) -> float:
@@ -137,8 +130,8 @@ def probe_items(kind: ProbeKind, answer: str, output: str, entity: str, case: st
     the probe's own column in an ``average=token`` run its token counts (``hits``, ``total``)."""
     items = {name: {"case": case, "score": score} for name, score in probe_scores(kind, answer, output, entity).items()}
     response = parse_response(output)
-    if response is not None and response.get("average") == "token" and kind.name in items and response.get("counts"):
-        hits, total = response["counts"]
+    if response is not None and response.average == "token" and kind.name in items and response.counts:
+        hits, total = response.counts
         items[kind.name].update(hits=int(hits), total=int(total))
     return items
 def tokens_match(predicted_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
@@ -167,20 +160,24 @@ def probe_scores(kind: ProbeKind, answer: str, output: str, entity: str = "") ->
     """
     response = parse_response(output)
     name = kind.name
-    if response is not None and response.get("unscored"):  # left out of every column (NaN)
+    if response is not None and response.unscored:  # left out of every column (NaN)
         return {column: float("nan") for column in kind.metric_names()}
-    generated = response["generated"] if response else output
+    generated = response.generated if response else output
     scores = {}
     if response is not None:
-        scores[name] = response["score"]
+        scores[name] = response.score if response.given("score") else _missing(name, "score")
     if kind.is_locality:
-        if response is not None and response.get("pre_generated") is not None:
-            scores[f"{name}_em"] = exact_match(generated, response["pre_generated"])
+        if response is not None and response.given("pre_generated") and response.pre_generated is not None:
+            scores[f"{name}_em"] = exact_match(generated, response.pre_generated)
     else:
         scores[f"{name}_em"] = exact_match(generated, answer)
         scores[f"{name}_contains"] = contains(generated, answer)
         if kind.entity_metric and entity and response is not None:
-            if "entity_acc" not in response:
+            if not response.given("entity_acc"):
                 raise ValueError(f"probe {name}: the edited model's response lacks entity_acc (MIKE's entity accuracy)")
-            scores[f"{name}_entity"] = response["entity_acc"]
+            scores[f"{name}_entity"] = response.entity_acc
     return scores
+
+
+def _missing(probe: str, field_name: str):
+    raise ValueError(f"probe {probe}: the edited model's response lacks {field_name}")

@@ -19,7 +19,8 @@ import pytest
 from mmke_eval.data import source
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.data.schema import DataError, ProbeDoc
-from mmke_eval.data.source import last_skip_reports, load_probe_docs, resolve_root
+from mmke_eval.data.source import load_probe_docs, resolve_root
+from mmke_eval.run_context import RunContext, from_environment
 
 ENV = "MMKE_TEST_DATA"
 REPO = "kailinjiang/MMKE-Bench-dataset"
@@ -226,7 +227,8 @@ def test_load_probe_docs_flattens_cases_and_records_skips(tmp_path, mmke_fixture
     user_card = card(benchmark="mmke_test", knowledge_type="user_specific", data_env=ENV, hf_dataset=REPO)
 
     with caplog.at_level(logging.INFO, logger="mmke_eval"):
-        rows = load_probe_docs(user_card)
+        context = RunContext()
+        rows = load_probe_docs(user_card, context)
 
     assert len(rows) == 2 * 9  # case 0 skipped, two cases of nine probes kept
     assert set(rows[0]) == {f.name for f in fields(ProbeDoc)}
@@ -236,7 +238,7 @@ def test_load_probe_docs_flattens_cases_and_records_skips(tmp_path, mmke_fixture
     assert {r["case_id"] for r in rows} == {"mmke_test/user_specific/eval/1", "mmke_test/user_specific/eval/2"}
     assert rows[0]["edit_image"] == str(root / "data_image" / "user" / "Grandmother+teapot+41.png")
 
-    report = last_skip_reports()[("mmke_test", "user_specific", "eval")]
+    report = context.skip_reports[("mmke_test", "user_specific", "eval")]
     assert report.skipped == {"no 1-hop portability question": ["mmke_test/user_specific/eval/0"]}
     assert "1 of 3 cases skipped: 1 no 1-hop portability question" in caplog.text
 
@@ -245,11 +247,12 @@ def test_max_cases_keeps_the_first_kept_cases(mmke_fixture_root, monkeypatch):
     monkeypatch.setenv(ENV, str(mmke_fixture_root))
     entity_card = card(benchmark="mmke_test", knowledge_type="entity_level", data_env=ENV, hf_dataset=REPO)
     all_rows = load_probe_docs(entity_card)
-    monkeypatch.setenv("MMKE_MAX_CASES", "2")
-    rows = load_probe_docs(entity_card)
+    monkeypatch.setenv("MMKE_MAX_CASES", "2")  # the documented default of a run without --cases
+    context = from_environment()
+    rows = load_probe_docs(entity_card, context)
     first_two = sorted({r["case_id"] for r in all_rows})[:2]
     assert sorted({r["case_id"] for r in rows}) == first_two and len(rows) < len(all_rows)
-    report = last_skip_reports()[("mmke_test", "entity_level", "eval")]
+    report = context.skip_reports[("mmke_test", "entity_level", "eval")]
     assert report.first_n == 2 and report.summary().endswith("the first 2 used (--cases)")
     monkeypatch.setenv("MMKE_MAX_CASES", "two")
     with pytest.raises(DataError, match="MMKE_MAX_CASES='two'"):
@@ -258,20 +261,16 @@ def test_max_cases_keeps_the_first_kept_cases(mmke_fixture_root, monkeypatch):
 
 def test_cases_n_with_a_sequential_gap_adds_g_edit_only_cases(mmke_fixture_root, monkeypatch):
     """VLKEB: score the first N cases, keep editing G more after them (when the data has them)."""
-    from mmke_eval.data import source
-
     monkeypatch.setenv(ENV, str(mmke_fixture_root))
     entity_card = card(benchmark="mmke_test", knowledge_type="entity_level", data_env=ENV, hf_dataset=REPO)
     ordered = list(dict.fromkeys(r["case_id"] for r in load_probe_docs(entity_card)))  # 3 cases
-    monkeypatch.setenv("MMKE_MAX_CASES", "1")
-    monkeypatch.setattr(source, "_edit_only_tail", 0)
-    source.set_edit_only_tail(1)
-    rows = load_probe_docs(entity_card)
+    context = RunContext(max_cases=1, edit_only_tail=1)
+    rows = load_probe_docs(entity_card, context)
     assert [(r["case_id"], r["edit_only"]) for r in rows if r["probe"] == "t_loc"] == [(ordered[0], False), (ordered[1], True)]
-    report = last_skip_reports()[("mmke_test", "entity_level", "eval")]
+    report = context.skip_reports[("mmke_test", "entity_level", "eval")]
     assert report.edit_only == 1 and "1 more edited after them without scoring" in report.summary()
-    source.set_edit_only_tail(5)  # more than the data has: as many as there are
-    rows = load_probe_docs(entity_card)
+    # more than the data has: as many as there are
+    rows = load_probe_docs(entity_card, RunContext(max_cases=1, edit_only_tail=5))
     assert [r["case_id"] for r in rows if r["probe"] == "t_loc" and r["edit_only"]] == ordered[1:]
 
 

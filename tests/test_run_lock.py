@@ -110,10 +110,10 @@ def test_wait_for_lock_waits_until_the_other_run_ends(other_run, tmp_path, capsy
 def test_the_cli_refuses_a_second_run_before_loading_anything_and_releases_on_error(other_run, tmp_path, monkeypatch, capsys):
     from mmke_eval import cli
 
-    def never(spec):
+    def never(config, tasks, **run):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(cli.runner, "evaluate", never)
+    monkeypatch.setattr(cli.runner, "run_editor", never)
     monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     holder = other_run(tmp_path / "ft_llm")
     assert cli.main(["--editor", "none,ft_llm", "--output_path", str(tmp_path)]) == 1
@@ -124,11 +124,11 @@ def test_the_cli_refuses_a_second_run_before_loading_anything_and_releases_on_er
     holder.stdin.close()
     holder.wait()
 
-    def failing(spec):
-        assert (Path(spec.output_path) / run_lock.LOCK_NAME).is_file()  # held while the editor runs
+    def failing(config, tasks, **run):
+        assert (Path(run["output_path"]) / run_lock.LOCK_NAME).is_file()  # held while the editor runs
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli.runner, "evaluate", failing)
+    monkeypatch.setattr(cli.runner, "run_editor", failing)
     assert cli.main(["--editor", "none", "--output_path", str(tmp_path)]) == 1
     assert not (tmp_path / "none" / run_lock.LOCK_NAME).exists() and not run_lock._held
 
@@ -139,7 +139,7 @@ def test_the_other_processes_of_a_multi_process_run_do_not_take_the_lock(other_r
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(cli.runner, "evaluate", lambda spec: None)  # a non-zero process gets no results
+    monkeypatch.setattr(cli.runner, "run_editor", lambda config, tasks, **run: None)  # a non-zero process gets no results
     monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     other_run(tmp_path / "none")  # (stands for process 0)
     assert cli.main(["--editor", "none", "--output_path", str(tmp_path)]) == 0

@@ -590,7 +590,7 @@ def test_mike_entity_accuracy_on_generations_is_the_option_and_needs_them():
     assert scores["t_gen"]["t_gen_entity"] == 0.5 and scores["i_gen"]["i_gen_entity"] == 0.5
     with pytest.raises(ValueError, match="entity_acc=generation .* needs generate=true"):
         Protocol(entity_acc="generation", generate=False)
-    with pytest.raises(ValueError, match="entity_acc must be one of"):
+    with pytest.raises(ValueError, match="option entity_acc=.*expected one of tokens, generation"):
         Protocol(entity_acc="words")
 
 

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from mmke_eval import metrics
 from mmke_eval.adapters.base import ForwardResult, ModelAdapter, Query
 from mmke_eval.options import parse_bool
 from mmke_eval.adapters.prefix_cache import (BOUNDARY_MARGIN, MIN_BUDGET_BYTES, MIN_SHARED_TOKENS, PrefixCache,
@@ -414,9 +415,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
             return ForwardResult(float("nan"), [], [], topk, slice(n, n))
         first_row = enc.row_of(enc.answer_start - 1)  # logits[t-1] predict token t
         predicted = answer_logits.argmax(dim=-1).tolist()
-        correct = sum(p == a for p, a in zip(predicted, answer_ids))
         return ForwardResult(
-            token_acc=correct / len(answer_ids),
+            token_acc=metrics.token_accuracy(predicted, answer_ids),  # the one definition
             answer_ids=answer_ids,
             predicted_ids=predicted,
             topk=topk,

@@ -48,6 +48,9 @@ class _Absent:
     def __repr__(self) -> str:
         return "ABSENT"
 
+    def __bool__(self) -> bool:
+        return False
+
 
 ABSENT: Any = _Absent()  # a field the response does not carry (unlike None, written as null)
 
@@ -68,6 +71,24 @@ class ProbeResponse:
     average: Any = ABSENT  # "token": the column is hits / total over the task
     counts: Any = ABSENT  # [hits, total] for average=token
     port_image: Any = ABSENT  # portability: the image the question was asked on
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProbeResponse | None":
+        """The response in an answer string, or None for a plain model's generation."""
+        if not text.startswith("{"):
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not data.get(RESPONSE_MARKER):
+            return None
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def given(self, name: str) -> bool:
+        """Whether the response carries the field (None included)."""
+        return getattr(self, name) is not ABSENT
 
     def to_json(self) -> str:
         record = {RESPONSE_MARKER: 1}

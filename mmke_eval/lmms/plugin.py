@@ -36,7 +36,10 @@ def lmms_eval_model_names() -> set[str]:
     module = sys.modules.get("lmms_eval.models")
     names: set[str] = set()
     for table in ("AVAILABLE_SIMPLE_MODELS", "AVAILABLE_CHAT_TEMPLATE_MODELS"):
-        names |= set(getattr(module, table, None) or {})
+        for name, class_name in (getattr(module, table, None) or {}).items():
+            # lmms-eval's own are class names in its package; a plugin's (LMMS_EVAL_PLUGINS) are full paths
+            if "." not in str(class_name) or str(class_name).startswith("lmms_eval."):
+                names.add(name)
     return names
 
 
