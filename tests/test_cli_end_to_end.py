@@ -52,7 +52,7 @@ def test_mmke_eval_runs_editors_and_writes_the_table_and_protocol(tiny_llava_dir
     assert protocol["skipped_cases"]["mmke/entity_level/eval"]["total"] == 3
     # traceable: the data folder, a content hash of what was read, versions, the git revision
     data = protocol["data"]["mmke/entity_level/eval"]
-    assert data["root"] == str(mmke_fixture_root) and data["origin"] == "environment variable MMKE_DATA"
+    assert data["root"] == str(mmke_fixture_root) and data["origin"] == f"--data {mmke_fixture_root}"
     assert set(data["files"]) == {"data_json/entity_eval.json", "data_json/entity_train.json"}
     assert len(data["sha256"]) == 64 and data["images"] > 0
     versions = protocol["provenance"]["versions"]
