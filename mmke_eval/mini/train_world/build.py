@@ -24,8 +24,6 @@ CHAT_TEMPLATE = (
 )
 
 
-
-
 def build_tokenizer(world: W.World, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -90,4 +88,3 @@ def build_model(tokenizer, cfg: Config):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
-

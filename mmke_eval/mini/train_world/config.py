@@ -45,4 +45,3 @@ class Config:
     generic_renders: int = 16000
     eval_every: int = 500
     eval_sample: int = 300
-

@@ -92,7 +92,6 @@ class ImagePool:
         return rng.choice(self.index[look])
 
 
-
 def collate(batch, enc: Encoder, pool: ImagePool):
     n = max(len(ids) for ids, _, _ in batch)
     input_ids = torch.full((len(batch), n), enc.pad, dtype=torch.long)
@@ -107,7 +106,6 @@ def collate(batch, enc: Encoder, pool: ImagePool):
             images.append(img)
     pixels = pool.pixels[images] if images else None
     return input_ids, mask, labels, pixels
-
 
 
 def check_encoding(processor, enc: Encoder) -> None:

@@ -180,4 +180,3 @@ def measure_families(model, processor, world: W.World, log) -> dict:
                 result[f"{family}_{split}"] = summary
                 log(f"{family} mini, {split} split (original knowledge): {json.dumps({k: v['all'] for k, v in summary.items()})}")
     return result
-

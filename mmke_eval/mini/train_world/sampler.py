@@ -166,4 +166,3 @@ class Sampler:
 def subject_mentioned(subject, question: str) -> bool:
     key = subject.name if isinstance(subject, W.Entity) else subject.desc
     return key in question
-

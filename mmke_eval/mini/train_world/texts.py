@@ -89,4 +89,3 @@ def tokenizer_corpus(world: W.World) -> list[str]:
         lines.append(f"New Fact: {cf['src']} {cf['alt']}\nPrompt: {cf['rephrase']} {cf['alt']}\n\n")
     lines += [" ".join(world.words())] * 4
     return lines * 3
-

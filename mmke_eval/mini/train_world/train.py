@@ -31,7 +31,6 @@ def loss_of(model, input_ids, mask, labels, pixels):
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
 
 
-
 def lr_at(step: int, cfg: Config) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -141,4 +140,3 @@ def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
     log(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB) in {time.time() - t_start:.0f}s total")
     log_file.close()
     return metrics
-

@@ -70,4 +70,3 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
             log(f"vision step {step:5d}/{cfg.vision_steps} loss {loss.item():.3f} held-out attribute accuracy {json.dumps(acc)} "
                 f"| {(step + 1) / (time.time() - t0):.1f} steps/s")
     return acc
-
