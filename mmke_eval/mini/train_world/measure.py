@@ -58,8 +58,9 @@ def original_probes(root: Path, splits=("eval",)) -> list[dict]:
     probes = []
     for knowledge_type, stem in G.STEMS.items():
         for split in splits:
+            cases = loaded_cases(root, knowledge_type, split)
             records = read_records(mmke.split_file(Path(root), knowledge_type, split))
-            for i, case in enumerate(loaded_cases(root, knowledge_type, split)):
+            for i, case in enumerate(cases):
                 original = records[i][G.EXTRA_KEY]["original_answers"]
                 for probe in ordered(case):
                     key = ORIGINAL_ANSWER_KEY.get(probe.probe_id)
