@@ -16,7 +16,7 @@ from mmke_eval.mini.train_world.train import train
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the mmke_mini world model (deterministic).")
+    parser = argparse.ArgumentParser(prog="python -m mmke_eval.mini.train_world", description="Train the mmke_mini world model (deterministic).")
     parser.add_argument("--out", type=Path, default=WORLD_MODEL_DIR)
     parser.add_argument("--data", type=Path, default=None, help="a generated benchmark root (default: generate one)")
     for f in Config.__dataclass_fields__.values():
