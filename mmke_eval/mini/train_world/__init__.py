@@ -24,4 +24,10 @@ scene questions ("Does {name} appear in the picture?"): from scratch the model l
 * Measured at the end, on the saved (fp16) model reloaded in fp32: teacher-forced token accuracy of
   the benchmark's probes answered with the ORIGINAL facts, on the benchmark's own images (held
   out: rephrase, one-hop and locality images) and on fresh renders.
+
+Modules, in the order a run uses them: ``config.py`` (the options), ``texts.py`` (every question
+and answer trained on), ``build.py`` (tokenizer, processor, untrained LLaVA), ``examples.py``
+(encoding, image pool, batches), ``vision.py`` (stage A), ``sampler.py`` (training examples),
+``train.py`` (the loop), ``measure.py`` (the MMKE loader's probes scored by the product adapter),
+``__main__.py`` (the command).
 """
