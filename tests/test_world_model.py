@@ -38,6 +38,20 @@ def eval_records():
     return {key: recs for key, recs in records.items() if key[1] == "eval"}, images
 
 
+@pytest.fixture(scope="module")
+def eval_root(eval_records, tmp_path_factory):
+    """The eval split in the release layout, with only the drawings its records name (the family
+    loader, which the measurement asks through, reads files)."""
+    records, images = eval_records
+    root = tmp_path_factory.mktemp("mmke_mini_eval")
+    (root / "data_json").mkdir()
+    for (stem, split), recs in records.items():
+        (root / "data_json" / f"{stem}_{split}.json").write_text(json.dumps(recs))
+    named = {v for recs in records.values() for rec in recs for v in rec.values() if isinstance(v, str) and v in images}
+    G.write_images(root / "data_image", {rel: images[rel] for rel in named})
+    return root
+
+
 def test_shipped_files_small_and_complete():
     names = {p.name for p in MODEL_DIR.iterdir()}
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
@@ -62,21 +76,17 @@ def test_world_words_are_single_tokens(loaded):
         assert len(processor.tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
-def test_answers_original_knowledge_and_locality(loaded, eval_records):
+def test_answers_original_knowledge_and_locality(loaded, eval_root):
     """Benchmark images are held out: the world model never trained on them."""
-    from mmke_eval.mini.train_world import probes_from_records, summarise, teacher_forced
+    from mmke_eval.mini.train_world.measure import original_probes, summarise, token_accuracies
 
     model, processor = loaded
-    records, images = eval_records
-    probes = probes_from_records(records, image_of=lambda rel: rel)
+    probes = original_probes(eval_root, splits=("eval",))
     rng = random.Random(0)
     sample = []
     for kind in THRESHOLDS:
         sample += rng.sample([p for p in probes if p["kind"] == kind], PER_KIND)
-    for p in sample:
-        if p["image"]:
-            p["image"] = W.render(*images[p["image"]])
-    table = summarise(sample, teacher_forced(model, processor, sample, batch=48))
+    table = summarise(sample, token_accuracies(model, processor, sample, batch=48))
     for kind, threshold in THRESHOLDS.items():
         assert table[kind]["all"] >= threshold, (kind, table[kind])
 
@@ -106,7 +116,7 @@ FAMILY_KINDS = {
 @pytest.mark.parametrize("family", sorted(FAMILY_KINDS))
 def test_knows_what_the_other_families_ask(loaded, family, tmp_path):
     from mmke_eval.mini import releases
-    from mmke_eval.mini.train_world import summarise, teacher_forced
+    from mmke_eval.mini.train_world.measure import summarise, token_accuracies
 
     model, processor = loaded
     probes = releases.knowledge_probes(family, releases.generate_family(family, tmp_path / family))
@@ -114,7 +124,7 @@ def test_knows_what_the_other_families_ask(loaded, family, tmp_path):
     sample = []
     for kind in FAMILY_KINDS[family]:
         sample += rng.sample([p for p in probes if p["kind"] == kind], 16)
-    table = summarise(sample, teacher_forced(model, processor, sample, batch=48))
+    table = summarise(sample, token_accuracies(model, processor, sample, batch=48))
     for kind in FAMILY_KINDS[family]:
         assert table[kind]["all"] >= 80.0, (family, kind, table[kind])
     measured = json.loads((MODEL_DIR / "metrics.json").read_text())["other_families"][f"{family}_eval"]

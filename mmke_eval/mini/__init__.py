@@ -1,4 +1,4 @@
-"""mmke_mini: the generated benchmark (generate.py, world.py) and the shipped world model (train_world.py)."""
+"""mmke_mini: the generated benchmark (generate.py, world.py) and the shipped world model (train_world/)."""
 
 from pathlib import Path
 

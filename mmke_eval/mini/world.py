@@ -1,7 +1,7 @@
 """The mmke_mini world: who and what exists, what is true of it, and how it is drawn.
 
 Everything here is a pure function of a seed (and the case counts), so the benchmark generator
-(``generate.py``) and the world-model trainer (``train_world.py``) build exactly the same world:
+(``generate.py``) and the world-model trainer (``train_world/``) build exactly the same world:
 
 * **visual entities** (``entity_level``): a shape x colour x pattern drawing with a one-word name
   and three facts: home city, year, category. A city lies in a country (the one-hop fact).

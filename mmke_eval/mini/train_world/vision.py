@@ -1,0 +1,72 @@
+"""Stage A: teach the vision tower to see, as CLIP pretraining would (linear heads on attributes,
+thrown away after)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import torch
+
+from mmke_eval.mini import world as W
+from mmke_eval.mini.train_world.config import Config
+from mmke_eval.mini.train_world.examples import ImagePool
+
+
+ATTRIBUTE_HEADS = {
+    "family": ("shape", "arrows", "item"), "shape": W.SHAPES, "colour": W.COLOUR_NAMES, "pattern": W.PATTERNS,
+    "count": W.COUNTS, "direction": W.DIRECTIONS, "kind": W.ITEM_KINDS, "item_pattern": W.ITEM_PATTERNS,
+}
+_LOOK_FIELDS = {"shape": ("shape", "colour", "pattern"), "arrows": ("count", "colour", "direction"), "item": ("kind", "colour", "item_pattern")}
+
+
+def attribute_labels(look: tuple) -> list[int]:
+    values = {"family": look[0], **dict(zip(_LOOK_FIELDS[look[0]], look[1:]))}
+    return [ATTRIBUTE_HEADS[h].index(values[h]) if h in values else -100 for h in ATTRIBUTE_HEADS]
+
+
+def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
+    """Attribute classification from the mean of the patch features (the features LLaVA projects)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    labels = torch.tensor([attribute_labels(look) for look in pool.looks])
+    sizes = [len(v) for v in ATTRIBUTE_HEADS.values()]
+    heads = torch.nn.Linear(vision_tower.config.hidden_size, sum(sizes))
+    params = list(vision_tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
+    held = torch.randperm(len(pool.looks), generator=g)
+    n_test = min(1000, len(held) // 5)
+    test, train_idx = held[:n_test], held[n_test:]
+
+    def run(idx):
+        feats = vision_tower(pixel_values=pool.pixels[idx]).last_hidden_state[:, 1:].mean(1)
+        logits = heads(feats).split(sizes, dim=-1)
+        y = labels[idx]
+        loss, acc = 0.0, {}
+        for j, (name, lg) in enumerate(zip(ATTRIBUTE_HEADS, logits)):
+            m = y[:, j] >= 0
+            if m.any():
+                loss = loss + torch.nn.functional.cross_entropy(lg[m], y[m, j])
+                acc[name] = round(100 * (lg[m].argmax(-1) == y[m, j]).float().mean().item(), 1)
+        return loss, acc
+
+    t0 = time.time()
+    acc: dict = {}
+    for step in range(cfg.vision_steps):
+        vision_tower.train()
+        idx = train_idx[torch.randint(0, len(train_idx), (cfg.vision_batch,), generator=g)]
+        frac = step / max(1, cfg.vision_steps)
+        lr = cfg.vision_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, _ = run(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 500 == 0 or step == cfg.vision_steps - 1:
+            vision_tower.eval()
+            with torch.no_grad():
+                _, acc = run(test)
+            log(f"vision step {step:5d}/{cfg.vision_steps} loss {loss.item():.3f} held-out attribute accuracy {json.dumps(acc)} "
+                f"| {(step + 1) / (time.time() - t0):.1f} steps/s")
+    return acc
