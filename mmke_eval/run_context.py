@@ -61,8 +61,9 @@ def from_environment() -> RunContext:
 
 
 @contextmanager
-def activated(context: RunContext) -> Iterator[RunContext]:
-    """``context`` is the active run's while the block runs; the previous one after."""
+def activated(context: RunContext | None) -> Iterator[RunContext | None]:
+    """``context`` is the active run's while the block runs (None: no run is active); the previous
+    one after, whatever was activated inside."""
     token = _ACTIVE.set(context)
     try:
         yield context

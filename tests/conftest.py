@@ -12,6 +12,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def no_run_context_from_another_test():
+    """An `edited` model built as lmms-eval's CLI builds it activates its run context for the rest of
+    the thread (mmke_eval/run_context.py): no test inherits another's."""
+    from mmke_eval.run_context import activated
+
+    with activated(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A save_pretrained folder of a tiny random LLaVA (model + processor), loadable by llava_hf."""

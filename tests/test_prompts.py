@@ -22,13 +22,6 @@ def mmedit_cases(tmp_path_factory):
             for subset in ("vqa", "caption")}
 
 
-@pytest.fixture(autouse=True)
-def no_active_path():
-    prompts.set_active_path(None)
-    yield
-    prompts.set_active_path(None)
-
-
 def doc(subset: str, kind: str, question: str = "What sport is this?") -> dict:
     return {"family": "mmedit", "knowledge_type": subset, "probe": kind, "question": question}
 
@@ -77,13 +70,15 @@ def test_hooks_and_direct_scorer_build_the_same_prompt_for_every_mmedit_probe(mm
     set) and mmke_eval.direct (on the path it is given)."""
     from mmke_eval import direct
 
+    from mmke_eval.run_context import RunContext, activated
+
     hooks = importlib.import_module("mmke_tasks.hooks")
-    prompts.set_active_path(path)
     seen = set()
     for subset, cases in mmedit_cases.items():
         for probes in direct.probe_requests(cases, path=path):
             for probe in probes:
-                assert probe.query.prompt == hooks.doc_to_text(probe.doc, {"prompt_template": "mmke/probe.jinja"}), (path, probe.doc)
+                with activated(RunContext(prompt_path=path)):  # as the `edited` model of a run sets it
+                    assert probe.query.prompt == hooks.doc_to_text(probe.doc, {"prompt_template": "mmke/probe.jinja"}), (path, probe.doc)
                 assert probe.query.prompt == prompts.probe_prompt(probe.doc, path=path)
                 seen.add((subset, probe.doc["probe"]))
     assert seen == {(subset, kind) for subset in ("vqa", "caption") for kind in KINDS}
