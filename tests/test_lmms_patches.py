@@ -6,7 +6,6 @@ processor fallback for a missing torchvision acts only while the edited model lo
 from __future__ import annotations
 
 import logging
-import sys
 import types
 
 import pytest
@@ -64,10 +63,11 @@ def test_the_installed_patches_keep_the_signatures_they_wrap():
 
 
 def test_our_backends_never_replace_one_lmms_eval_ships(monkeypatch, caplog):
-    fake = types.SimpleNamespace(AVAILABLE_SIMPLE_MODELS={"llava_hf": "LlavaHf", "minigpt4": "MiniGPT4",
-                                                          "edited": "mmke_eval.models.edited.EditedLMM"},
-                                 AVAILABLE_CHAT_TEMPLATE_MODELS={})
-    monkeypatch.setitem(sys.modules, "lmms_eval.models", fake)
+    import lmms_eval.models as models
+
+    monkeypatch.setattr(models, "AVAILABLE_SIMPLE_MODELS", {"llava_hf": "LlavaHf", "minigpt4": "MiniGPT4",
+                                                           "edited": "mmke_eval.models.edited.EditedLMM"})
+    monkeypatch.setattr(models, "AVAILABLE_CHAT_TEMPLATE_MODELS", {})
     with caplog.at_level(logging.WARNING, logger="mmke_eval"):
         names = [manifest.model_id for manifest in plugin.manifests()]
     # minigpt4 is lmms-eval's own here (a class name in its package); edited came from our plugin variable
