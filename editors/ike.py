@@ -32,13 +32,11 @@ from typing import Any
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig, EditRequest
 from editors.retrieval import MINILM, EmbeddingRetriever, LexicalRetriever, load_embedding_model
 from mmke_eval.adapters.base import Query
-from mmke_eval.templates import render
+from mmke_eval import prompts
 
 logger = logging.getLogger(__name__)
 
 RETRIEVERS = ("auto", "embedding", "lexical")
-DEMONSTRATION = "ike/demonstration.jinja"
-QUERY = "ike/query.jinja"
 
 
 @dataclass
@@ -71,12 +69,8 @@ class IKEConfig(EditorConfig):
 
 
 # -- the demonstration pool --------------------------------------------------------------------
-def demonstration(src: str, alt: str, question: str, answer: str) -> str:
-    return render(DEMONSTRATION, src=src, alt=alt, question=question, answer=answer)
-
-
-def query_text(src: str, alt: str, question: str) -> str:
-    return render(QUERY, src=src, alt=alt, question=question)
+demonstration = prompts.ike_demonstration
+query_text = prompts.ike_query
 
 
 def read_pool(train_file: str, family: str = "") -> list[str]:

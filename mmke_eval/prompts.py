@@ -1,8 +1,8 @@
 """How a probe's prompt and the edit's prompt are built: the one place for both entry points.
 
 The lmms-eval tasks (``mmke_tasks.hooks.doc_to_text``), the direct scorer (``mmke_eval.direct``),
-the `edited` model (the edit request) and editor training all call these functions, so they
-build the same text for every probe kind.
+the `edited` model (the edit request), IKE (its demonstrations) and editor training all call these
+functions, so they build the same text for every probe kind.
 
 A probe's template: the one its family declares for the run's prompt path (``prompt_paths`` in
 registry.yaml: EasyEdit builds MMEdit prompts differently on its trainer and editor paths,
@@ -59,3 +59,18 @@ def edit_prompts(family: str, knowledge_type: str, prompt: str, rephrase_prompt:
     if template is None:
         return prompt, rephrase_prompt
     return render(template, question=prompt), (render(template, question=rephrase_prompt) if rephrase_prompt else "")
+
+
+# IKE's in-context texts (templates/ike/*.jinja): ``New Fact: {src} {alt}\nPrompt: {question}``.
+IKE_DEMONSTRATION = "ike/demonstration.jinja"
+IKE_QUERY = "ike/query.jinja"
+
+
+def ike_demonstration(src: str, alt: str, question: str, answer: str) -> str:
+    """One retrieved demonstration of IKE's prefix (the fact, then a question and its answer)."""
+    return render(IKE_DEMONSTRATION, src=src, alt=alt, question=question, answer=answer)
+
+
+def ike_query(src: str, alt: str, question: str) -> str:
+    """The last line of IKE's prefix: the edit's fact and the probe's question."""
+    return render(IKE_QUERY, src=src, alt=alt, question=question)
