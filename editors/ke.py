@@ -31,13 +31,32 @@ touched.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from editors.base import ConfigError, EditRequest
 from editors.learned import TrainingExample, WeightUpdateConfig, WeightUpdateEditor, edit_queries, gradient_factors, substituted
+from mmke_eval.reference.safe_pickle import ConversionError, Stub
+from mmke_eval.reference.weights import copy_checked, listing, match_weights, shape_of
+
+# The reference's names: a conditioner per edited weight, "<weight name, dots as _>_conditioner";
+# the LSTM's tensors of the condition encoder.
+REFERENCE_CONDITIONER = re.compile(r"(?:^|_)layers_(\d+)_(?:mlp_)?(\w+?)_weight_conditioner$")
+REFERENCE_LSTM = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                  "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse")
+
+
+def conditioner_key(conditioner: str) -> tuple[int, str]:
+    """``(layer index, module)`` of the weight a reference conditioner edits."""
+    m = REFERENCE_CONDITIONER.search(conditioner)
+    if not m:
+        raise ConversionError(f"cannot tell the layer and module of KE conditioner {conditioner!r}")
+    return int(m.group(1)), m.group(2)
 
 
 @dataclass
@@ -235,3 +254,75 @@ class KEEditor(WeightUpdateEditor):
                 return
             violation = getattr(self, "_last_violation", 0.0)
             self.learned.lagrange.copy_((self.learned.lagrange + self.config.lambda_lr * violation).clamp(min=0.0))
+
+    # The reference's KE file (mmke_eval/reference/): a PyTorch-Lightning checkpoint of OneShotLearner,
+    # its tensors under "state_dict" ("learner." ...), its settings under "hyper_parameters".
+    reference_format = "PyTorch-Lightning checkpoint, KE OneShotLearner"
+    reference_keys = ("state_dict",)
+    reference_step_key = "global_step"
+
+    def load_reference(self, adapter, ref: dict[str, Any], path: Path, inner_params: list[str] | None) -> dict[str, Any]:
+        net = self.learned
+        sd = ref["state_dict"]
+        if not isinstance(sd, dict):
+            raise ConversionError(f"{path}: 'state_dict' holds a {type(sd).__name__}, not a state dict")
+        conditioner_names = sorted({m.group(1) for k in sd if (m := re.match(r"learner\.conditioners\.([^.]+)\.", k))})
+        if not conditioner_names:
+            raise ConversionError(f"{path}: missing key 'learner.conditioners.*' (not a KE OneShotLearner checkpoint?)")
+        shapes = self.edited_modules(adapter)
+        if inner_params:
+            wanted = {n.replace(".", "_") + "_conditioner" for n in inner_params}
+            if wanted != set(conditioner_names):
+                raise ConversionError(f"{path}: its conditioners {listing(conditioner_names)} are not those of --inner_params "
+                                      f"{listing(wanted)}")
+        mapping = match_weights(list(shapes), conditioner_names, f"{path}", key_of=conditioner_key)
+        state = dict(net.state_dict())  # entries are replaced, never written into
+        known = set()
+
+        def take(ours: str, theirs: str, rows=None):
+            known.add(theirs)
+            copy_checked(state, sd, ours, theirs, path, rows)
+
+        emb_key = "learner.condition.embedding.weight"
+        known.add(emb_key)
+        if emb_key not in sd:
+            raise ConversionError(f"{path}: missing key {emb_key!r}")
+        emb, ours_emb = sd[emb_key], state["condition.embedding.weight"]
+        if emb.dim() != 2 or emb.shape[1] != ours_emb.shape[1]:
+            raise ConversionError(f"{path}: {emb_key!r} has shape {shape_of(emb)}; the editor on this model needs "
+                                  f"[{ours_emb.shape[0]}, {ours_emb.shape[1]}] (the base model's embedding width)")
+        # The reference's table has the rows of its model's vocabulary; ours those of the model's
+        # embeddings (llava-hf adds <image>, <pad> and padding rows). Shared ids are the same tokens;
+        # extra rows of ours keep the base model's embeddings (the reference's initialisation).
+        shared = min(emb.shape[0], ours_emb.shape[0])
+        table = ours_emb.clone()
+        table[:shared] = emb[:shared].float()
+        state["condition.embedding.weight"] = table
+        for name in REFERENCE_LSTM:
+            take(f"condition.lstm.{name}", f"learner.condition.lstm._module.{name}")
+        take("condition.linear.weight", "learner.condition.linear._linear_layers.0.weight")
+        take("condition.linear.bias", "learner.condition.linear._linear_layers.0.bias")
+        for conditioner, our_name in mapping.items():
+            index = str(net.names.index(our_name))
+            for ours, theirs in (("hidden", "0"), ("out", "2")):
+                for param in ("weight_g", "weight_v", "bias"):
+                    take(f"conditioners.{index}.{ours}.{param}", f"learner.conditioners.{conditioner}.conditioners.{theirs}.{param}")
+        hparams = ref.get("hyper_parameters")
+        hparams = hparams.fields() if isinstance(hparams, Stub) else (hparams if isinstance(hparams, dict) else {})
+        max_scale = float(hparams.get("max_scale", 1.0))
+        state["max_scale"] = torch.tensor(max_scale)
+        if "alpha_lp" in sd:
+            known.add("alpha_lp")
+            state["lagrange"] = sd["alpha_lp"].detach().float().clamp(min=0.0).reshape(())
+        known.add("margin_lp")
+        extra = sorted(k for k in sd if k.startswith("learner.") and k not in known)
+        if extra:
+            raise ConversionError(f"{path}: unexpected key {extra[0]!r} (not part of KE's OneShotLearner as mmke-eval knows it)")
+        net.load_state_dict(state, strict=True)
+        return {
+            "mapping": {c: mapping[c] for c in conditioner_names},
+            "embedding_rows": {"reference": int(emb.shape[0]), "model": int(ours_emb.shape[0]), "from_reference": int(shared)},
+            "max_scale": max_scale,
+            "margin_lp": float(sd["margin_lp"]) if isinstance(sd.get("margin_lp"), torch.Tensor) else None,
+            "ignored_keys": len([k for k in sd if not k.startswith("learner.") and k not in known]),
+        }

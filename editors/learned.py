@@ -1,7 +1,7 @@
 """Editors with learned parts (SERAC, MEND, KE): what they share.
 
 A learned editor holds one ``torch.nn.Module`` of learned tensors (``self.learned``), built for
-one adapter by ``build``. ``mmke-eval train-editor`` (mmke_eval/train_editor.py) trains it with
+one adapter by ``build``. ``mmke-eval train-editor`` (mmke_eval/training/) trains it with
 ``meta_loss`` on a benchmark's train split; ``apply`` then edits case by case like every editor.
 
 A checkpoint is a folder: ``editor.safetensors`` (the learned tensors, best validation step) and
@@ -12,6 +12,10 @@ refuses a checkpoint made for another base model or other edited modules, naming
 ``substituted`` swaps tensors in for named parameters during a forward pass without copying
 anything into the model, so a post-edit weight ``W - lr * dW`` keeps its graph back to the
 learned networks (meta-training) and the original ``Parameter`` objects come back untouched.
+
+A weight-update editor whose reference trainer publishes its networks (MEND, KE) reads that file
+itself: ``from_reference`` (the checks and the checkpoint, shared) and ``load_reference`` (its
+tensors into the networks, per editor); ``mmke-eval convert-checkpoint`` calls it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig
 from mmke_eval.adapters.base import Query
+from mmke_eval.reference.safe_pickle import ConversionError, int_step, peek, read_reference, sha256_of
 
 CHECKPOINT_FORMAT = "mmke-eval editor checkpoint"
 CHECKPOINT_VERSION = 1
@@ -495,3 +500,57 @@ class WeightUpdateEditor(LearnedEditor):
         updates = self.updates(adapter, request)
         params = dict(adapter.model.named_parameters())
         return updates, {name: params[name] - update.to(params[name].dtype) for name, update in updates.items()}
+
+    # -- the reference trainer's checkpoint (mmke-eval convert-checkpoint; mmke_eval/reference/) --------------
+    # Set by an editor that reads one: the format's name (recorded in the checkpoint), the file's
+    # top-level keys, and the key holding its training step.
+    reference_format = ""
+    reference_keys: tuple[str, ...] = ()
+    reference_step_key = ""
+
+    @staticmethod
+    def check_reference(path: Path) -> None:
+        """Refuse, reading no tensor, a file that is not a ``torch.save`` archive (before a model loads)."""
+        peek(path)
+
+    def load_reference(self, adapter, ref: dict[str, Any], path: Path, inner_params: list[str] | None) -> dict[str, Any]:
+        """Put the reference file's tensors (``ref``) into ``self.learned``; return what the
+        checkpoint records of the conversion (the name mapping, ignored keys, ...)."""
+        raise NotImplementedError
+
+    def from_reference(self, adapter, reference: str | Path, output: str | Path,
+                       inner_params: list[str] | None = None, command: str = "") -> dict[str, Any]:
+        """Read the reference trainer's file ``reference``, load it into the networks for ``adapter``
+        and write the checkpoint folder ``output``; return the checkpoint's meta. The reference does
+        not record its base model's weights: the checkpoint has no fingerprint, so only the edited
+        modules' names and shapes are checked when it is loaded."""
+        path = Path(reference).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--reference {reference}: no such file")
+        out = Path(output).expanduser()
+        if (out / META_FILE).exists():
+            raise ConversionError(f"--output_path {out} already holds a checkpoint ({META_FILE}); choose another folder or remove it")
+        ref = read_reference(path, self.reference_keys)
+        self.ensure_ready(adapter, for_training=True)
+        details = self.load_reference(adapter, ref, path, inner_params)
+        self.learned.eval()
+        step = int_step(ref.get(self.reference_step_key))
+        sha = sha256_of(path)
+        val_stats = ref.get("val_stats") if isinstance(ref.get("val_stats"), dict) else {}
+        meta = self.checkpoint_meta(
+            adapter,
+            data={"source": "reference checkpoint", "sha256": sha, "file": str(path)},
+            training={"best_step": step, "steps": step, "reference_val_stats": {k: float(v) for k, v in val_stats.items()
+                                                                                if isinstance(v, (int, float))},
+                      "command": command},
+        )
+        meta["base_model"]["fingerprint"] = None  # the reference does not record its base model's weights
+        meta["converted_from"] = {"file": str(path.resolve()), "sha256": sha, "format": self.reference_format, "step": step,
+                                  **details}
+        self.save_checkpoint(out, meta)
+        return meta
+
+    def conversion_summary(self, meta: dict[str, Any], path: Path) -> str:
+        """What ``from_reference`` made of the file, for the command's last line."""
+        return (f"{self.name} from {path.name} (step {meta['converted_from']['step']}) for {len(meta['edited_modules'])} "
+                f"weights of {meta['base_model']['class']}")

@@ -14,7 +14,7 @@ statistics and transformed together (``combine``); ``n_hidden + 1`` residual lay
 training loss ``edit_coef * NLL(new target | in-scope inputs) + loc_coef * KL(pre || post | locality
 inputs)`` with text and image locality inputs (the reference: 0.1 and 1.0). The network computes
 the reference's function for the reference's tensors, so its published checkpoints load after
-``mmke-eval convert-checkpoint`` (mmke_eval/convert.py; docs/editors.md).
+``mmke-eval convert-checkpoint`` (``MENDEditor.load_reference``; docs/editors.md).
 
 An edit writes ``W'`` into the model and restores exactly the tensors it touched; in training the
 post-edit weights are substituted (editors/learned.py) so the loss reaches the networks.
@@ -22,7 +22,10 @@ post-edit weights are substituted (editors/learned.py) so the loss reaches the n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +39,11 @@ from editors.learned import (
     kl_from_base,
     substituted,
 )
+from mmke_eval.reference.safe_pickle import ConversionError, describe_config
+from mmke_eval.reference.weights import copy_checked, default_inner_params, listing, match_weights, shape_of
+
+# A network of the reference's file: "mend.(IN, OUT).<tensor>" (ours: "transforms.OUTxIN.<tensor>").
+REFERENCE_SHAPE_KEY = re.compile(r"^mend\.\((\d+), (\d+)\)\.(.+)$")
 
 
 @dataclass
@@ -217,3 +225,83 @@ class MENDEditor(WeightUpdateEditor):
             loc_kl = sum(kl_from_base(b, adapter.sequence_logits(q)) for b, q in zip(base, example.locality)) / max(len(base), 1)
         loss = cfg.edit_coef * edit_nll + cfg.loc_coef * loc_kl
         return loss, {"edit_nll": float(edit_nll.detach()), "loc_kl": float(loc_kl.detach())}
+
+    # The reference's MEND file (mmke_eval/reference/): the EasyEdit-derived trainer's torch.save'd dict,
+    # whose "model" holds the gradient networks keyed by weight shape, the step sizes and its model config.
+    reference_format = "EasyEdit trainer (BaseTrainer.save_state), MEND"
+    reference_keys = ("model",)
+    reference_step_key = "step"
+
+    def load_reference(self, adapter, ref: dict[str, Any], path: Path, inner_params: list[str] | None) -> dict[str, Any]:
+        net = self.learned
+        model = ref["model"]
+        if not isinstance(model, dict):
+            raise ConversionError(f"{path}: 'model' holds a {type(model).__name__}, not the editor's state dict")
+        ignored = [k for k in model if k.startswith("model.")]
+        unexpected = [k for k in model if k not in ("edit_lrs", "model_config") and not k.startswith(("mend.", "model."))]
+        if unexpected:
+            raise ConversionError(f"{path}: unexpected key {unexpected[0]!r} in 'model' (a MEND state dict holds "
+                                  "'edit_lrs', 'mend.(IN, OUT)...' and 'model_config')")
+        if "edit_lrs" not in model:
+            raise ConversionError(f"{path}: missing key 'edit_lrs' in 'model' (not a MEND checkpoint?)")
+        shapes = self.edited_modules(adapter)
+        order = inner_params or default_inner_params(list(shapes), getattr(adapter, "family", ""))
+        mapping = match_weights(list(shapes), order, f"{path}")
+        lrs = model["edit_lrs"]
+        if not isinstance(lrs, torch.Tensor) or tuple(lrs.shape) != (len(order),):
+            raise ConversionError(f"{path}: 'edit_lrs' has shape {shape_of(lrs) if isinstance(lrs, torch.Tensor) else type(lrs).__name__}; "
+                                  f"this model's {len(order)} edited weights need [{len(order)}]")
+
+        # The reference keys a network by the weight's (in, out) and tells the weights of one shape
+        # apart by their place in inner_params; ours by "OUTxIN" and the place among sorted names.
+        ref_groups: dict[str, list[str]] = {}
+        for ref_name in order:
+            d_out, d_in = shapes[mapping[ref_name]]
+            ref_groups.setdefault(f"({d_in}, {d_out})", []).append(ref_name)
+        present = {m.group(1, 2) for k in model if (m := REFERENCE_SHAPE_KEY.match(k))}
+        for d_in, d_out in sorted(present):
+            if f"({d_in}, {d_out})" not in ref_groups:
+                raise ConversionError(f"{path}: unexpected key 'mend.({d_in}, {d_out})': a network for weights of shape "
+                                      f"[{d_out}, {d_in}], which this model's edited weights do not have "
+                                      f"(they are {sorted({tuple(s) for s in shapes.values()})})")
+        state = dict(net.state_dict())  # entries are replaced, never written into
+        for ref_key, ref_names in ref_groups.items():
+            d_in, d_out = (int(x) for x in ref_key[1:-1].split(", "))
+            ours = f"transforms.{shape_key((d_out, d_in))}"
+            prefix = f"mend.{ref_key}"
+            if not any(k.startswith(prefix + ".") for k in model):
+                raise ConversionError(f"{path}: missing key {prefix + '.mlp.layers.0.u'!r}: no network for weights of shape "
+                                      f"[{d_out}, {d_in}] ({listing(mapping[n] for n in ref_names)})")
+            # our mode of each weight -> its reference mode
+            rows = [0] * len(ref_names)
+            for ref_mode, ref_name in enumerate(ref_names):
+                rows[net.slot[mapping[ref_name]][1]] = ref_mode
+            for buffer in ("u_mean", "v_mean", "u_std", "v_std", "u_s", "v_s", "k"):
+                copy_checked(state, model, f"{ours}.{buffer}", f"{prefix}.{buffer}", path)
+            n_layers = len(net.transforms[shape_key((d_out, d_in))].mlp.layers)
+            theirs_layers = {int(m.group(1)) for k in model if (m := re.match(re.escape(prefix) + r"\.mlp\.layers\.(\d+)\.", k))}
+            if theirs_layers != set(range(n_layers)):
+                raise ConversionError(f"{path}: {prefix} has {len(theirs_layers)} low-rank layers; the editor has {n_layers} "
+                                      f"(n_hidden={n_layers - 1}; pass --editor_args n_hidden={max(len(theirs_layers) - 1, 0)})")
+            for i in range(n_layers):
+                for param in ("u", "v", "bias"):
+                    copy_checked(state, model, f"{ours}.mlp.layers.{i}.{param}", f"{prefix}.mlp.layers.{i}.{param}", path)
+                for param in ("mode_scale", "mode_shift"):
+                    copy_checked(state, model, f"{ours}.mlp.layers.{i}.{param}", f"{prefix}.mlp.layers.{i}.{param}.weight", path, rows=rows)
+            known = {f"{prefix}.{b}" for b in ("u_mean", "v_mean", "u_std", "v_std", "u_s", "v_s", "k")}
+            known |= {f"{prefix}.mlp.layers.{i}.{p}" for i in range(n_layers) for p in ("u", "v", "bias", "mode_scale.weight", "mode_shift.weight")}
+            extra = sorted(k for k in model if k.startswith(prefix + ".") and k not in known)
+            if extra:
+                raise ConversionError(f"{path}: unexpected key {extra[0]!r} (not part of MEND's IDMLP network)")
+        edit_lrs = torch.zeros_like(state["edit_lrs"])
+        for i, ref_name in enumerate(order):
+            edit_lrs[net.names.index(mapping[ref_name])] = lrs[i].float()
+        state["edit_lrs"] = edit_lrs
+        net.load_state_dict(state, strict=True)
+        config = model.get("model_config")
+        return {
+            "inner_params": order,
+            "mapping": {ref_name: mapping[ref_name] for ref_name in order},
+            "model_config": describe_config(config),
+            "ignored_keys": len(ignored),
+        }

@@ -183,6 +183,9 @@ class SERACEditor(LearnedEditor):
     reference_locality_span = "sequence"
     multi_image = ("K memory entries, one per edit image (the same prompt and target); the scope classifier tells them "
                    "apart only with cls_image=true (text-only, they route as one entry)")
+    # The reference's SERAC files (mmke-eval convert-checkpoint --editor serac) are another design than
+    # this one: they become checkpoints of serac_ref (editors/serac_reference.py), which runs it.
+    reference_runs_as = "serac_ref"
 
     def __init__(self, config: SERACConfig | None = None):
         super().__init__(config)

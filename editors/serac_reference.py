@@ -41,7 +41,6 @@ by MiniGPT-4's own image path) and every other model are refused, naming the mod
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,17 +49,17 @@ from typing import Any
 import torch
 
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig, EditRequest
-from editors.learned import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_FILE, WEIGHTS_FILE, CheckpointError,
-                             model_fingerprint, read_checkpoint_meta, read_checkpoint_weights)
+from editors.learned import WEIGHTS_FILE, CheckpointError, model_fingerprint
+from editors.serac_reference_checkpoint import (REFERENCE_FORMAT, check_serac_file, convert_reference_file, image_path_modules,
+                                                own_projection, pretrained, read_checkpoint)
 from mmke_eval.adapters.base import ForwardResult, Query
+from mmke_eval.reference.safe_pickle import ConversionError
 
 CLS_INPUTS = ("prompt", "reference")
 DEFAULT_CLS_NAME = "distilbert-base-uncased"  # the reference's hparams/TRAINING/SERAC cls_name
 # The reference's counterfactual model per model family (hparams/TRAINING/SERAC small_name).
 DEFAULT_SMALL_NAMES = {"llava": "lmsys/vicuna-7b-v1.5", "blip2": "facebook/opt-125m"}
 CF_PREFIX = "{prompt} {target} "  # the reference's cached "src alt "
-# Buffers that older transformers saved and that are rebuilt from the config: a file may hold them.
-REBUILT_BUFFERS = ("position_ids", "rotary_emb.inv_freq")
 
 
 @dataclass
@@ -81,84 +80,6 @@ class SERACReferenceConfig(EditorConfig):
     def __post_init__(self):
         if self.cls_input not in CLS_INPUTS:
             raise ConfigError(f"editor 'serac_ref': cls_input must be one of {CLS_INPUTS}, not {self.cls_input!r}")
-
-
-# -- the checkpoint -----------------------------------------------------------------------------------
-CLASS_NAME = "editors.serac_reference:SERACReferenceEditor"
-
-
-def image_path_modules(adapter) -> dict[str, tuple[int, ...]]:
-    """The base model's weights a checkpoint is fingerprinted on: its alignment module (LLaVA's
-    projector; BLIP-2's Q-Former, query tokens and projection), whose outputs the counterfactual
-    model reads."""
-    return {name: tuple(p.shape) for name, p in adapter.parameter_group("alignment").items()}
-
-
-def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": CHECKPOINT_FORMAT, "editor": "serac_ref"})
-    tmp.replace(folder / WEIGHTS_FILE)
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    tmp.replace(folder / META_FILE)
-
-
-def checkpoint_meta(adapter, cls_name: str, small_name: str, converted_from: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "editor": "serac_ref", "class": CLASS_NAME,
-        "config": {"cls_name": cls_name, "small_name": small_name},
-        "base_model": model_fingerprint(adapter, image_path_modules(adapter)),
-        "converted_from": converted_from,
-    }
-
-
-def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise CheckpointError(f"editor 'serac_ref': checkpoint={folder}: needs {META_FILE} and {WEIGHTS_FILE} (written by "
-                              "`mmke-eval convert-checkpoint --editor serac`)")
-    meta = read_checkpoint_meta(meta_path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{folder}: not an mmke-eval editor checkpoint (format {meta.get('format')!r})")
-    if meta.get("class") != CLASS_NAME:
-        raise CheckpointError(f"{folder} holds a {meta.get('editor')!r} checkpoint ({meta.get('class')}); editor 'serac_ref' "
-                              "reads only converted reference SERAC files (`mmke-eval convert-checkpoint --editor serac`)")
-    return meta, read_checkpoint_weights(weights_path)
-
-
-def pretrained(loader, name: str, option: str, **kwargs):
-    """``loader.from_pretrained(name)``; a failure names the option to set."""
-    try:
-        return loader.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"editor 'serac_ref': {option}={name}: cannot load it ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); give a local folder with --editor_args "
-                          f"{option}=PATH") from None
-
-
-def meta_model(name: str, option: str) -> torch.nn.Module:
-    """``cls_name``'s AutoModel (``option`` 'cls_name') or ``small_name``'s AutoModelForCausalLM,
-    built from its config on the meta device (no weights read, no memory used): names and shapes."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    config = pretrained(AutoConfig, name, option)
-    with torch.device("meta"):
-        return (AutoModel if option == "cls_name" else AutoModelForCausalLM).from_config(config)
-
-
-def own_projection(adapter) -> bool:
-    """Whether the reference's counterfactual model reads this model's images through a projection
-    of its own (BLIP-2: its ``language_projection`` of the Q-Former's outputs, never trained:
-    pitfall 5) instead of the base model's image features (LLaVA)."""
-    return callable(getattr(adapter, "query_outputs", None))
-
-
-def is_rebuilt_buffer(key: str) -> bool:
-    return key.endswith(REBUILT_BUFFERS)
 
 
 # -- the scores ----------------------------------------------------------------------------------------
@@ -248,7 +169,7 @@ class SERACReferenceEditor(Editor):
     reference_locality_span = "sequence"
     multi_image = ("K memory entries, one per edit image (the same key text and prefix: the reference's memory holds "
                    "text only, so they score as one entry)")
-    # What `mmke-eval train-editor --editor serac_ref` answers (mmke_eval/train_editor.py).
+    # What `mmke-eval train-editor --editor serac_ref` answers (mmke_eval/cli/train.py).
     training_note = ("runs the reference's published SERAC checkpoints (convert one with `mmke-eval convert-checkpoint "
                      "--editor serac`); it is not trained here. Train mmke-eval's own SERAC with "
                      "`mmke-eval train-editor --editor serac`")
@@ -292,6 +213,28 @@ class SERACReferenceEditor(Editor):
             raise ConfigError(f"editor 'serac_ref': the reference names no counterfactual model for family "
                               f"{adapter.family!r}; pass --editor_args small_name=PATH")
         return cls_name, small_name
+
+    # -- the reference's file (mmke-eval convert-checkpoint --editor serac) -------------------------------------
+    reference_format = REFERENCE_FORMAT
+
+    @staticmethod
+    def check_reference(path: Path) -> None:
+        """Refuse, reading no tensor, a file whose ``"model"`` is not a SERAC state dict (before a model loads)."""
+        check_serac_file(path)
+
+    def from_reference(self, adapter, reference: str | Path, output: str | Path,
+                       inner_params: list[str] | None = None, command: str = "") -> dict[str, Any]:
+        """A reference SERAC_MULTI file as this editor's checkpoint (editors/serac_reference_checkpoint.py)."""
+        if inner_params:
+            raise ConversionError("--inner_params: a SERAC file edits no weight of the base model")
+        return convert_reference_file(self, adapter, reference, output, command)
+
+    @staticmethod
+    def conversion_summary(meta: dict[str, Any], path: Path) -> str:
+        conv = meta["converted_from"]
+        return (f"SERAC from {path.name} (step {conv['step']}): the classifier ({conv['classifier_tensors']} tensors of "
+                f"{meta['config']['cls_name']}) and {len(conv['replacement_tensors'])} trained tensors of "
+                f"{meta['config']['small_name']} (layers {conv['replacement_layers']})")
 
     def ensure_ready(self, adapter) -> None:
         if self._built_for == id(adapter):

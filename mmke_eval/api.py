@@ -20,7 +20,14 @@ from typing import Any
 
 from mmke_eval import parallel, registry, runner
 from mmke_eval.config import EditedConfig
-from mmke_eval.protocol import PROTOCOL_FIELDS, Protocol, RUN_OPTIONS, check_pretrained, refuse_misspelt_options
+from mmke_eval.errors import EvaluationError
+from mmke_eval.protocol import (
+    PROTOCOL_FIELDS,
+    RUN_OPTIONS,
+    Protocol,
+    check_pretrained,
+    refuse_misspelt_options,
+)
 from mmke_eval.run_context import RunContext
 
 # lmms-eval's evaluation options mmke-eval forwards (``simple_evaluate`` keywords), and those it
@@ -78,7 +85,7 @@ def evaluate(tasks: str | list[str] = runner.DEFAULT_TASKS, model: str = runner.
     check_pretrained(config_args.get("pretrained"))
     rank, world_size = parallel.world()
     if world_size > 1 and protocol.sequential:
-        raise runner.EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+        raise EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
     data_root = _data_root(data, task_list, include_paths, source_cards)
     from mmke_eval.data import source
 
@@ -162,10 +169,10 @@ def _lmms_eval_options(given: dict[str, Any], output_path) -> _Options:
 
     for name in given:
         if name in REFUSED_OPTIONS:
-            raise runner.EvaluationError(f"--{name} is not supported by mmke-eval: {REFUSED_OPTIONS[name]}")
+            raise EvaluationError(f"--{name} is not supported by mmke-eval: {REFUSED_OPTIONS[name]}")
         if name not in FORWARDED_OPTIONS:
             close = difflib.get_close_matches(name, FORWARDED_OPTIONS, n=1)
-            raise runner.EvaluationError(f"lmms-eval option {name!r} is not forwarded by mmke-eval"
+            raise EvaluationError(f"lmms-eval option {name!r} is not forwarded by mmke-eval"
                                          + (f"; did you mean {close[0]!r}?" if close else "")
                                          + f" (forwarded: {', '.join(FORWARDED_OPTIONS)})")
     options = dict(given)

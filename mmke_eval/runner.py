@@ -18,6 +18,7 @@ from typing import Any
 
 from mmke_eval import parallel, run_context
 from mmke_eval.config import EditedConfig
+from mmke_eval.errors import EvaluationError
 
 # The built-in default: the generated mini benchmark and the shipped world model.
 DEFAULT_TASKS = "mmke_mini"
@@ -47,52 +48,6 @@ def model_args_for(model: str, given: str | None) -> str:
     return ",".join(part for part in (default_model_args(), given) if part)
 
 
-class EvaluationError(RuntimeError):
-    pass
-
-
-def parse_key_values(text: str, what: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> dict; a malformed item names itself."""
-    values = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EvaluationError(f"{what}: expected key=value, got {item!r}")
-        values[key.strip()] = value.strip()
-    return values
-
-
-def editor_args_for(editors: list[str], values: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Split --editor_args among editors: ``k=v`` goes to every editor, ``EDITOR.k=v`` to one."""
-    per_editor: dict[str, dict[str, str]] = {editor: {} for editor in editors}
-    for key, value in values.items():
-        name, dot, field_name = key.partition(".")
-        if not dot:
-            for args in per_editor.values():
-                args[key] = value
-        elif name in per_editor:
-            per_editor[name][field_name] = value
-        else:
-            raise EvaluationError(f"--editor_args {key}={value}: editor {name!r} is not among --editor {','.join(editors)}")
-    return per_editor
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """The error behind lmms-eval's retry wrappers (tenacity.RetryError) and re-raises."""
-    seen = set()
-    while id(err) not in seen and not getattr(err, "is_root_cause", False):
-        seen.add(id(err))
-        last_attempt = getattr(err, "last_attempt", None)  # tenacity.RetryError
-        if last_attempt is not None and last_attempt.exception() is not None:
-            err = last_attempt.exception()
-        elif err.__cause__ is not None:
-            err = err.__cause__
-        else:
-            break
-    return err
-
-
-
 def run_editor(config: EditedConfig, tasks: list[str], *, include_paths: list[str], output_path: Path | None,
                record_model_args: str, log_samples: bool, verbosity: str = "WARNING",
                timezone: str = LMMS_EVAL_TIMEZONE, **simple_evaluate_kwargs: Any) -> dict[str, Any] | None:
@@ -102,12 +57,11 @@ def run_editor(config: EditedConfig, tasks: list[str], *, include_paths: list[st
     which reports read), as ``lmms-eval --model edited`` would have it. In several processes
     every process calls this; process 0 returns the whole run's results and writes the files,
     the others return None."""
+    import torch.distributed as dist
     from lmms_eval import utils as lmms_utils
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.loggers import EvaluationTracker
     from lmms_eval.tasks import TaskManager
-
-    import torch.distributed as dist
 
     from mmke_eval.lmms import patches
     from mmke_eval.lmms.model import EditedLMM

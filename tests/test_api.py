@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 import mmke_eval
+import mmke_eval.errors
 from mmke_eval import cli, run_context
 
 
@@ -62,9 +63,9 @@ def test_two_runs_in_one_process_read_their_own_data_root(tiny_llava_dir, mmke_f
 
 
 def test_refused_and_unknown_lmms_eval_options_fail_before_anything_loads():
-    with pytest.raises(mmke_eval.api.runner.EvaluationError, match="--limit is not supported by mmke-eval"):
+    with pytest.raises(mmke_eval.errors.EvaluationError, match="--limit is not supported by mmke-eval"):
         mmke_eval.evaluate(limit=5)
-    with pytest.raises(mmke_eval.api.runner.EvaluationError, match="'log_sample' is not forwarded.*did you mean 'log_samples'"):
+    with pytest.raises(mmke_eval.errors.EvaluationError, match="'log_sample' is not forwarded.*did you mean 'log_samples'"):
         mmke_eval.evaluate(log_sample=True)
     with pytest.raises(ValueError, match="editor_args for ike: not among the editors none"):
         mmke_eval.evaluate(editor_args={"ike": {"k": 3}})

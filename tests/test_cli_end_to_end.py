@@ -220,7 +220,7 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
 
     monkeypatch.setattr(runner, "evaluate", interrupted)
     monkeypatch.setattr(journal, "_open_journals", [saved])
-    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130
@@ -284,10 +284,10 @@ def test_help_lists_every_subcommand(capsys):
 def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, monkeypatch, capsys):
     """A read-only output folder (here: mmke_table.md is a folder, which fails as root too): the
     numbers are printed anyway, and the exit code says the run did not do everything it should."""
-    from mmke_eval import cli
+    from mmke_eval import cli, runner
 
-    monkeypatch.setattr(cli.runner, "evaluate", lambda spec: {"results": {"mme": {"score,none": 42.0}}})
-    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "evaluate", lambda spec: {"results": {"mme": {"score,none": 42.0}}})
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     (tmp_path / "mmke_table.md").mkdir()
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
     captured = capsys.readouterr()
@@ -298,19 +298,20 @@ def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, m
 
 
 def test_an_unknown_task_is_refused_before_anything_loads_with_the_close_name(monkeypatch, capsys):
-    from mmke_eval import cli
+    from mmke_eval import cli, runner
+    from mmke_eval.lmms import taskfiles
 
     def never(spec):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(cli.runner, "evaluate", never)
+    monkeypatch.setattr(runner, "evaluate", never)
     assert cli.main(["--tasks", "mmke_entty"]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("mmke-eval: error: UnknownTask: --tasks mmke_entty: no such task or group. Did you mean 'mmke_entity'? "
                     "`mmke-eval list` lists ours; lmms-eval's own are listed by `lmms-eval --tasks list`")
-    cli.check_task_names("mmke_entity,mme,mmke_mini_*")  # lmms-eval's own tasks and wildcards are accepted
-    with pytest.raises(cli.UnknownTask, match="--tasks mmke_nothing_\\*: no such task"):
-        cli.check_task_names("mmke_nothing_*")
+    taskfiles.check_task_names("mmke_entity,mme,mmke_mini_*")  # lmms-eval's own tasks and wildcards are accepted
+    with pytest.raises(taskfiles.UnknownTask, match="--tasks mmke_nothing_\\*: no such task"):
+        taskfiles.check_task_names("mmke_nothing_*")
 
 
 @pytest.mark.parametrize("task, variable", [("mmke_entity", "MMKE_DATA"), ("vlkeb_eval", "VLKEB_DATA"),
@@ -320,12 +321,12 @@ def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task
     (it was the Hub's OfflineModeIsEnabled, after the model had loaded)."""
     from huggingface_hub import constants
 
-    from mmke_eval import cli
+    from mmke_eval import cli, runner
 
     def never(spec):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(cli.runner, "evaluate", never)
+    monkeypatch.setattr(runner, "evaluate", never)
     monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))

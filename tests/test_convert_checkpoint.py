@@ -24,7 +24,9 @@ from editors.learned import META_FILE, gradient_factors
 from mmke_eval import registry
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.convert import ConversionError, convert, layer_and_module
+from mmke_eval.reference.convert import convert
+from mmke_eval.reference.safe_pickle import ConversionError
+from mmke_eval.reference.weights import layer_and_module
 
 PROMPT = "What is shown in the image?"
 TARGET = "A red circle"

@@ -130,7 +130,7 @@ def test_every_task_yaml_lists_its_familys_metrics():
     """The metric list of each family's task template is the one its declaration gives."""
     import yaml
 
-    from mmke_eval.cli import _IgnoreTagsLoader
+    from mmke_eval.lmms.taskfiles import IgnoreTagsLoader as _IgnoreTagsLoader
     from mmke_eval.resources import tasks_dir
 
     for name in ("mmke", "mmedit", "vlkeb", "mike"):

@@ -122,7 +122,7 @@ def test_unreachable_hub_tells_how_to_supply_data(monkeypatch):
     for expected in (REPO, "couldn't connect", f"environment variable {ENV}=PATH", "mmke-eval --data PATH",
                      "PATH/data_json/", "PATH/data_image/"):  # fmt: skip
         assert expected in message
-    from mmke_eval.runner import root_cause
+    from mmke_eval.errors import root_cause
 
     assert root_cause(caught.value) is caught.value  # the CLI's last line is this message, not the Hub's error
 

@@ -80,7 +80,7 @@ def test_an_unknown_editor_in_a_benchmark_declaration_is_named(monkeypatch):
 def test_list_shows_the_benchmark_values_per_model(capsys):
     from mmke_eval import cli
 
-    assert cli._list() == 0
+    assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     vlkeb = out[out.index("  vlkeb"):]
     assert "ft_llm on llava: steps=10" in vlkeb and "ft_llm on blip2: steps=15" in vlkeb

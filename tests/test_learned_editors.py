@@ -22,7 +22,10 @@ from mmke_eval import registry
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.protocol import Protocol
-from mmke_eval.train_editor import RESUME_FILE, TrainingError, read_training_state, train, training_example, validate
+from mmke_eval.training.data import training_example
+from mmke_eval.training.errors import TrainingError
+from mmke_eval.training.loop import train, validate
+from mmke_eval.training.state import RESUME_FILE, read_training_state
 
 EDITORS = ("mend", "ke")
 TEMPLATE = "mmke/probe.jinja"

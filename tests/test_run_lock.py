@@ -108,13 +108,13 @@ def test_wait_for_lock_waits_until_the_other_run_ends(other_run, tmp_path, capsy
 
 
 def test_the_cli_refuses_a_second_run_before_loading_anything_and_releases_on_error(other_run, tmp_path, monkeypatch, capsys):
-    from mmke_eval import cli
+    from mmke_eval import cli, runner
 
     def never(config, tasks, **run):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(cli.runner, "run_editor", never)
-    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "run_editor", never)
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     holder = other_run(tmp_path / "ft_llm")
     assert cli.main(["--editor", "none,ft_llm", "--output_path", str(tmp_path)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -128,19 +128,19 @@ def test_the_cli_refuses_a_second_run_before_loading_anything_and_releases_on_er
         assert (Path(run["output_path"]) / run_lock.LOCK_NAME).is_file()  # held while the editor runs
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli.runner, "run_editor", failing)
+    monkeypatch.setattr(runner, "run_editor", failing)
     assert cli.main(["--editor", "none", "--output_path", str(tmp_path)]) == 1
     assert not (tmp_path / "none" / run_lock.LOCK_NAME).exists() and not run_lock._held
 
 
 def test_the_other_processes_of_a_multi_process_run_do_not_take_the_lock(other_run, tmp_path, monkeypatch):
     """torchrun: process 0 holds the folder for the run; process 1 of the same run must not be refused."""
-    from mmke_eval import cli
+    from mmke_eval import cli, runner
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(cli.runner, "run_editor", lambda config, tasks, **run: None)  # a non-zero process gets no results
-    monkeypatch.setattr(cli.runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "run_editor", lambda config, tasks, **run: None)  # a non-zero process gets no results
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     other_run(tmp_path / "none")  # (stands for process 0)
     assert cli.main(["--editor", "none", "--output_path", str(tmp_path)]) == 0
 

@@ -183,7 +183,7 @@ def trained(world, mini_root, tmp_path_factory):
     """A SERAC trained on the world's train split, its classifier with images: the classifier only
     (cf_coef=0, a few seconds; the counterfactual copy keeps the base weights, which read the
     IKE-format prefix already)."""
-    from mmke_eval.train_editor import train
+    from mmke_eval.training.loop import train
 
     folder = tmp_path_factory.mktemp("serac_ckpt")
     editor = registry.build_editor("serac", family=world.family,
@@ -193,7 +193,7 @@ def trained(world, mini_root, tmp_path_factory):
 
 
 def test_a_few_training_steps_lower_the_meta_loss(world, mini_root):
-    from mmke_eval.train_editor import training_example
+    from mmke_eval.training.data import training_example
 
     editor = serac(world, negatives=0)
     examples = [training_example(*pair) for pair in world_training(mini_root, n=1)]

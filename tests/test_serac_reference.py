@@ -1,4 +1,4 @@
-"""serac_ref (editors/serac_reference.py) and its converter (mmke_eval/convert.py): a reference
+"""serac_ref (editors/serac_reference.py) and its converter (editors/serac_reference_checkpoint.py): a reference
 SERAC_MULTI file, written here in the trainer's layout with random values for a tiny LLaVA, becomes a
 checkpoint whose editor computes the reference's soft mixture.
 
@@ -30,7 +30,8 @@ from editors.serac_reference import SERACReferenceEditor, mixture_log_probs
 from mmke_eval import registry
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.convert import ConversionError, convert
+from mmke_eval.reference.convert import convert
+from mmke_eval.reference.safe_pickle import ConversionError
 
 PROMPT = "What is shown in the image?"
 TARGET = "A red circle"

@@ -10,7 +10,7 @@ from mmke_eval.data.easyedit import load_vlkeb
 from mmke_eval.data.mmke import load_cases
 from mmke_eval.templates import render
 from mmke_eval.testing.easyedit_fixture import write_vlkeb_fixture
-from mmke_eval.train_editor import training_example
+from mmke_eval.training.data import training_example
 
 TEMPLATE = "mmke/probe.jinja"
 

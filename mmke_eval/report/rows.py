@@ -7,49 +7,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mmke_eval.lmms.taskfiles import task_cards
+
 NO_SCORED_CASE = "no scored case (every case of the task was skipped or unscored)"
 
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def task_cards(results: dict[str, Any]) -> dict[str, dict]:
-    """Task -> its source card: as recorded in the results (``mmke.cards``, written by mmke-eval),
-    else read from the card file the task config names, else (results made on another machine)
-    the card of that file name in the installed task folder."""
-    from pathlib import Path
-
-    recorded = (results.get("mmke") or {}).get("cards") or {}
-    cards: dict[str, dict] = {task: card for task, card in recorded.items() if isinstance(card, dict)}
-    for task, config in (results.get("configs") or {}).items():
-        if task in cards:
-            continue
-        data_files = ((config or {}).get("dataset_kwargs") or {}).get("data_files") or {}
-        for path in data_files.values() if isinstance(data_files, dict) else []:
-            card = _read_card(Path(str(path))) or _installed_card(Path(str(path)).name)
-            if card is not None:
-                cards[task] = card
-                break
-    return cards
-
-
-def _read_card(path) -> dict | None:
-    import json
-
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return None
-    return card if isinstance(card, dict) and (card.get("family") or card.get("benchmark")) else None
-
-
-def _installed_card(name: str) -> dict | None:
-    from mmke_eval.resources import tasks_dir
-
-    for path in sorted(tasks_dir().glob(f"*/sources/{name}")):
-        return _read_card(path)
-    return None
 
 
 def task_families(results: dict[str, Any]) -> dict[str, str]:

@@ -175,8 +175,9 @@ def read_run(path: Path) -> Run:
 
 def _run(path: Path, results: dict) -> Run:
     from mmke_eval.protocol import PROTOCOL_FIELDS, protocol_from_options
-    from mmke_eval.report.rows import table_rows, task_cards
-    from mmke_eval.runner import parse_key_values
+    from mmke_eval.keyvalues import parse_key_values
+    from mmke_eval.lmms.taskfiles import task_cards
+    from mmke_eval.report.rows import table_rows
 
     config = results["config"]
     mmke = results.get("mmke") or {}

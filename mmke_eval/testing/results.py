@@ -94,7 +94,7 @@ def write_run(
         from dataclasses import asdict
 
         from mmke_eval.protocol import protocol_from_options
-        from mmke_eval.runner import parse_key_values
+        from mmke_eval.keyvalues import parse_key_values
 
         given = parse_key_values(options, "options")
         protocol = asdict(protocol_from_options(**{k: v for k, v in given.items() if not k.startswith(("editor.", "adapter."))}))
