@@ -55,7 +55,7 @@ def parser(chosen: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParse
         if name == DEFAULT_COMMAND:
             parsers[name] = commands.add_parser(
                 name, prog="mmke-eval", description=module.DESCRIPTION,
-                epilog="Other options go to lmms-eval unchanged. Subcommands (each has its own --help): "
+                epilog="lmms-eval options that keep edit cases whole go to lmms-eval (--include_path, --log_samples, --seed, --gen_kwargs, --batch_size, ...; --limit, --offset, --use_cache are refused). Subcommands (each has its own --help): "
                 + ", ".join(SUBCOMMANDS) + ".")
         else:
             parsers[name] = commands.add_parser(name, prog=f"mmke-eval {name}", description=module.DESCRIPTION)
