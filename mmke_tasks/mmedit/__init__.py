@@ -1,0 +1,1 @@
+"""The mmedit benchmark family: declaration (family.yaml), loader, task YAMLs, mini generator, test fixture (README.md)."""
