@@ -1,1 +1,1 @@
-"""The mike benchmark family: declaration (family.yaml), loader, task YAMLs, mini generator, test fixture (README.md)."""
+"""MIKE: one benchmark family in one folder (README.md)."""

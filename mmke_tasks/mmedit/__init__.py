@@ -1,1 +1,1 @@
-"""The mmedit benchmark family: declaration (family.yaml), loader, task YAMLs, mini generator, test fixture (README.md)."""
+"""MMEdit: one benchmark family in one folder (README.md)."""

@@ -1,1 +1,1 @@
-"""The mmke benchmark family: declaration (family.yaml), loader, task YAMLs, mini generator, test fixture (README.md)."""
+"""MMKE-Bench: one benchmark family in one folder (README.md)."""

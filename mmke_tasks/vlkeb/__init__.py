@@ -1,1 +1,1 @@
-"""The vlkeb benchmark family: declaration (family.yaml), loader, task YAMLs, mini generator, test fixture (README.md)."""
+"""VLKEB: one benchmark family in one folder (README.md)."""
