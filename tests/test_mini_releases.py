@@ -16,6 +16,7 @@ from mmke_eval import families
 from mmke_eval.mini import generate as G
 from mmke_eval.mini import releases
 from mmke_eval.mini import world as W
+from mmke_tasks.mmedit.generator import ensure_mini as ensure_mmedit
 
 WORLD = W.build_world(0)
 ENTITIES = {e.name: e for e in WORLD.all_entities()}
@@ -115,10 +116,10 @@ def test_make_mini_family_cli(tmp_path):
 
 def test_ensure_generated_per_family(tmp_path, monkeypatch):
     monkeypatch.setenv("MMKE_CACHE", str(tmp_path))
-    root = G.ensure_mmedit()
+    root = ensure_mmedit()
     assert root.name == f"v{G.GENERATOR_VERSION}-seed0-mmedit" and (root / "vqa" / "vqa_eval.json").is_file()
     assert json.loads((root / G.STAMP_FILE).read_text())["family"] == "mmedit"
-    assert G.ensure_mmedit() == root
+    assert ensure_mmedit() == root
 
 
 def test_each_family_end_to_end_on_its_mini(tmp_path):

@@ -1,4 +1,5 @@
-"""Old home of the other families' minis, kept for mini/train_world.py (``measure_families``) only.
+"""Old home of the other families' minis, kept for mini/train_world.py (``measure_families``) and
+tests/test_mini_releases.py.
 
 Each family's mini is now its folder's generator (mmke_tasks/<family>/generator.py), written and
 probed through mmke_eval/mini/generate.py; remove this module once the world-model trainer imports
