@@ -91,9 +91,9 @@ def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> 
     return generate_any(None, root, seed, n_eval, n_train)
 
 
-def knowledge_probes(family: str, root: Path, split: str = "eval") -> list[dict]:
-    """The probes of the generated mini of ``family`` under ``root`` answered with the ORIGINAL facts:
-    {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
+def knowledge_probes(family: str | None, root: Path, split: str = "eval") -> list[dict]:
+    """The probes of the generated mini of ``family`` (None: the default one) under ``root`` answered
+    with the ORIGINAL facts: {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
     return _generator(family).knowledge_probes(root, split)
 
 
