@@ -55,7 +55,7 @@ from throughput.worker import worker_entry  # noqa: E402
 PRELOAD = [
     "__main__", "numpy", "torch", "transformers", "transformers.models.llava.modeling_llava",
     "transformers.models.llava.processing_llava", "transformers.models.clip.image_processing_pil_clip",
-    "mmke_eval.engine.evaluator", "mmke_eval.adapters.llava_hf", "mmke_eval.data.mmke", "mmke_tasks.mmke.utils",
+    "mmke_eval.engine.evaluator", "mmke_eval.adapters.llava_hf", "mmke_tasks.mmke.loader",
     "editors.ft", "editors.ike",
 ]
 

@@ -64,16 +64,13 @@ def editor_defaults(name: str, family: str = "", benchmark: str = "") -> dict[st
 
 
 def benchmark_editor_defaults(benchmark: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """``benchmarks.<benchmark>.editors``: editor -> model family -> values (the benchmark's hparams)."""
-    entry = (load_registry().get("benchmarks") or {}).get(benchmark)
-    if entry is None:
-        known = ", ".join(sorted(load_registry().get("benchmarks") or {}))
-        raise RegistryError(f"unknown benchmark family {benchmark!r}; declared in registry.yaml: {known}")
-    declared = entry.get("editors") or {}
-    for editor, per_model in declared.items():
+    """The benchmark family's ``editors`` (mmke_tasks/<family>/family.yaml): editor -> model family ->
+    values (the benchmark's hparams); an editor not in registry.yaml is an error naming the known ones."""
+    from mmke_eval import families
+
+    declared = families.get(benchmark).editor_defaults()
+    for editor in declared:
         _entry("editors", editor)  # a misspelt editor name fails here, naming the known ones
-        if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
-            raise RegistryError(f"registry.yaml benchmarks.{benchmark}.editors.{editor}: expected model family -> {{key: value}}")
     return declared
 
 

@@ -33,7 +33,7 @@ def tiny_llava_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mmke_fixture_root(tmp_path_factory):
     """A folder laid out as the MMKE-Bench release (data_json/, data_image/), all three types."""
-    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+    from mmke_tasks.mmke.fixture import write_mmke_fixture
 
     return write_mmke_fixture(tmp_path_factory.mktemp("mmke_data"))
 

@@ -235,9 +235,9 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
     ("mike", "mike", "write_mike_fixture"),
 ])
 def test_each_benchmark_family_runs_end_to_end_with_its_own_columns(family, tasks, writer, tiny_llava_dir, tmp_path):
-    from mmke_eval.testing import easyedit_fixture
+    import importlib
 
-    data = getattr(easyedit_fixture, writer)(tmp_path / "data")
+    data = getattr(importlib.import_module(f"mmke_tasks.{family}.fixture"), writer)(tmp_path / "data")
     model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
     out = tmp_path / "out"
     result = run([BIN / "mmke-eval", "--tasks", tasks, "--model", "llava_hf", "--model_args", model_args,

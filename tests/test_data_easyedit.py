@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from mmke_eval import families
-from mmke_eval.data.easyedit import demonstration_pool, load_mmedit, load_vlkeb
+from mmke_eval.data.easyedit import demonstration_pool
+from mmke_tasks.mmedit.loader import load_mmedit
+from mmke_tasks.vlkeb.loader import load_vlkeb
 from mmke_eval.data.schema import DataError
-from mmke_eval.testing.easyedit_fixture import write_mmedit_fixture, write_vlkeb_fixture
+from mmke_tasks.mmedit.fixture import write_mmedit_fixture
+from mmke_tasks.vlkeb.fixture import write_vlkeb_fixture
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mmke_eval import families, metrics
-from mmke_eval.data import mike
+from mmke_tasks.mike import loader as mike
 from mmke_eval.data.schema import DataError
-from mmke_eval.testing.easyedit_fixture import write_mike_fixture
+from mmke_tasks.mike.fixture import write_mike_fixture
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.data.schema import DataError, EditCase, Probe
 
 ENTITY, VISUAL, USER = "entity_level", "visual_knowledge", "user_specific"

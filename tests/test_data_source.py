@@ -17,7 +17,7 @@ import huggingface_hub
 import pytest
 
 from mmke_eval.data import source
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.data.schema import DataError, ProbeDoc
 from mmke_eval.data.source import load_probe_docs, resolve_root
 from mmke_eval.run_context import RunContext, from_environment
@@ -281,8 +281,8 @@ def test_card_missing_split():
 
 def test_vlkeb_hub_snapshot_extracts_its_image_archive_and_keeps_the_json_files(tmp_path, monkeypatch):
     """HymanH/VLKEB-data: train/eval/eval_multihop.json beside VLKEB_images.tar.gz (shared docs 1.2)."""
-    from mmke_eval.data.easyedit import load_vlkeb
-    from mmke_eval.testing.easyedit_fixture import write_vlkeb_fixture
+    from mmke_tasks.vlkeb.loader import load_vlkeb
+    from mmke_tasks.vlkeb.fixture import write_vlkeb_fixture
 
     release = write_vlkeb_fixture(tmp_path / "release")
     snapshot = tmp_path / "hub" / "datasets--HymanH--VLKEB-data" / "snapshots" / "abc123"
@@ -306,8 +306,10 @@ def test_vlkeb_hub_snapshot_extracts_its_image_archive_and_keeps_the_json_files(
 
 def _family_data(name: str, tmp_path: Path) -> tuple[Path, str, str, dict]:
     """A fresh copy of a family's fixture: (data root, its eval JSON, the image field, the card)."""
-    from mmke_eval.testing.easyedit_fixture import write_mike_fixture, write_mmedit_fixture, write_vlkeb_fixture
-    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+    from mmke_tasks.mike.fixture import write_mike_fixture
+    from mmke_tasks.mmedit.fixture import write_mmedit_fixture
+    from mmke_tasks.vlkeb.fixture import write_vlkeb_fixture
+    from mmke_tasks.mmke.fixture import write_mmke_fixture
 
     write, json_name, field, source_card = {
         "mmke": (write_mmke_fixture, "data_json/entity_eval.json", "image", card()),

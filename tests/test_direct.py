@@ -5,7 +5,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mmke_eval import registry
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.direct import probe_requests, score_cases
 
 

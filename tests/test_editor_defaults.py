@@ -70,11 +70,15 @@ def test_a_run_resolves_each_task_for_its_own_benchmark():
 
 
 def test_an_unknown_editor_in_a_benchmark_declaration_is_named(monkeypatch):
-    data = {**registry.load_registry()}
-    data["benchmarks"] = {**data["benchmarks"], "vlkeb": {**data["benchmarks"]["vlkeb"], "editors": {"ft_lmm": {"llava": {"steps": 1}}}}}
-    monkeypatch.setattr(registry, "load_registry", lambda: data)
-    with pytest.raises(registry.RegistryError, match="unknown editor 'ft_lmm'"):
-        registry.resolve_editor_defaults("ft_llm", "llava", "vlkeb")
+    from mmke_eval import families  # the benchmark's declaration: mmke_tasks/vlkeb/family.yaml
+
+    monkeypatch.setitem(families.declarations(), "vlkeb", {**families.declarations()["vlkeb"], "editors": {"ft_lmm": {"llava": {"steps": 1}}}})
+    families.get.cache_clear()
+    try:
+        with pytest.raises(registry.RegistryError, match="unknown editor 'ft_lmm'"):
+            registry.resolve_editor_defaults("ft_llm", "llava", "vlkeb")
+    finally:
+        families.get.cache_clear()
 
 
 def test_list_shows_the_benchmark_values_per_model(capsys):

@@ -22,7 +22,7 @@ from editors.base import EditRequest
 from editors.learned import LearnedEditor
 from mmke_eval import families, registry
 from mmke_eval.adapters.base import Query
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.protocol import Protocol
 

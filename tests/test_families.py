@@ -1,4 +1,4 @@
-"""Benchmark families are declared in registry.yaml; bad declarations name the key."""
+"""Benchmark families are declared in mmke_tasks/<family>/family.yaml; bad declarations name the file and key."""
 
 import pytest
 
@@ -18,7 +18,7 @@ def test_declared_families_and_their_kinds():
 
 
 def test_unknown_names_are_errors_that_list_the_known_ones():
-    with pytest.raises(families.FamilyError, match="unknown benchmark family 'nonesuch'; declared in registry.yaml: .*mmke"):
+    with pytest.raises(families.FamilyError, match=r"unknown benchmark family 'nonesuch'; declared in mmke_tasks/\*/family\.yaml: .*mmke"):
         families.get("nonesuch")
     with pytest.raises(families.FamilyError, match="benchmark 'mmedit' has no probe kind 'port'"):
         families.get("mmedit").probe("port")
@@ -31,5 +31,26 @@ def test_unknown_names_are_errors_that_list_the_known_ones():
     ({"name": "x", "colour": "red"}, r": unknown key\(s\) \['colour'\]"),
 ])
 def test_bad_probe_declarations_name_the_key(entry, problem):
-    with pytest.raises(families.FamilyError, match=r"registry.yaml benchmarks\.demo\.probes\[0\].*" + problem):
+    with pytest.raises(families.FamilyError, match=r"mmke_tasks/demo/family\.yaml probes\[0\].*" + problem):
         families._probe_kind("demo", 0, entry)
+
+
+def test_a_family_is_one_folder_found_by_its_declaration(tmp_path, monkeypatch):
+    """A folder mmke_tasks/<name>/ with a family.yaml is a family named <name>; nothing else lists it."""
+    import shutil
+
+    from mmke_eval import resources
+
+    mike_columns = families.get("mike").columns
+    shutil.copytree(resources.tasks_dir() / "mike", tmp_path / "mike_copy")
+    (tmp_path / "no_family").mkdir()  # a folder without a declaration is not a family
+    monkeypatch.setattr(resources, "tasks_dir", lambda: tmp_path)
+    families.declarations.cache_clear()
+    families.get.cache_clear()
+    try:
+        assert families.names() == ["mike_copy"]
+        assert families.get("mike_copy").columns == mike_columns
+        assert [family.name for family in families.with_mini()] == ["mike_copy"]
+    finally:
+        families.declarations.cache_clear()
+        families.get.cache_clear()

@@ -19,7 +19,7 @@ import torch
 
 from editors.learned import CheckpointError, META_FILE, WEIGHTS_FILE
 from mmke_eval import registry
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.protocol import Protocol
 from mmke_eval.training.data import training_example

@@ -96,7 +96,7 @@ def test_images_exist_and_rephrase_images_differ(mini_root):
 
 
 def test_loads_through_the_mmke_loader(mini_root):
-    from mmke_eval.data.mmke import load_cases
+    from mmke_tasks.mmke.loader import load_cases
 
     for kt in ("entity_level", "visual_knowledge", "user_specific"):
         cases, report = load_cases(mini_root, kt, "eval", benchmark="mmke_mini")

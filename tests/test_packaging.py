@@ -30,6 +30,13 @@ def test_wheel_carries_the_root_resources(wheel):
         "mmke_tasks/mmke/mmke_entity.yaml",
         "mmke_tasks/mmke/_default_template_yaml",
         "mmke_tasks/mmke/sources/mmke_entity.json",
+        # a family is one folder: its declaration, loader, mini tasks and generator travel with it
+        "mmke_tasks/mmke/family.yaml",
+        "mmke_tasks/mmke/loader.py",
+        "mmke_tasks/mmke/README.md",
+        "mmke_tasks/mmke/mini/mmke_mini_entity.yaml",
+        "mmke_tasks/mmke/mini/sources/mmke_mini_entity.json",
+        "mmke_tasks/mike/generator.py",
         "mmke_tasks/hooks.py",
         "editors/ft.py",
         # LMMS_EVAL_PLUGINS=mmke_eval imports mmke_eval.models and looks up mmke_eval.tasks

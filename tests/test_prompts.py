@@ -8,9 +8,9 @@ import importlib
 import pytest
 
 from mmke_eval import prompts
-from mmke_eval.data.easyedit import load_mmedit
+from mmke_tasks.mmedit.loader import load_mmedit
 from mmke_eval.data.schema import ProbeDoc
-from mmke_eval.testing.easyedit_fixture import write_mmedit_fixture
+from mmke_tasks.mmedit.fixture import write_mmedit_fixture
 
 KINDS = ("rel", "t_gen", "i_gen", "t_loc", "i_loc")
 

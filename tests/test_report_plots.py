@@ -76,7 +76,7 @@ def renamed(monkeypatch):
     """Other declared names for ft_llm and mmke_mini: the figures must follow the declarations."""
     declared = registry.load_registry()
     monkeypatch.setitem(declared["editors"]["ft_llm"], "title", "Fine-Tune (LLM)")
-    monkeypatch.setitem(declared["benchmarks"]["mmke"], "releases", {"mmke_mini": "Mini Bench X"})
+    monkeypatch.setitem(families.declarations()["mmke"], "releases", {"mmke_mini": "Mini Bench X"})
     families.get.cache_clear()
     yield
     families.get.cache_clear()

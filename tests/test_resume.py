@@ -10,7 +10,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mmke_eval import registry
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.direct import score_cases
 from mmke_eval.journal import CaseJournal
 from mmke_eval.protocol import Protocol

@@ -19,7 +19,7 @@ from editors.serac import SERACEditor
 from mmke_eval import registry
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.direct import probe_requests, score_cases
 from mmke_eval.engine.evaluator import CaseEvaluator
 from mmke_eval.protocol import Protocol

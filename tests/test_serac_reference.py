@@ -349,7 +349,7 @@ def test_scope_zero_answers_bit_identically_to_the_adapter(tiny, converted):
 
 
 def test_memory_is_empty_between_cases_and_accumulates_in_sequential_mode(tiny, converted, mmke_fixture_root):
-    from mmke_eval.data.mmke import load_cases
+    from mmke_tasks.mmke.loader import load_cases
     from mmke_eval.direct import probe_requests, score_cases
     from mmke_eval.protocol import Protocol
     from mmke_eval.engine.evaluator import CaseEvaluator

@@ -6,10 +6,10 @@ sees the reference trainers' ``edit_outer`` (the rephrased question on the edit 
 import pytest
 
 from mmke_eval import registry
-from mmke_eval.data.easyedit import load_vlkeb
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.vlkeb.loader import load_vlkeb
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.templates import render
-from mmke_eval.testing.easyedit_fixture import write_vlkeb_fixture
+from mmke_tasks.vlkeb.fixture import write_vlkeb_fixture
 from mmke_eval.training.data import training_example
 
 TEMPLATE = "mmke/probe.jinja"

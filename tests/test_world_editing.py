@@ -15,7 +15,7 @@ import torch
 
 from mmke_eval import registry
 from mmke_eval.adapters.prefix_cache import PrefixCache
-from mmke_eval.data.mmke import load_cases
+from mmke_tasks.mmke.loader import load_cases
 from mmke_eval.data.schema import ProbeDoc
 from mmke_eval.direct import score_cases
 from mmke_eval.engine.evaluator import CaseEvaluator

@@ -105,7 +105,7 @@ def test_raw_format_matches_the_processor(loaded, eval_records):
     assert enc["pixel_values"].shape[-2:] == (32, 32)
 
 
-# The other families' minis (releases.py): what their probes build on, sampled, with the same margin.
+# The other families' minis (mmke_tasks/<family>/generator.py): what their probes build on, sampled, with the same margin.
 FAMILY_KINDS = {
     "vlkeb": ("rel", "t_gen", "port_2hop", "port_3hop", "port_4hop", "i_loc"),
     "mmedit": ("rel", "t_gen", "i_loc"),
@@ -115,11 +115,11 @@ FAMILY_KINDS = {
 
 @pytest.mark.parametrize("family", sorted(FAMILY_KINDS))
 def test_knows_what_the_other_families_ask(loaded, family, tmp_path):
-    from mmke_eval.mini import releases
+    from mmke_eval.mini import generate as G
     from mmke_eval.mini.train_world.measure import summarise, token_accuracies
 
     model, processor = loaded
-    probes = releases.knowledge_probes(family, releases.generate_family(family, tmp_path / family))
+    probes = G.knowledge_probes(family, G.generate_any(family, tmp_path / family))
     rng = random.Random(1)
     sample = []
     for kind in FAMILY_KINDS[family]:

@@ -47,7 +47,7 @@ def build_compute_llava(path: Path) -> Path:
 
 def prepare_model_and_data(model: str, tmp: Path, n_cases: int) -> tuple[Path, Path]:
     """(model folder, MMKE-style data root) for ``--model``."""
-    from mmke_eval.testing.mmke_fixture import write_mmke_fixture
+    from mmke_tasks.mmke.fixture import write_mmke_fixture
 
     if model == "world":
         from mmke_eval.mini import WORLD_MODEL_DIR

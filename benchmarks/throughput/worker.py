@@ -34,7 +34,7 @@ def model_digest(model) -> str:
 
 def build_cases(data_dir: str, n_cases: int):
     """ProbeRequests grouped per case, built the way EditedLMM.generate_until builds them."""
-    from mmke_eval.data.mmke import load_cases
+    from mmke_tasks.mmke.loader import load_cases
     from mmke_eval.direct import probe_requests
 
     cases, _ = load_cases(Path(data_dir), KNOWLEDGE_TYPE, "eval")

@@ -1,6 +1,6 @@
 """The edit case: one piece of knowledge to edit, and the probes that measure the edit.
 
-Every benchmark family's loader (MMKE-Bench, VLKEB, MMEdit, ...; registry.yaml) produces these;
+Every benchmark family's loader (MMKE-Bench, VLKEB, MMEdit, ...; mmke_tasks/<family>/) produces these;
 the task hooks flatten them into one lmms-eval document per probe (``ProbeDoc``), and the
 editing wrapper groups those documents back by ``case_id``.
 """
@@ -16,7 +16,7 @@ RESPONSE_MARKER = "mmke_probe"
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # one of its benchmark family's probe kinds (registry.yaml)
+    kind: str  # one of its benchmark family's probe kinds (mmke_tasks/<family>/family.yaml)
     probe_id: str  # unique within the case, e.g. "t_rel_1"
     question: str
     answer: str
@@ -39,7 +39,7 @@ class EditCase:
     train_file: str = ""  # absolute path of the train split of the same type (IKE demonstrations)
     extra_images: tuple[str, ...] = ()  # more images of the edit subject, no probe asks on them (multi-step editing)
     followup_edits: tuple[tuple[str, str], ...] = ()  # (prompt, target) edited after this one before probing (VLKEB edit twice)
-    family: str = ""  # the benchmark family declaring its probe kinds (registry.yaml); set by its loader
+    family: str = ""  # the benchmark family declaring its probe kinds (mmke_tasks/<family>/family.yaml); set by its loader
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,23 @@
-"""Generate mmke_mini: a complete MMKE-Bench-format benchmark drawn from a seeded toy world.
+"""The generated minis: the shared toy world (world.py) written in a benchmark family's release layout.
 
-``generate(root, seed)`` writes the release layout that ``mmke_eval.data.mmke`` reads::
+Each family that declares a mini (``mini:`` in mmke_tasks/<family>/family.yaml) names its generator
+module, which gives ``files(world)``: ``{relative path: records}`` and ``{relative image path:
+(look, style)}``, and ``knowledge_probes(root, split)``: the probes an unedited model should answer
+(the world model's knowledge bar, docs/mmke-mini.md). ``generate_any(family, root, seed)`` writes::
 
-    root/data_json/{entity,visual,user}_{train,eval}.json
-    root/data_image/{entity,visual,user,loc}/*.png        (paths in the JSON are relative to data_image/)
-    root/mmke_mini.json                                     (the world: cities, users, ... for people)
+    root/<the family's files and images>
+    root/mmke_mini.json              (the world: cities, users, ... for people)
+    root/.mmke_mini_stamp.json       (generator version, seed, sizes and, but for the default family, the family)
 
-Each record has exactly the MMKE-Bench fields of its knowledge type (reference-benchmarks.md 1.3),
-plus one extra key, ``mini``, holding what the real benchmark does not: the subject, which facts
-the edit changes, and the ORIGINAL answer of every relation and portability question (to measure
-what an unedited model knows). ``ensure_generated()`` caches one copy per seed and generator version.
+Records keep one extra key, ``mini`` (``EXTRA_KEY``), holding what the real benchmarks do not: the
+subject, which facts the edit changes, and the ORIGINAL answers. ``ensure_generated()`` caches one
+copy per family, seed and generator version. The helpers below draw what the families' records ask
+(locality facts, picture questions) from the world.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -26,40 +30,81 @@ from mmke_eval.mini import world as W
 GENERATOR_VERSION = W.WORLD_VERSION
 STAMP_FILE = ".mmke_mini_stamp.json"
 EXTRA_KEY = "mini"
-STEMS = {"entity_level": "entity", "visual_knowledge": "visual", "user_specific": "user"}
 SPLITS = ("train", "eval")
 
 
-FAMILIES = ("mmke", "vlkeb", "mmedit", "mike")  # mmke: this module; the others: releases.py
+def _family(name: str | None):
+    """The declared family ``name`` with a mini (None: the default one); an unknown name lists the known ones."""
+    from mmke_eval import families
+
+    declared = families.with_mini()
+    if name is None:
+        return declared[0]
+    for family in declared:
+        if family.name == name:
+            return family
+    raise ValueError(f"unknown family {name!r}: choose one of {', '.join(f.name for f in declared)}")
 
 
-def default_root(seed: int = 0, family: str = "mmke") -> Path:
+def _generator(name: str | None):
+    return importlib.import_module(_family(name).mini)
+
+
+def __getattr__(name: str):
+    if name == "FAMILIES":  # the families with a mini, default first (mmke-eval make-mini --family)
+        from mmke_eval import families
+
+        return tuple(family.name for family in families.with_mini())
+    # Names of the default family's generator that mini/train_world.py still reads from here
+    # (G.STEMS, G.build_records); their home is mmke_tasks/<family>/generator.py.
+    if name in ("STEMS", "build_records"):
+        return getattr(_generator(None), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def default_root(seed: int = 0, family: str | None = None) -> Path:
     from mmke_eval.resources import cache_dir
 
+    declared = _family(family)
     name = f"v{GENERATOR_VERSION}-seed{seed}"
-    return cache_dir() / "mmke_mini" / (name if family == "mmke" else f"{name}-{family}")
+    return cache_dir() / "mmke_mini" / (name if declared.mini_default else f"{name}-{declared.name}")
 
 
-def generate_any(family: str, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
-    """Write the mini version of a benchmark family (mmke, vlkeb, mmedit, mike) under ``root``."""
-    if family == "mmke":
-        return generate(root, seed, n_eval, n_train)
-    from mmke_eval.mini import releases
+def generate_any(family: str | None, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
+    """Write the mini of ``family`` (None: the default one) under ``root`` (same bytes for the same arguments)."""
+    declared = _family(family)
+    root = Path(root)
+    world = W.build_world(seed, n_eval=n_eval, n_train=n_train)
+    files, images = importlib.import_module(declared.mini).files(world)
+    for rel, records in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_images(root, images)
+    (root / "mmke_mini.json").write_text(json.dumps(world_summary(world), indent=1) + "\n", encoding="utf-8")
+    (root / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train, declared.name)) + "\n")
+    return root
 
-    releases.generate_family(family, root, seed, n_eval, n_train)
-    (Path(root) / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train, family)) + "\n")
-    return Path(root)
+
+def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
+    """Write the default family's mini (the world's own layout) under ``root``; return root."""
+    return generate_any(None, root, seed, n_eval, n_train)
 
 
-def ensure_generated(root: Path | None = None, seed: int = 0, family: str = "mmke") -> Path:
-    """The root of the generated benchmark (``family``'s mini version) for ``seed``; generates it if
-    missing or stale.
+def knowledge_probes(family: str | None, root: Path, split: str = "eval") -> list[dict]:
+    """The probes of the generated mini of ``family`` (None: the default one) under ``root`` answered
+    with the ORIGINAL facts: {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
+    return _generator(family).knowledge_probes(root, split)
+
+
+def ensure_generated(root: Path | None = None, seed: int = 0, family: str | None = None) -> Path:
+    """The root of the generated mini of ``family`` (None: the default one) for ``seed``; generates
+    it if missing or stale.
 
     Idempotent and safe when several processes call it at once: the data is written to a temporary
     folder beside ``root`` and moved into place; a stamp file records the generator version and seed.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    family = _family(family).name
     root = Path(root) if root is not None else default_root(seed, family)
     expected = _stamp(seed, 40, 40, family)
     if _read_stamp(root) == expected:
@@ -85,22 +130,10 @@ def ensure_generated(root: Path | None = None, seed: int = 0, family: str = "mmk
     return root
 
 
-def ensure_vlkeb() -> Path:
-    """The source cards' generators (called with no arguments) of the other families' minis."""
-    return ensure_generated(family="vlkeb")
-
-
-def ensure_mmedit() -> Path:
-    return ensure_generated(family="mmedit")
-
-
-def ensure_mike() -> Path:
-    return ensure_generated(family="mike")
-
-
-def _stamp(seed: int, n_eval: int, n_train: int, family: str = "mmke") -> dict:
+def _stamp(seed: int, n_eval: int, n_train: int, family: str | None = None) -> dict:
     stamp = {"generator": "mmke_mini", "version": GENERATOR_VERSION, "seed": seed, "n_eval": n_eval, "n_train": n_train}
-    return stamp if family == "mmke" else {**stamp, "family": family}
+    declared = _family(family)
+    return stamp if declared.mini_default else {**stamp, "family": declared.name}
 
 
 def _read_stamp(root: Path) -> dict | None:
@@ -110,19 +143,18 @@ def _read_stamp(root: Path) -> dict | None:
         return None
 
 
-def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
-    """Write the benchmark of ``seed`` under ``root`` (same bytes for the same arguments); return root."""
-    root = Path(root)
-    world = W.build_world(seed, n_eval=n_eval, n_train=n_train)
-    records, images = build_records(world)
-    (root / "data_json").mkdir(parents=True, exist_ok=True)
-    for (stem, split), recs in records.items():
-        text = json.dumps(recs, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
-        (root / "data_json" / f"{stem}_{split}.json").write_text(text, encoding="utf-8")
-    write_images(root / "data_image", images)
-    (root / "mmke_mini.json").write_text(json.dumps(world_summary(world), indent=1) + "\n", encoding="utf-8")
-    (root / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train)) + "\n")
-    return root
+def release_rng(world: W.World, *parts) -> random.Random:
+    """A seeded stream of one record of a family's mini (``parts``: the family, split, index, ...)."""
+    return random.Random("/".join(["mmke_mini", "release", str(world.seed), *map(str, parts)]))
+
+
+def locality_fields(world: W.World, subject, rng: random.Random, image_dir: str, name: str, images: dict) -> dict:
+    """The EasyEdit locality fields: a text fact and a picture question, never about ``subject``."""
+    loc, loc_ans = text_locality(world, subject, rng)
+    m_loc_q, m_loc_a, look = image_locality(world, subject, rng)
+    m_loc = f"{image_dir}{name}.png"
+    images[m_loc] = (look, W.sample_style(rng, look[0], "any"))
+    return {"loc": loc, "loc_ans": loc_ans, "m_loc": m_loc, "m_loc_q": m_loc_q, "m_loc_a": m_loc_a}
 
 
 def write_images(folder: Path, images: dict) -> None:
@@ -144,138 +176,6 @@ def world_summary(world: W.World) -> dict:
         "rulers": world.rulers,
         "counts": {kind: {s: len(getattr(world, kind)[s]) for s in SPLITS} for kind in ("entities", "signs", "items")},
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Records
-# ----------------------------------------------------------------------------------------------
-def build_records(world: W.World) -> tuple[dict, dict]:
-    """All records ``{(stem, split): [record]}`` and the images they name ``{relpath: (look, style)}``."""
-    records: dict = {}
-    images: dict = {}
-    builders = {"entity": _entity_record, "visual": _sign_record, "user": _item_record}
-    subjects = {"entity": world.entities, "visual": world.signs, "user": world.items}
-    for stem in ("entity", "visual", "user"):
-        for split in SPLITS:
-            recs = []
-            for index, subject in enumerate(subjects[stem][split]):
-                rng = random.Random(f"mmke_mini/case/{world.seed}/{stem}/{split}/{index}")
-                base = f"{stem}/{split}_{index:03d}"
-                kind = subject.look[0]
-                images[f"{base}.png"] = (subject.look, W.sample_style(rng, kind, "mild"))
-                images[f"{base}_rephrase.png"] = (subject.look, W.sample_style(rng, kind, "strong"))
-                record = builders[stem](world, subject, rng, base)
-                if stem != "entity":
-                    images[f"{base}_onehop.png"] = (subject.look, W.sample_style(rng, kind, "context"))
-                t_loc = text_locality(world, subject, rng)
-                m_loc_q, m_loc_a, m_look = image_locality(world, subject, rng)
-                m_loc = f"loc/{stem}_{split}_{index:03d}.png"
-                images[m_loc] = (m_look, W.sample_style(rng, m_look[0], "any"))
-                record.update(loc=t_loc[0], loc_ans=t_loc[1], m_loc=m_loc, m_loc_q=m_loc_q, m_loc_a=m_loc_a)
-                # the extra key last, so the MMKE fields read first
-                record[EXTRA_KEY] = record.pop(EXTRA_KEY)
-                recs.append(record)
-            records[(stem, split)] = recs
-    return records, images
-
-
-def _other(rng: random.Random, options, current):
-    return rng.choice([o for o in options if o != current])
-
-
-def _entity_record(world: W.World, e: W.Entity, rng: random.Random, base: str) -> dict:
-    country = world.city_country[e.city]
-    new_city = rng.choice([c for c in world.cities if world.city_country[c] != country])
-    second = rng.choice(("year", "category"))
-    new = {"city": new_city, "year": e.year, "category": e.category}
-    new[second] = _other(rng, W.YEARS if second == "year" else W.CATEGORIES, getattr(e, second))
-    original = {"city": e.city, "year": e.year, "category": e.category}
-    facts = ("city", second)
-    record = {
-        "knowledge_type": "entity_level",
-        "src": W.ENTITY_SRC,
-        "pred": e.description(),
-        "alt": e.description(**new),
-        "rephrase": W.ENTITY_REPHRASE,
-        "image": f"{base}.png",
-        "image_rephrase": f"{base}_rephrase.png",
-    }
-    _add_relation_probes(record, facts, new, {f: W.ENTITY_TEXT_Q[f].format(name=e.name) for f in facts}, W.ENTITY_IMAGE_Q)
-    record["port_new"] = [{"port_type": "1-hop", "Q&A": {"Question": W.ENTITY_PORT_Q, "Answer": world.city_country[new_city]}}]
-    record[EXTRA_KEY] = {
-        "subject": {"name": e.name, "shape": e.shape, "colour": e.colour, "pattern": e.pattern, **original},
-        "edited_facts": {f: new[f] for f in facts},
-        "original_answers": {
-            "rel_1_ans": original[facts[0]], "rel_2_ans": original[facts[1]],
-            "m_rel_1_ans": original[facts[0]], "m_rel_2_ans": original[facts[1]],
-            "port": country,
-        },
-    }
-    return record
-
-
-def _add_relation_probes(record: dict, facts, new: dict, text_q: dict, image_q: dict) -> None:
-    """rel_1/rel_2 (text) then m_rel_1/m_rel_2 (image) questions about ``facts``, answered with ``new``."""
-    for n, fact in enumerate(facts, start=1):
-        record[f"rel_{n}"] = text_q[fact]
-        record[f"rel_{n}_ans"] = new[fact]
-    for n, fact in enumerate(facts, start=1):
-        record[f"m_rel_{n}"] = image_q[fact]
-        record[f"m_rel_{n}_ans"] = new[fact]
-
-
-def _sign_record(world: W.World, s: W.Sign, rng: random.Random, base: str) -> dict:
-    new_meaning = _other(rng, list(W.MEANINGS), s.meaning)
-    return {
-        "knowledge_type": "visual_knowledge",
-        "src": W.SIGN_SRC,
-        "pred": s.description(),
-        "alt": s.description(new_meaning),
-        "rephrase": W.SIGN_REPHRASE,
-        "image": f"{base}.png",
-        "image_rephrase": f"{base}_rephrase.png",
-        "rel": W.SIGN_TEXT_Q.format(desc=s.desc),
-        "rel_ans": new_meaning,
-        "m_rel": W.SIGN_IMAGE_Q,
-        "m_rel_ans": new_meaning,
-        "image_rephrase_question": W.SIGN_IMAGE_Q2,
-        "one_hop_img": f"{base}_onehop.png",
-        "port_new": [{"port_type": "1-hop", "Q&A": {"Question": W.SIGN_PORT_Q, "Answer": W.MEANINGS[new_meaning]}}],
-        EXTRA_KEY: {
-            "subject": {"count": s.count, "colour": s.colour, "direction": s.direction, "meaning": s.meaning},
-            "edited_facts": {"meaning": new_meaning},
-            "original_answers": {"rel_ans": s.meaning, "m_rel_ans": s.meaning, "port": W.MEANINGS[s.meaning]},
-        },
-    }
-
-
-def _item_record(world: W.World, it: W.Item, rng: random.Random, base: str) -> dict:
-    old_city = world.users[it.owner].city
-    owners = [u for u in world.users if u != it.owner and world.users[u].city != old_city]
-    new = {"owner": rng.choice(owners), "place": _other(rng, W.PLACES, it.place)}
-    original = {"owner": it.owner, "place": it.place}
-    facts = ("owner", "place")
-    record = {
-        "knowledge_type": "user_specific",
-        "src": W.ITEM_SRC,
-        "pred": it.description(),
-        "alt": it.description(**new),
-        "rephrase": W.ITEM_REPHRASE,
-        "image": f"{base}.png",
-        "image_rephrase": f"{base}_rephrase.png",
-    }
-    _add_relation_probes(record, facts, new, {f: W.ITEM_TEXT_Q[f].format(desc=it.desc) for f in facts}, W.ITEM_IMAGE_Q)
-    record["one_hop_img"] = f"{base}_onehop.png"
-    record["port_new"] = [{"port_type": "1-hop", "Q&A": {"Question": W.ITEM_PORT_Q, "Answer": world.users[new["owner"]].city}}]
-    record[EXTRA_KEY] = {
-        "subject": {"kind": it.kind, "colour": it.colour, "pattern": it.pattern, **original},
-        "edited_facts": new,
-        "original_answers": {
-            "rel_1_ans": it.owner, "rel_2_ans": it.place, "m_rel_1_ans": it.owner, "m_rel_2_ans": it.place,
-            "port": old_city,
-        },
-    }
-    return record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +244,10 @@ def image_facts(world: W.World, subject) -> list[tuple[str, str]]:
 def more_image_facts(world: W.World, subject) -> list[tuple[str, str]]:
     """What the other benchmark families' minis ask about a subject's picture, beyond ``image_facts``
     (kept apart so that mmke_mini's locality draws stay those of earlier world versions): VLKEB's
-    3- and 4-hop chain and the name rephrase, MIKE's name and caption prompts, MMEdit's rephrases."""
-    from mmke_eval.data import mike
+    3- and 4-hop chain and the name rephrase, MIKE's name and caption prompts, MMEdit's rephrases.
+    The world model's curriculum (mini/train_world.py, its only reader), which names those families'
+    prompts: its home is the trainer's, not this generic module."""
+    from mmke_tasks.mike import loader as mike
 
     rephrased = [(W.IMAGE_Q_REPHRASE[q], a) for q, a in image_facts(world, subject) if q in W.IMAGE_Q_REPHRASE and q != W.SIGN_IMAGE_Q]
     if not isinstance(subject, W.Entity):
@@ -367,8 +269,9 @@ def answer_pool(world: W.World, question: str) -> list[str]:
 
 
 def scene_question(world: W.World, entity: W.Entity, rng: random.Random) -> tuple[str, str]:
-    """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no."""
-    from mmke_eval.data import mike
+    """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no
+    (the world model's curriculum, like ``more_image_facts``)."""
+    from mmke_tasks.mike import loader as mike
 
     if rng.random() < 0.5:
         return mike.CSR_PROMPT.format(name=entity.name), W.YES

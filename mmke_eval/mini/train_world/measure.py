@@ -2,7 +2,7 @@
 (reference protocol), scored by the product adapter (``LlavaHFAdapter.teacher_forced``, what an
 evaluation of this model scores with); fresh renders; the other families' minis; an IKE check.
 
-The probes are the MMKE family loader's (``mmke_eval.data.mmke``) with the answers the generator
+The probes are the MMKE family loader's (``mmke_tasks.mmke.loader``) with the answers the generator
 keeps under the records' ``mini`` key, so the measurement asks exactly what a run asks.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
-from mmke_eval.data import mmke
+from mmke_tasks.mmke import loader as mmke
 from mmke_eval.data.records import read_records
 from mmke_eval.mini import generate as G
 from mmke_eval.mini import world as W
@@ -167,16 +167,15 @@ def measure(model_dir: Path, data_root: Path, world: W.World, cfg: Config, log) 
 
 
 def measure_families(model, processor, world: W.World, log) -> dict:
-    """The knowledge bar on the other families' minis (releases.py): their probes with the ORIGINAL
+    """The knowledge bar on the other families' minis (mmke_tasks/<family>/generator.py): their probes with the ORIGINAL
     answers, per split; for MIKE, what its locality probes and edits build on (names, captions, scenes)."""
-    from mmke_eval.mini import releases
 
     result = {}
     with tempfile.TemporaryDirectory(prefix="mmke_mini_families_") as tmp:
-        for family in releases.FAMILIES:
-            root = releases.generate_family(family, Path(tmp) / family, seed=world.seed)
+        for family in G.FAMILIES[1:]:  # the families with a mini besides the default one
+            root = G.generate_any(family, Path(tmp) / family, seed=world.seed)
             for split in ("eval", "train"):
-                probes = releases.knowledge_probes(family, root, split)
+                probes = G.knowledge_probes(family, root, split)
                 summary = summarise(probes, token_accuracies(model, processor, probes))
                 result[f"{family}_{split}"] = summary
                 log(f"{family} mini, {split} split (original knowledge): {json.dumps({k: v['all'] for k, v in summary.items()})}")

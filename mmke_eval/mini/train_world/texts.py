@@ -36,7 +36,7 @@ def counterfactual(world: W.World, subject, rng: random.Random) -> dict:
     """A random edit of ``subject``: its edit prompt, new description and questions answered by it.
     60% MMKE-style description edits; 20% name edits of an entity's picture (VLKEB, MIKE) and 20%
     edits of the answer to one picture question (MMEdit's VQA), of which signs and items get 40%."""
-    from mmke_eval.data import mike
+    from mmke_tasks.mike import loader as mike
 
     x = rng.random()
     if isinstance(subject, W.Entity) and 0.6 <= x < 0.8:

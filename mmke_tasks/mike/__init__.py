@@ -1,0 +1,1 @@
+"""MIKE: one benchmark family in one folder (README.md)."""

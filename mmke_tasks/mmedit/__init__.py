@@ -1,0 +1,1 @@
+"""MMEdit: one benchmark family in one folder (README.md)."""

@@ -1,0 +1,1 @@
+"""MMKE-Bench: one benchmark family in one folder (README.md)."""

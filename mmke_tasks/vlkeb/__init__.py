@@ -1,0 +1,1 @@
+"""VLKEB: one benchmark family in one folder (README.md)."""
