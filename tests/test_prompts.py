@@ -115,3 +115,41 @@ def test_the_edited_model_sets_the_path_lmms_eval_renders_with_and_records_it(ti
         assert (record["prompt_path"], record["prompt_path_resolved"]) == (option, expected)
         assert hooks.doc_to_text(question, {}) == prompts.probe_prompt(question, path=expected)
     assert hooks.doc_to_text(question, {}) == "What sport is this?"  # the last model: the editor path
+
+
+FIXTURES = {"mmke": "write_mmke_fixture", "vlkeb": "write_vlkeb_fixture", "mmedit": "write_mmedit_fixture",
+            "mike": "write_mike_fixture"}
+
+
+@pytest.mark.parametrize("path", ["trainer", "editor"])
+def test_hooks_and_direct_scorer_build_the_same_prompt_for_every_probe_kind_of_every_family(tmp_path_factory, path):
+    """Every task of every family (its fixture in the release layout, loaded through the task's own
+    source card): lmms-eval's doc_to_text on the run's prompt path, the direct scorer and the one
+    prompt builder give the same text for every probe kind the family declares."""
+    import json
+
+    from mmke_eval import direct, families
+    from mmke_eval.data.source import load_probe_docs
+    from mmke_eval.data.schema import EditCase
+    from mmke_eval.resources import tasks_dir
+    from mmke_eval.run_context import RunContext, activated
+
+    hooks = importlib.import_module("mmke_tasks.hooks")
+    seen: dict[str, set] = {}
+    for family, writer in FIXTURES.items():
+        fixture = importlib.import_module(f"mmke_tasks.{family}.fixture")
+        root = getattr(fixture, writer)(tmp_path_factory.mktemp(family))
+        for card_file in sorted((tasks_dir() / family / "sources").glob("*.json")):
+            card = json.loads(card_file.read_text())
+            with activated(RunContext(data_root=root, prompt_path=path)):  # as a run with --data sets it
+                docs = load_probe_docs(card)
+                cases, _ = families.of_card(card).load(root, card)
+                for probes in direct.probe_requests(cases, path=path):
+                    for probe in probes:
+                        hooked = hooks.doc_to_text(probe.doc, {"prompt_template": "mmke/probe.jinja"})
+                        assert probe.query.prompt == hooked == prompts.probe_prompt(probe.doc, path=path), (card, probe.doc)
+                        seen.setdefault(family, set()).add(probe.doc["probe"])
+            assert {d["probe"] for d in docs} <= seen[family]
+            assert isinstance(cases[0], EditCase)
+    for family in FIXTURES:
+        assert seen[family] == {kind.name for kind in families.get(family).probes}, family
