@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mmke_eval.mini import generate as G  # noqa: E402
 from mmke_eval.mini import world as W  # noqa: E402
+from mmke_tasks.mmke import generator as mmke_generator  # noqa: E402
 
 from mmke_eval.mini import WORLD_MODEL_DIR as MODEL_DIR  # noqa: E402
 
@@ -34,7 +35,7 @@ def loaded():
 @pytest.fixture(scope="module")
 def eval_records():
     """The eval split's records and the drawings they name (drawn only when a test needs one)."""
-    records, images = G.build_records(W.build_world(0))
+    records, images = mmke_generator.build_records(W.build_world(0))
     return {key: recs for key, recs in records.items() if key[1] == "eval"}, images
 
 

@@ -9,12 +9,13 @@ DESCRIPTION = "Write a generated mini benchmark in its release layout."
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from mmke_eval import families
     from mmke_eval.mini.generate import FAMILIES
 
+    layouts = "; ".join(f"{name}: {families.get(name).layout}" for name in FAMILIES)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--family", default="mmke", choices=FAMILIES,
-                        help="mmke: MMKE-Bench's data_json/, data_image/; vlkeb: train.json, eval*.json, VLKEB_images/; "
-                        "mmedit: vqa/, caption/, val2014*/; mike: mike_{train,eval}.json and images (default: %(default)s)")
+    parser.add_argument("--family", default=FAMILIES[0], choices=FAMILIES,  # the families with a mini, the default first
+                        help=f"the benchmark family whose release layout to write ({layouts.replace('%', '%%')}) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -55,10 +55,6 @@ def __getattr__(name: str):
         from mmke_eval import families
 
         return tuple(family.name for family in families.with_mini())
-    # Names of the default family's generator that mini/train_world.py still reads from here
-    # (G.STEMS, G.build_records); their home is mmke_tasks/<family>/generator.py.
-    if name in ("STEMS", "build_records"):
-        return getattr(_generator(None), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -241,24 +237,6 @@ def image_facts(world: W.World, subject) -> list[tuple[str, str]]:
     return [(W.ITEM_IMAGE_Q[f], getattr(subject, f)) for f in ("owner", "place")] + [(W.ITEM_PORT_Q, world.users[subject.owner].city)]
 
 
-def more_image_facts(world: W.World, subject) -> list[tuple[str, str]]:
-    """What the other benchmark families' minis ask about a subject's picture, beyond ``image_facts``
-    (kept apart so that mmke_mini's locality draws stay those of earlier world versions): VLKEB's
-    3- and 4-hop chain and the name rephrase, MIKE's name and caption prompts, MMEdit's rephrases.
-    The world model's curriculum (mini/train_world.py, its only reader), which names those families'
-    prompts: its home is the trainer's, not this generic module."""
-    from mmke_tasks.mike import loader as mike
-
-    rephrased = [(W.IMAGE_Q_REPHRASE[q], a) for q, a in image_facts(world, subject) if q in W.IMAGE_Q_REPHRASE and q != W.SIGN_IMAGE_Q]
-    if not isinstance(subject, W.Entity):
-        return rephrased
-    hops = world.entity_hops(subject)
-    return rephrased + [
-        (W.ENTITY_HOP_Q[3], hops[3]), (W.ENTITY_HOP_Q[4], hops[4]), (W.ENTITY_NAME_Q2, subject.name),
-        (mike.VNA_PROMPT, subject.name), (mike.REPHRASE_PROMPT, subject.name), (mike.ELC_PROMPT, subject.description()),
-    ]
-
-
 def answer_pool(world: W.World, question: str) -> list[str]:
     """The answers a picture question can be edited to (MMEdit's VQA edits), the original among them."""
     pools = {
@@ -266,17 +244,6 @@ def answer_pool(world: W.World, question: str) -> list[str]:
         W.ITEM_IMAGE_Q["owner"]: list(world.users), W.ITEM_IMAGE_Q["place"]: W.PLACES, W.SIGN_IMAGE_Q: list(W.MEANINGS),
     }
     return list(pools[question])
-
-
-def scene_question(world: W.World, entity: W.Entity, rng: random.Random) -> tuple[str, str]:
-    """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no
-    (the world model's curriculum, like ``more_image_facts``)."""
-    from mmke_tasks.mike import loader as mike
-
-    if rng.random() < 0.5:
-        return mike.CSR_PROMPT.format(name=entity.name), W.YES
-    other = rng.choice([e for e in world.all_entities() if e != entity])
-    return mike.CSR_PROMPT.format(name=other.name), W.NO
 
 
 def ruler_facts(world: W.World) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ import torch
 
 from mmke_eval.adapters.base import Query
 from mmke_eval.adapters.llava_hf import LlavaHFAdapter
+from mmke_tasks.mmke import generator as mmke_generator
 from mmke_tasks.mmke import loader as mmke
 from mmke_eval.data.records import read_records
 from mmke_eval.mini import generate as G
@@ -56,7 +57,7 @@ def original_probes(root: Path, splits=("eval",)) -> list[dict]:
     """Every probe of the generated benchmark under ``root``, answered with the ORIGINAL knowledge:
     {"type" (file stem), "kind", "case", "question", "answer", "image" (a path or "")}."""
     probes = []
-    for knowledge_type, stem in G.STEMS.items():
+    for knowledge_type, stem in mmke_generator.STEMS.items():
         for split in splits:
             cases = loaded_cases(root, knowledge_type, split)
             records = read_records(mmke.split_file(Path(root), knowledge_type, split))
@@ -80,7 +81,7 @@ def ike_probes(root: Path, n_demos: int, seed: int) -> list[dict]:
     and retain kinds, as the reference IKE builds them)."""
     rng = random.Random(f"mmke_mini/ike_check/{seed}")
     probes = []
-    for knowledge_type, stem in G.STEMS.items():
+    for knowledge_type, stem in mmke_generator.STEMS.items():
         train = loaded_cases(root, knowledge_type, "train")
         for i, case in enumerate(loaded_cases(root, knowledge_type, "eval")):
             demos = ""

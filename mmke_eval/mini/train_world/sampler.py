@@ -8,7 +8,8 @@ from mmke_eval.mini import generate as G
 from mmke_eval.mini import world as W
 from mmke_eval.mini.train_world.config import Config
 from mmke_eval.mini.train_world.examples import Encoder, ImagePool
-from mmke_eval.mini.train_world.texts import all_text_facts, counterfactual, description_qa, short_answer, subject_image_qa
+from mmke_eval.mini.train_world.texts import (all_text_facts, counterfactual, description_qa, more_image_facts, scene_question,
+                                             short_answer, subject_image_qa)
 
 
 class Sampler:
@@ -21,7 +22,7 @@ class Sampler:
         }
         self.text_facts = all_text_facts(world)
         self.image_qa = {id(s): subject_image_qa(world, s) for s in self.subjects}
-        self.more_image_qa = {id(s): G.more_image_facts(world, s) for s in self.subjects}
+        self.more_image_qa = {id(s): more_image_facts(world, s) for s in self.subjects}
 
     # one example = (ids, labels, pool index or -1)
     def perception(self):
@@ -46,7 +47,7 @@ class Sampler:
         y = r.random()
         scene = self.cfg.scene_share
         if kind == "entity" and y < scene:
-            q, a = G.scene_question(self.world, s, r)
+            q, a = scene_question(self.world, s, r)
         elif more and y < (scene + 0.34 if kind == "entity" else 0.2):
             q, a = r.choice(more)
         else:

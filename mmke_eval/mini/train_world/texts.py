@@ -6,6 +6,7 @@ import random
 
 from mmke_eval.mini import generate as G
 from mmke_eval.mini import world as W
+from mmke_tasks.mike import loader as mike
 
 
 def subject_image_qa(world: W.World, subject) -> list[tuple[str, str]]:
@@ -36,7 +37,6 @@ def counterfactual(world: W.World, subject, rng: random.Random) -> dict:
     """A random edit of ``subject``: its edit prompt, new description and questions answered by it.
     60% MMKE-style description edits; 20% name edits of an entity's picture (VLKEB, MIKE) and 20%
     edits of the answer to one picture question (MMEdit's VQA), of which signs and items get 40%."""
-    from mmke_tasks.mike import loader as mike
 
     x = rng.random()
     if isinstance(subject, W.Entity) and 0.6 <= x < 0.8:
@@ -78,10 +78,10 @@ def tokenizer_corpus(world: W.World) -> list[str]:
     lines = []
     subjects = world.all_entities() + world.all_signs() + world.all_items()
     for s in subjects:
-        for q, a in subject_image_qa(world, s) + G.more_image_facts(world, s) + description_qa(s):
+        for q, a in subject_image_qa(world, s) + more_image_facts(world, s) + description_qa(s):
             lines.append(f"{q} {a}")
     lines += [short_answer(q) for q, _ in G.perception_qa(subjects[0].look)]
-    lines += [G.scene_question(world, e, random.Random(e.name))[0] + " yes no" for e in world.all_entities()]
+    lines += [scene_question(world, e, random.Random(e.name))[0] + " yes no" for e in world.all_entities()]
     lines += [f"{q} {a}" for q, a in all_text_facts(world)]
     rng = random.Random("tokenizer")
     for s in subjects:
@@ -89,3 +89,27 @@ def tokenizer_corpus(world: W.World) -> list[str]:
         lines.append(f"New Fact: {cf['src']} {cf['alt']}\nPrompt: {cf['rephrase']} {cf['alt']}\n\n")
     lines += [" ".join(world.words())] * 4
     return lines * 3
+
+
+def more_image_facts(world: W.World, subject) -> list[tuple[str, str]]:
+    """What the other benchmark families' minis ask about a subject's picture, beyond ``image_facts``
+    (kept apart so that mmke_mini's locality draws stay those of earlier world versions): VLKEB's
+    3- and 4-hop chain and the name rephrase, MIKE's name and caption prompts, MMEdit's rephrases.
+    The world model's curriculum, which names those families' prompts."""
+    rephrased = [(W.IMAGE_Q_REPHRASE[q], a) for q, a in G.image_facts(world, subject) if q in W.IMAGE_Q_REPHRASE and q != W.SIGN_IMAGE_Q]
+    if not isinstance(subject, W.Entity):
+        return rephrased
+    hops = world.entity_hops(subject)
+    return rephrased + [
+        (W.ENTITY_HOP_Q[3], hops[3]), (W.ENTITY_HOP_Q[4], hops[4]), (W.ENTITY_NAME_Q2, subject.name),
+        (mike.VNA_PROMPT, subject.name), (mike.REPHRASE_PROMPT, subject.name), (mike.ELC_PROMPT, subject.description()),
+    ]
+
+
+def scene_question(world: W.World, entity: W.Entity, rng: random.Random) -> tuple[str, str]:
+    """MIKE's complex-scenario question about a picture of ``entity``: its own name or another's, yes/no
+    (the world model's curriculum, like ``more_image_facts``)."""
+    if rng.random() < 0.5:
+        return mike.CSR_PROMPT.format(name=entity.name), W.YES
+    other = rng.choice([e for e in world.all_entities() if e != entity])
+    return mike.CSR_PROMPT.format(name=other.name), W.NO
