@@ -229,7 +229,7 @@ def _record_model_args(model: str, editor: str, given_text: str, editor_args: di
     """The model_args string the results record (reports read it), as ``lmms-eval --model edited``
     would take it."""
     parts = [f"base={model}", f"editor={editor}"] + ([given_text] if given_text else [])
-    parts += [f"editor.{k}={v}" for k, v in editor_args.items()]
+    parts += [f"editor.{k}={str(v).replace(',', chr(92) + ',')}" for k, v in editor_args.items()]  # a comma as \\,
     if journal and not journal_given:
         parts.append(f"journal={journal}")
     return ",".join(parts)

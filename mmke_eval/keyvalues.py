@@ -6,9 +6,11 @@ from mmke_eval.errors import EvaluationError
 
 
 def parse_key_values(text: str, what: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> dict; a malformed item names itself."""
+    """``k=v,k2=v2`` -> dict; a malformed item names itself. ``\\,`` is a comma inside a value
+    (``--editor_args 'ike.embedding_model=org/a\\,b'``)."""
     values = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    parts = [part.replace("\0", ",") for part in text.replace("\\,", "\0").split(",")]
+    for item in filter(None, (part.strip() for part in parts)):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise EvaluationError(f"{what}: expected key=value, got {item!r}")

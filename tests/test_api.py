@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 import mmke_eval
+import mmke_eval.api
 import mmke_eval.errors
 from mmke_eval import cli, run_context
 
@@ -69,3 +70,12 @@ def test_refused_and_unknown_lmms_eval_options_fail_before_anything_loads():
         mmke_eval.evaluate(log_sample=True)
     with pytest.raises(ValueError, match="editor_args for ike: not among the editors none"):
         mmke_eval.evaluate(editor_args={"ike": {"k": 3}})
+
+
+def test_a_comma_inside_an_editor_value_on_the_command_line_and_in_the_record():
+    from mmke_eval.keyvalues import parse_key_values
+
+    assert parse_key_values(r"ike.embedding_model=org/a\,b,ike.k=2", "--editor_args") == {"ike.embedding_model": "org/a,b",
+                                                                                        "ike.k": "2"}
+    record = mmke_eval.api._record_model_args("llava_hf", "ike", "pretrained=/m", {"embedding_model": "org/a,b"}, None, False)
+    assert parse_key_values(record, "model_args")["editor.embedding_model"] == "org/a,b"  # what reports read back

@@ -30,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_args", default=None, help="backend arguments, plus protocol options (docs/protocol.md): " + options_help().replace("%", "%%")
                         + "; default: the shipped world model on CPU, to which options without pretrained= are added")
     parser.add_argument("--editor", default="none", help="editor name, or several separated by commas (see `mmke-eval list`)")
-    parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one")
+    parser.add_argument("--editor_args", default="", help="k=v,... overriding the editor's registry defaults; with several editors, EDITOR.k=v applies to one; "
+                        "a comma inside a value is written \\, (or pass values with commas through mmke_eval.evaluate)")
     parser.add_argument("--data", default=None, help="local copy of the benchmark the tasks read (MMKE-Bench: data_json/, data_image/; VLKEB, MMEdit: their release layout); over the data variables of their source cards (MMKE_DATA, VLKEB_DATA, MMEDIT_DATA, ...)")
     parser.add_argument("--cases", type=int, default=None, help="use only the first N edit cases of each task (a quick look; VLKEB's sequential runs use 200)")
     parser.add_argument("--output_path", default=None, help="folder for lmms-eval results (and mmke_table.md)")
