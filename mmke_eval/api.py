@@ -127,7 +127,7 @@ def evaluate(tasks: str | list[str] = runner.DEFAULT_TASKS, model: str = runner.
             if results is None:  # not process 0 of a multi-process run
                 continue
             editor_rows = table_rows(results, name)
-            results["mmke"]["table"] = editor_rows
+            results.setdefault("mmke", {})["table"] = editor_rows
             rows += editor_rows
             everything[name] = results
             if out is not None:  # after every editor: a later failure keeps the rows done so far

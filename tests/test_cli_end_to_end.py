@@ -106,11 +106,11 @@ def test_failures_exit_non_zero_with_a_clear_message(tmp_path):
 
 
 def test_a_run_in_process_leaves_the_environment_as_it_found_it(mmke_fixture_root, monkeypatch, capsys):
-    """--data and --cases reach the loaders through environment variables; a second run in the same
-    process (a library caller, a test) must not inherit them: it would score the first run's case
-    count, or read its data, without saying so."""
+    """--data and --cases reach the loaders as values of the run (mmke_eval/run_context.py), never as
+    environment variables: a second run in the same process (a library caller, a test) must not
+    inherit them: it would score the first run's case count, or read its data, without saying so."""
     from mmke_eval import cli
-    from mmke_eval.data.source import MAX_CASES_ENV
+    from mmke_eval.run_context import MAX_CASES_ENV
 
     monkeypatch.delenv(MAX_CASES_ENV, raising=False)
     monkeypatch.setenv("MMKE_DATA", "/somewhere/else")
@@ -215,10 +215,10 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
     saved = journal.CaseJournal(tmp_path / "none" / "cases.jsonl", "run")
     saved.add("case-0", {"t_rel_1": "{}"})
 
-    def interrupted(spec):
+    def interrupted(config, tasks, **run):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "evaluate", interrupted)
+    monkeypatch.setattr(runner, "run_editor", interrupted)
     monkeypatch.setattr(journal, "_open_journals", [saved])
     monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
@@ -286,7 +286,7 @@ def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, m
     numbers are printed anyway, and the exit code says the run did not do everything it should."""
     from mmke_eval import cli, runner
 
-    monkeypatch.setattr(runner, "evaluate", lambda spec: {"results": {"mme": {"score,none": 42.0}}})
+    monkeypatch.setattr(runner, "run_editor", lambda config, tasks, **run: {"results": {"mme": {"score,none": 42.0}}})
     monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
     (tmp_path / "mmke_table.md").mkdir()
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
@@ -301,10 +301,10 @@ def test_an_unknown_task_is_refused_before_anything_loads_with_the_close_name(mo
     from mmke_eval import cli, runner
     from mmke_eval.lmms import taskfiles
 
-    def never(spec):
+    def never(config, tasks, **run):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(runner, "evaluate", never)
+    monkeypatch.setattr(runner, "run_editor", never)
     assert cli.main(["--tasks", "mmke_entty"]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("mmke-eval: error: UnknownTask: --tasks mmke_entty: no such task or group. Did you mean 'mmke_entity'? "
@@ -323,10 +323,10 @@ def test_a_benchmark_without_data_says_how_to_give_it_before_anything_loads(task
 
     from mmke_eval import cli, runner
 
-    def never(spec):
+    def never(config, tasks, **run):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(runner, "evaluate", never)
+    monkeypatch.setattr(runner, "run_editor", never)
     monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))

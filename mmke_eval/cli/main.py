@@ -54,9 +54,11 @@ def parser(chosen: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParse
     for name, module in COMMANDS.items():
         if name == DEFAULT_COMMAND:
             parsers[name] = commands.add_parser(
-                name, prog="mmke-eval", description=module.DESCRIPTION,
-                epilog="lmms-eval options that keep edit cases whole go to lmms-eval (--include_path, --log_samples, --seed, --gen_kwargs, --batch_size, ...; --limit, --offset, --use_cache are refused). Subcommands (each has its own --help): "
-                + ", ".join(SUBCOMMANDS) + ".")
+                name, prog="mmke-eval", description=module.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="subcommands (each has its own --help):\n  " + ", ".join(SUBCOMMANDS) + "\n"
+                "lmms-eval options that keep edit cases whole go to lmms-eval:\n"
+                "  --include_path, --log_samples, --seed, --gen_kwargs, --batch_size, ... (mmke_eval.api.FORWARDED_OPTIONS);\n"
+                "  --limit, --offset, --use_cache and --config are refused, with the reason")
         else:
             parsers[name] = commands.add_parser(name, prog=f"mmke-eval {name}", description=module.DESCRIPTION)
     COMMANDS[chosen].configure(parsers[chosen])

@@ -59,8 +59,8 @@ ABSENT: Any = _Absent()  # a field the response does not carry (unlike None, wri
 class ProbeResponse:
     """The answer to one probe. Fields left ABSENT are not written; the JSON keeps this order."""
 
-    probe: str
-    editor: str
+    probe: str = ""
+    editor: str = ""
     generated: str = ""
     edit: dict = field(default_factory=dict)  # the editor's report of the edit (handle.stats)
     score: Any = ABSENT  # float; None when unscored

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -142,8 +141,9 @@ def task_cards(results: dict[str, Any]) -> dict[str, dict]:
 
 
 def installed_card(name: str) -> dict | None:
-    """The card of that file name in our installed task folder (``<family>/sources/<name>``)."""
-    for path in sorted(tasks_dir().glob(f"*/sources/{name}")):
+    """The card of that file name in our installed task folder (``<family>/sources/<name>``, the
+    mini's ``<family>/mini/sources/<name>``)."""
+    for path in sorted(tasks_dir().glob(f"*/sources/{name}")) + sorted(tasks_dir().glob(f"*/mini/sources/{name}")):
         return read_source_card(path)
     return None
 
@@ -192,13 +192,16 @@ def check_task_names(task_names: str, extra_dirs: list[str] = ()) -> None:
 @lru_cache(maxsize=4)
 def lmms_eval_task_names(extra_dirs: tuple[str, ...] = ()) -> frozenset[str]:
     """Names lmms-eval knows (tasks, groups, tags) from its own task folder, ours and ``extra_dirs``.
-    The index is kept (mmke_eval.lmms_plugin): the run's lmms-eval, given the same folders, reuses it."""
+    The index is kept (mmke_eval/lmms/patches.py): the run's lmms-eval, given the same folders, reuses it.
+    lmms-eval's log of the YAMLs it cannot read is silenced while it indexes, and only then."""
     from loguru import logger as eval_logger
 
     from lmms_eval.tasks import TaskManager
-    from mmke_eval.lmms_plugin import install_fixes
+    from mmke_eval.lmms.patches import install_task_loading
 
-    eval_logger.remove()  # its indexing logs every YAML it cannot read, at DEBUG
-    eval_logger.add(sys.stderr, level=os.environ.get("MMKE_VERBOSITY", "WARNING"))
-    install_fixes()
-    return frozenset(TaskManager("ERROR", include_path=[str(tasks_dir()), *extra_dirs]).all_tasks)
+    install_task_loading()
+    eval_logger.disable("lmms_eval")
+    try:
+        return frozenset(TaskManager("ERROR", include_path=[str(tasks_dir()), *extra_dirs]).all_tasks)
+    finally:
+        eval_logger.enable("lmms_eval")

@@ -20,11 +20,13 @@ def main(argv: list[str]) -> int:
     report_dir, rest = Path(argv[0]), argv[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    from mmke_eval import cli, wrapper
+    from mmke_eval import cli
+    from mmke_eval.engine.evaluator import CaseEvaluator
 
     applied: list[str] = []
     loaded: list[dict] = []
-    apply_all, init = wrapper.CaseEvaluator._apply_all, wrapper.CaseEvaluator.__init__
+    evaluators: list = []  # the last one built holds the run's adapter
+    apply_all, init = CaseEvaluator._apply_all, CaseEvaluator.__init__
 
     def counting_apply_all(self, requests, handles):
         applied.extend(request.case_id for request in requests)
@@ -32,16 +34,17 @@ def main(argv: list[str]) -> int:
 
     def remembering_init(self, adapter, *args, **kwargs):
         init(self, adapter, *args, **kwargs)
+        evaluators.append(self)
         loaded.append({name: t.detach().clone() for name, t in adapter.model.state_dict().items()})
 
-    wrapper.CaseEvaluator._apply_all = counting_apply_all
-    wrapper.CaseEvaluator.__init__ = remembering_init
+    CaseEvaluator._apply_all = counting_apply_all
+    CaseEvaluator.__init__ = remembering_init
     code = cli.main(rest)
     restored = None
-    if loaded and wrapper._last_evaluator is not None:
+    if loaded and evaluators:
         import torch
 
-        now = wrapper._last_evaluator.adapter.model.state_dict()
+        now = evaluators[-1].adapter.model.state_dict()
         restored = set(now) == set(loaded[-1]) and all(torch.equal(now[k], loaded[-1][k]) for k in now)
     rank = int(os.environ.get("RANK", "0"))
     report_dir.mkdir(parents=True, exist_ok=True)
