@@ -24,11 +24,11 @@ def test_the_api_gives_the_commands_numbers_and_keeps_a_comma_in_an_editor_value
     encoder = "org/encoder,revision-2"  # a value with a comma: never joined into a k=v,... string
     results = mmke_eval.evaluate(
         tasks="mmke_entity", model="llava_hf", model_args=model_args(tiny_llava_dir), editors=["none", "ft_llm"],
-        editor_args={"ft_llm": {"steps": 2}}, data=mmke_fixture_root, cases=2, output_path=tmp_path / "api")
+        editor_args={"ft_llm": {"steps": 2}}, data=mmke_fixture_root, cases=1, output_path=tmp_path / "api")
     assert list(results) == ["none", "ft_llm"]
     text = ",".join(f"{k}={v}" for k, v in model_args(tiny_llava_dir).items())
     assert cli.main(["--tasks", "mmke_entity", "--model", "llava_hf", "--model_args", text, "--editor", "none,ft_llm",
-                     "--editor_args", "ft_llm.steps=2", "--data", str(mmke_fixture_root), "--cases", "2",
+                     "--editor_args", "ft_llm.steps=2", "--data", str(mmke_fixture_root), "--cases", "1",
                      "--output_path", str(tmp_path / "cli")]) == 0
     api_rows = json.loads((tmp_path / "api" / "mmke_table.json").read_text())
     assert api_rows == json.loads((tmp_path / "cli" / "mmke_table.json").read_text())
@@ -52,7 +52,7 @@ def test_two_runs_in_one_process_read_their_own_data_root(tiny_llava_dir, mmke_f
 
     def run(root):
         results = mmke_eval.evaluate(tasks="mmke_entity", model="llava_hf", model_args=model_args(tiny_llava_dir),
-                                     editors="none", data=root)
+                                     editors="none", data=root, cases=1)
         return results["none"]["mmke"]
 
     first, second, again = run(mmke_fixture_root), run(other), run(mmke_fixture_root)
