@@ -93,6 +93,20 @@ def knowledge_probes(family: str | None, root: Path, split: str = "eval") -> lis
     return _generator(family).knowledge_probes(root, split)
 
 
+class KnowledgeProbes(list):
+    """The probes of a generated mini answered with the ORIGINAL facts, as ``knowledge_probes``
+    lists them: {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
+
+    def add(self, kind: str, case: str, question: str, answer: str, image: str = "", type_: str = "all") -> None:
+        self.append({"type": type_, "kind": kind, "case": case, "question": question, "answer": answer, "image": image})
+
+    def add_locality(self, record: dict, case: str, image_root: Path, short: bool = False) -> None:
+        """An EasyEdit-format record's text and image locality probes (``short``: MMEdit VQA's wrapper)."""
+        self.add("t_loc", case, record["loc"], record["loc_ans"])
+        question = f"Question: {record['m_loc_q']} Short answer:" if short else record["m_loc_q"]
+        self.add("i_loc", case, question, record["m_loc_a"], str(image_root / record["m_loc"]))
+
+
 def ensure_generated(root: Path | None = None, seed: int = 0, family: str | None = None) -> Path:
     """The root of the generated mini of ``family`` (None: the default one) for ``seed``; generates
     it if missing or stale.

@@ -66,10 +66,8 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
     """The probes of the generated mini under ``root`` answered with the ORIGINAL facts:
     {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
     root = Path(root)
-    probes = []
-
-    def add(kind, case, question, answer, image="", type_="all"):
-        probes.append({"type": type_, "kind": kind, "case": case, "question": question, "answer": answer, "image": image})
+    probes = G.KnowledgeProbes()
+    add = probes.add
 
     records = json.loads((root / f"mike_{split}.json").read_text())
     rng = random.Random(f"mmke_mini/mike_knowledge/{split}")
@@ -83,4 +81,4 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
         other = rng.choice([r for r in records if r is not rec])[G.EXTRA_KEY]["original_answers"]["name"]
         add("csr_no", case, mike.CSR_PROMPT.format(name=other), W.NO, str(root / rec["scene_images"][1]))
         add("t_loc", case, rec["loc"], rec["loc_ans"])
-    return probes
+    return list(probes)

@@ -67,15 +67,9 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
     """The probes of the generated mini under ``root`` answered with the ORIGINAL facts:
     {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
     root = Path(root)
-    probes = []
-
-    def add(kind, case, question, answer, image="", type_="all"):
-        probes.append({"type": type_, "kind": kind, "case": case, "question": question, "answer": answer, "image": image})
-
-    def loc(record, case, image_root, short=False):
-        add("t_loc", case, record["loc"], record["loc_ans"])
-        question = f"Question: {record['m_loc_q']} Short answer:" if short else record["m_loc_q"]
-        add("i_loc", case, question, record["m_loc_a"], str(image_root / record["m_loc"]))
+    probes = G.KnowledgeProbes()
+    add = probes.add
+    loc = probes.add_locality
 
     for subset, pattern in (("vqa", "vqa/vqa_{split}.json"), ("caption", "caption/caption_{split}_edit.json")):
         for i, rec in enumerate(json.loads((root / pattern.format(split=split)).read_text())):
@@ -84,4 +78,4 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
             add("t_gen", case, rec["rephrase"], rec["pred"], str(root / rec["image"]), type_)
             add("i_gen", case, rec["src"], rec["pred"], str(root / rec["image_rephrase"]), type_)
             loc(rec, case, root, short=True)
-    return probes
+    return list(probes)

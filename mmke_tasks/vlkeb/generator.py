@@ -77,15 +77,9 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
     """The probes of the generated mini under ``root`` answered with the ORIGINAL facts:
     {"type", "kind", "case", "question", "answer", "image"} (image: a path or "")."""
     root = Path(root)
-    probes = []
-
-    def add(kind, case, question, answer, image="", type_="all"):
-        probes.append({"type": type_, "kind": kind, "case": case, "question": question, "answer": answer, "image": image})
-
-    def loc(record, case, image_root, short=False):
-        add("t_loc", case, record["loc"], record["loc_ans"])
-        question = f"Question: {record['m_loc_q']} Short answer:" if short else record["m_loc_q"]
-        add("i_loc", case, question, record["m_loc_a"], str(image_root / record["m_loc"]))
+    probes = G.KnowledgeProbes()
+    add = probes.add
+    loc = probes.add_locality
 
     images = root / "VLKEB_images"
     name = "train.json" if split == "train" else "eval_multihop.json"
@@ -97,4 +91,4 @@ def knowledge_probes(root: Path, split: str = "eval") -> list[dict]:
         for k in range(1, 5):
             add(f"port_{k}hop", case, W.ENTITY_HOP_Q[k], orig[f"{k}-hop"], str(images / rec["image"]))
         loc(rec, case, images)
-    return probes
+    return list(probes)
