@@ -126,3 +126,19 @@ def test_importing_the_plugin_first_still_registers_the_edited_model(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['blip2_hf', 'edited', 'minigpt4']", done.stderr[-2000:]
+
+
+def test_our_task_reader_finds_a_package_include_from_any_folder(tmp_path, monkeypatch):
+    """README, "Adding a task": a task written anywhere includes our template by package path; the
+    checks mmke-eval makes before loading (source cards for --data, --cases) read it as lmms-eval does."""
+    from mmke_eval.lmms.taskfiles import source_cards, task_config
+
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "my_entity.yaml").write_text("include: mmke_tasks/mmke/_default_template_yaml\ntask: my_entity\n"
+                                            "dataset_kwargs:\n  data_files: {eval: my_entity.json}\n")
+    card = {"benchmark": "my_bench", "family": "mmke", "knowledge_type": "entity_level", "split": "eval", "data_env": "X"}
+    (folder / "my_entity.json").write_text(json.dumps(card))
+    monkeypatch.chdir(tmp_path)
+    assert task_config(folder / "my_entity.yaml")["output_type"] == "generate_until"
+    assert source_cards("my_entity", [str(folder)]) == [card]

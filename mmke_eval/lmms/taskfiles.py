@@ -39,9 +39,20 @@ def task_config(path: Path) -> dict:
     """The task YAML with its ``include`` chain resolved (later keys win)."""
     spec = read_yaml(path)
     if spec.get("include"):
-        base = task_config((path.parent / spec["include"]).resolve())
+        base = task_config(include_path(path, str(spec["include"])))
         spec = {**base, **{k: v for k, v in spec.items() if k != "include"}}
     return spec
+
+
+def include_path(path: Path, include: str) -> Path:
+    """Where lmms-eval finds a YAML's ``include``: next to the YAML, else from the current folder,
+    else (``mmke_tasks/...``) in the installed task package (mmke_eval/lmms/patches.py)."""
+    from mmke_eval.lmms.patches import package_include
+
+    for candidate in (path.parent / include, Path(include)):
+        if candidate.is_file():
+            return candidate.resolve()
+    return Path(package_include(str(path.parent / include))).resolve()
 
 
 def task_index(extra_dirs: list[str] = ()) -> tuple[dict[str, Path], dict[str, list[str]]]:
