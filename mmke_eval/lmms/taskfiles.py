@@ -122,17 +122,6 @@ def source_cards(task_names: str, extra_dirs: list[str] = ()) -> list[dict]:
     return [card for _, path in found for card in config_cards(task_config(path), path.parent)]
 
 
-def data_variables(task_names: str, extra_dirs: list[str] = ()) -> list[str]:
-    """The data environment variables (``data_env`` of the source cards) of the named tasks and groups."""
-    variables: list[str] = []
-    for card in source_cards(task_names, extra_dirs):
-        data_env = card.get("data_env")
-        if data_env and data_env not in variables:
-            variables.append(data_env)
-    return variables
-
-
-# -- cards of a finished run ---------------------------------------------------------------------
 def task_cards(results: dict[str, Any]) -> dict[str, dict]:
     """Task -> its source card: as recorded in the results (``mmke.cards``, written by mmke-eval),
     else read from the card file the task config names, else (results made on another machine)
