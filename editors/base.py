@@ -129,6 +129,10 @@ class Editor(ABC):
     # before any edit). Each edit's ``handle.stats["edit_images"]`` says how many it used.
     multi_image: str | None = None
     multi_image_refusal: str = "it has no multi-step editing"
+    # An editor with a side memory (GRACE's codebook, WISE's side FFN, a LoRA adapter) changes no
+    # weight of the model: it adds its own modules or parameters beside them while edits are live,
+    # and restoring the last live edit removes them (state_dict keys and values as before).
+    side_memory: bool = False
 
     def __init__(self, config: EditorConfig | None = None):
         self.config = config if config is not None else self.config_class()

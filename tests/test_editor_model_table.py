@@ -62,7 +62,28 @@ def state(model) -> dict[str, torch.Tensor]:
 
 
 def changed(model, before) -> set[str]:
-    return {name for name, t in model.state_dict().items() if not torch.equal(t, before[name])}
+    """Names (as before) of the model's original tensors whose values changed, and any key added or
+    removed; a side-memory editor that wraps a module (peft) renames its tensors, which are found by identity."""
+    now = model.state_dict()
+    if now.keys() != before.keys():
+        return set(now.keys() ^ before.keys())
+    return {name for name, t in now.items() if not torch.equal(t, before[name])}
+
+
+def originals(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (the parameter or buffer itself, a copy of its value)."""
+    return {name: (t, t.detach().clone()) for name, t in model.state_dict(keep_vars=True).items()}
+
+
+def changed_originals(model, kept) -> set[str]:
+    """Original tensors (by identity, whatever they are called now) whose values changed, or that left the model."""
+    present = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    return {name for name, (t, value) in kept.items() if id(t) not in present or not torch.equal(t.detach(), value)}
+
+
+def added_parameters(model, kept) -> dict[str, torch.Tensor]:
+    ids = {id(t) for t, _ in kept.values()}
+    return {name: t for name, t in model.state_dict(keep_vars=True).items() if id(t) not in ids}
 
 
 def names_of(model, params) -> set[str]:
@@ -99,15 +120,21 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
     with torch.no_grad():
         loss_before = float(adapter.target_loss(edit_query))
     before = state(model)
+    kept = originals(model)
 
     with editor.editing(adapter, request) as handle:
         in_context = bool(handle.prefix)
         answers_elsewhere = handle.responder is not None  # another model answers some queries (SERAC)
-        touched = changed(model, before)
         group = editor.edited_group()
-        if group is None:
-            assert touched == set() and handle.touched == ()
+        if editor.side_memory:  # no weight of the model changes; its own modules beside them do the edit
+            assert group is None and changed_originals(model, kept) == set() and handle.touched == ()
+            assert added_parameters(model, kept), f"{editor_name}: a side-memory edit added nothing to the model"
+            with torch.no_grad():
+                assert float(adapter.target_loss(edit_query)) < loss_before
+        elif group is None:
+            assert changed(model, before) == set() and handle.touched == ()
         else:
+            touched = changed(model, before)
             members = names_of(model, adapter.parameter_group(group, last_k=editor.edited_layers()))
             assert touched and touched <= members and names_of(model, {n: p for n, p in model.named_parameters() if n in handle.touched}) == members
             with torch.no_grad():
@@ -126,7 +153,7 @@ def test_editor_contract_on_every_model(editor_name, adapter, train_file, mmke_f
     kinds = [kind.name for kind in families.get("mmke").probes]
     assert set(kinds) <= set(scores) and all(0.0 <= scores[k] <= 100.0 for k in kinds)
     assert changed(model, before) == set()
-    if editor.edited_group() is None and not in_context and not answers_elsewhere:  # the unedited model agrees with itself
+    if editor.edited_group() is None and not (in_context or answers_elsewhere or editor.side_memory):  # the unedited model agrees with itself
         assert scores["t_loc"] == 100.0 and scores["i_loc"] == 100.0
 
 
@@ -156,14 +183,14 @@ def test_every_editor_uses_two_edit_images_and_says_so_or_refuses_them(editor_na
         with editor.editing(adapter, request) as handle:
             after[label] = state(adapter.model)
             entries = getattr(handle.responder, "entries", None)
-            if editor.edited_group() is None and entries is None:  # no edit at all (none)
+            if editor.edited_group() is None and entries is None and not editor.side_memory:  # no edit at all (none)
                 assert handle.stats["edit_images"] == 0
                 return
             assert handle.stats["edit_images"] == 2
             if entries is not None:  # a memory editor: one entry per edit image
                 assert [e.request.image for e in entries] == [red, second] and len(editor.memory) == 2
         assert changed(adapter.model, before) == set()
-    if editor.edited_group() is not None:
+    if editor.edited_group() is not None or editor.side_memory:
         assert changed_between(after["red+blue"], after["red+red"])
 
 
