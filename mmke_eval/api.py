@@ -84,8 +84,9 @@ def evaluate(tasks: str | list[str] = runner.DEFAULT_TASKS, model: str = runner.
     protocol = Protocol.from_options({k: v for k, v in config_args.items() if k in PROTOCOL_FIELDS})
     check_pretrained(config_args.get("pretrained"))
     rank, world_size = parallel.world()
-    if world_size > 1 and protocol.sequential:
-        raise EvaluationError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+    refused = parallel.refusal(protocol, world_size)
+    if refused:
+        raise EvaluationError(refused)
     data_root = _data_root(data, task_list, include_paths, source_cards)
     from mmke_eval.data import source
 

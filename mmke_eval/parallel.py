@@ -14,8 +14,9 @@ and the task's ``process_results`` leaves them out of every column. After the ru
 gathers the per-document scores; a task's number is a mean over cases (``metrics.case_mean``,
 order-independent), so it equals the one-process number.
 
-Sequential editing (``sequential=true``) piles the edits of a whole task up in order, which no
-split among processes can reproduce: it is refused in several processes.
+Sequential editing (``sequential=true``) and lifelong editing (``lifelong=T``) pile the edits of a
+whole task up in order, which no split among processes can reproduce: they are refused in several
+processes (``refusal``).
 
 The launcher sets ``WORLD_SIZE`` and ``RANK`` (torchrun, ``accelerate launch``); nothing here
 needs torch.distributed.
@@ -34,6 +35,23 @@ SEQUENTIAL_REFUSED = (
     "order, so one process must make them all. Run it in one process (without torchrun / accelerate launch), or "
     "run the tasks of a group as separate one-process runs side by side"
 )
+
+LIFELONG_REFUSED = (
+    "lifelong={edits} cannot run in several processes ({world} here): a lifelong stream is sequential, each edit made on "
+    "the model every earlier edit of the task left, so one process must make them all. Run it in one process (without "
+    "torchrun / accelerate launch)"
+)
+
+
+def refusal(protocol, world_size: int) -> str | None:
+    """Why ``protocol`` cannot run in ``world_size`` processes, or None when it can."""
+    if world_size <= 1:
+        return None
+    if protocol.lifelong:
+        return LIFELONG_REFUSED.format(edits=protocol.lifelong, world=world_size)
+    if protocol.sequential:
+        return SEQUENTIAL_REFUSED.format(world=world_size)
+    return None
 
 
 def world() -> tuple[int, int]:

@@ -57,6 +57,11 @@ class Protocol:
     # With sequential: case i is scored after edits 0..i+gap (VLKEB's gap); the last ``gap``
     # cases are edited but not scored, as in VLKEB. 0: right after its own edit (EasyEdit).
     sequential_gap: int = _option(0, _whole(0), "with sequential: score each case after G more edits (VLKEB)", "gap {}".format)
+    # Lifelong editing (WISE, GRACE, LiveEdit): per task, a stream of T edits made one after another
+    # and never undone in between; every edit made so far is scored at 1, 10, 100, 1000 and T edits
+    # (retention), and each edit right after its own (immediate). 0: no stream.
+    lifelong: int = _option(0, _whole(0), "lifelong editing: a stream of T edits per task, scored at 1, 10, 100, 1000 and T edits",
+                            lambda v: f"lifelong stream of {v}" if v else "no stream")
     # Image of the portability question: "data" (the image the data names for it: the edit image
     # for entities, one_hop_img otherwise), "edit" (always the edit image), or "auto" (the
     # editor's reference: IKE asks user-type portability on the edit image).
@@ -97,6 +102,9 @@ class Protocol:
             raise OptionError("sequential_gap needs sequential=true")
         if self.user_number > 1 and self.sequential:
             raise OptionError("user_number needs sequential=false (sequential editing keeps every edit anyway)")
+        if self.lifelong and (self.sequential or self.user_number > 1):
+            raise OptionError("lifelong=T is its own schedule (a stream of T edits, scored at checkpoints): drop "
+                              + ("sequential=true" if self.sequential else "user_number"))
         if self.entity_acc == "generation" and not self.generate:
             raise OptionError("entity_acc=generation scores greedy generations: it needs generate=true")
 

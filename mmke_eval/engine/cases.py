@@ -71,6 +71,8 @@ class ProbeResponse:
     average: Any = ABSENT  # "token": the column is hits / total over the task
     counts: Any = ABSENT  # [hits, total] for average=token
     port_image: Any = ABSENT  # portability: the image the question was asked on
+    live_edits: Any = ABSENT  # lifelong: how many edits were live in the model this score came from
+    lifelong: Any = ABSENT  # lifelong: {"position", "immediate", "retention": {checkpoint: scores}} (engine/schedules.py)
 
     @classmethod
     def from_json(cls, text: str) -> "ProbeResponse | None":

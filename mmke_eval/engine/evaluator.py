@@ -44,6 +44,7 @@ class CaseEvaluator:
         self.editor_reports: dict[str, dict] = {}  # per task label: the editor's summary of its edits
         self.case_stats: dict[str, list[dict]] = {}  # per task label: each case's edit stats (merged across processes)
         self.edited_cases: dict[str, list[str]] = {}  # per task label: the cases this process edited, in order
+        self.lifelong_rows: dict[str, dict] = {}  # per task label (lifelong=T): its columns at each checkpoint
         self.label = ""
 
     # -- the run's settings, resolved for its editor ------------------------------------------
@@ -75,8 +76,12 @@ class CaseEvaluator:
         stats: list[dict] = []
         self.label = label
         self.case_stats[label] = stats
-        schedules.for_protocol(self.protocol).answer(self, cases, results, stats, progress=progress)
+        schedule = schedules.for_protocol(self.protocol)
+        schedule.answer(self, cases, results, stats, progress=progress)
         self.editor_reports[label] = self.editor.summarize(stats)
+        if isinstance(schedule, schedules.Lifelong):
+            self.lifelong_rows[label] = {"edits": schedule.edits, "checkpoints": schedule.checkpoints(),
+                                         "rows": schedule.rows(cases, results)}
 
     # -- one case ------------------------------------------------------------------------------
     def apply_case(self, probes: list[ProbeRequest], handles: list, stats: list) -> tuple:

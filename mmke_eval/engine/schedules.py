@@ -5,6 +5,9 @@
 * ``Sequential``: edits pile up across the task; every pre-edit output comes from the unedited
   model; case i is scored ``sequential_gap`` edits after its own (VLKEB), and all edits are undone
   at the end.
+* ``Lifelong``: per task, a stream of T edits made one after another and never undone in between;
+  each edit is scored right after its own (immediate), and at 1, 10, 100, 1000 and T edits every
+  edit made so far is scored on the current model (retention), locality against the unedited model.
 
 A schedule drives a ``CaseEvaluator`` (engine/evaluator.py) and writes every finished case to the
 journal under keys that cover everything its result depends on (mmke_eval/journal.py).
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import deque
 
 from tqdm import tqdm
 
-from mmke_eval.engine.cases import EDIT_ONLY_REASON, ProbeRequest, is_edit_only, without_padding_field
+from mmke_eval.engine.cases import ABSENT, EDIT_ONLY_REASON, ProbeRequest, ProbeResponse, is_edit_only, without_padding_field
 from mmke_eval.journal import digest as journal_digest
 from mmke_eval.journal import file_digest
 from mmke_eval.protocol import Protocol
@@ -28,7 +32,13 @@ logger = logging.getLogger("mmke_eval")
 Cases = list[list[ProbeRequest]]
 
 
-def for_protocol(protocol: Protocol) -> "Independent | Sequential":
+LIFELONG_CHECKPOINTS = (1, 10, 100, 1000)  # LiveEdit's T; the stream's own length is always one more
+BEYOND_STREAM_REASON = "lifelong: after the stream's last edit (the task has more cases than lifelong=T)"
+
+
+def for_protocol(protocol: Protocol) -> "Independent | Sequential | Lifelong":
+    if protocol.lifelong:
+        return Lifelong(protocol.lifelong)
     return Sequential(protocol.sequential_gap) if protocol.sequential else Independent(protocol.user_number)
 
 
@@ -126,6 +136,140 @@ class Sequential:
             evaluator.unscored(probes, handle, results, EDIT_ONLY_REASON)
         else:
             evaluator.post_edit(probes, pre, handle, request, results)
+
+
+class Lifelong:
+    """A stream of ``edits`` edits per task, in the task's case order, never restored in between.
+
+    Every probe's response gets, besides its final score (after all T edits, ``live_edits`` = T),
+    a ``lifelong`` record: its case's place in the stream, its score right after that edit
+    (immediate) and its score at each checkpoint at or after it (retention). Locality compares
+    with the unedited model's outputs, computed before the first edit. Cases after the T-th are
+    not edited and left unscored. A stream is journaled only whole: an interrupted one restarts
+    from its first edit (it says so)."""
+
+    def __init__(self, edits: int):
+        self.edits = edits
+
+    def checkpoints(self) -> list[int]:
+        return sorted({c for c in LIFELONG_CHECKPOINTS if c <= self.edits} | {self.edits})
+
+    def answer(self, evaluator, cases: Cases, results: list, stats: list, progress: bool = True) -> None:
+        label = evaluator.label
+        if len(cases) < self.edits:
+            raise ValueError(f"lifelong={self.edits}: {label or 'the task'} has {len(cases)} edit cases; a stream of "
+                             f"{self.edits} edits needs as many (pass lifelong={len(cases)} or less, or a task with more cases)")
+        stream, beyond = cases[: self.edits], cases[self.edits :]
+        if any(is_edit_only(probes) for probes in cases):
+            raise ValueError(f"case {cases[0][0].doc['case_id']} is marked edit-only, which only sequential=true uses")
+        keys = whole_keys(cases, {"lifelong": self.edits, "checkpoints": self.checkpoints(), "task_cases": len(cases)})
+        if answer_from_journal(evaluator, keys, cases, results, stats):
+            evaluator.resumed_cases[label] = evaluator.resumed_cases.get(label, 0) + len(cases)
+            return
+        if evaluator.journal is not None:
+            print(f"mmke-eval: {label}: lifelong stream of {self.edits} edits starts at its first edit (a stream is kept "
+                  "for resuming only once finished: an interrupted one restarts)", file=sys.stderr, flush=True)
+        pres = [evaluator.pre_edit(probes) for probes in tqdm(stream, desc="pre-edit", disable=not progress)]
+        checkpoints = set(self.checkpoints())
+        records: dict[int, dict] = {}  # probe index -> its lifelong record
+        live: list[tuple] = []
+        handles: list = []
+        try:
+            for n, (probes, pre) in enumerate(tqdm(list(zip(stream, pres)), desc=_description(evaluator), disable=not progress), 1):
+                handle, request = evaluator.apply_case(probes, handles, stats)
+                live.append((probes, pre, handle, request))
+                immediate = self._scored(evaluator, probes, pre, handle, request, n)
+                for probe in probes:
+                    records[probe.index] = {"position": n, "immediate": _scores_of(immediate[probe.index]), "retention": {}}
+                if n not in checkpoints:
+                    continue
+                for done_probes, done_pre, done_handle, done_request in live:  # every edit so far, on this model
+                    scored = immediate if done_probes is probes else self._scored(evaluator, done_probes, done_pre, done_handle, done_request, n)
+                    for probe in done_probes:
+                        records[probe.index]["retention"][str(n)] = _scores_of(scored[probe.index])
+                        if n == self.edits:  # the final state answers the probe (the task's lmms-eval number)
+                            results[probe.index] = scored[probe.index]
+            for probes in beyond:
+                evaluator.unscored(probes, _NO_EDIT, results, BEYOND_STREAM_REASON)
+            evaluator.unscored_cases[label] = evaluator.unscored_cases.get(label, 0) + len(beyond)
+        finally:
+            evaluator.restore(handles)
+        for probes in stream:
+            for probe in probes:
+                response = ProbeResponse.from_json(results[probe.index])
+                response.lifelong = records[probe.index]
+                results[probe.index] = response.to_json()
+        for key, probes in zip(keys, cases):  # only a whole stream: a part of one cannot be resumed
+            write_journal(evaluator, key, probes, results)
+
+    def rows(self, cases: Cases, results: list) -> list[dict]:
+        """The task's columns at each checkpoint (``score: retention``, ``edits: N``) and right after
+        each edit (``score: immediate``, ``edits: T``), aggregated as the task aggregates its final
+        numbers (``metrics.probe_items``, ``metrics.case_mean``); a column no probe scored is None."""
+        from mmke_eval import families, metrics
+
+        stages = [("retention", n) for n in self.checkpoints()] + [("immediate", self.edits)]
+        family = families.get(cases[0][0].doc["family"]) if cases else None
+        columns = [key for key, _ in family.columns] if family else []
+        rows = []
+        for stage, n in stages:
+            items: dict[str, list[dict]] = {}
+            for probes in cases:
+                for probe in probes:
+                    at = _response_at(results[probe.index], stage, n)
+                    if at is None:
+                        continue
+                    doc = probe.doc
+                    scored = metrics.probe_items(probe.kind, doc["answer"], at, doc.get("entity", ""), doc["case_id"])
+                    for name, item in scored.items():
+                        items.setdefault(name, []).append(item)
+            values = {key: metrics.case_mean(items[key]) if items.get(key) else float("nan") for key in columns}
+            rows.append({"edits": n, "score": stage, **{k: None if v != v else v for k, v in values.items()}})
+        return rows
+
+    @staticmethod
+    def _scored(evaluator, probes, pre, handle, request, live_edits: int) -> dict[int, str]:
+        """The case's probes scored on the model as it is now (``live_edits`` edits live)."""
+        scored: dict[int, str] = {}
+        evaluator.post_edit(probes, pre, handle, request, scored)
+        for index, text in scored.items():
+            response = ProbeResponse.from_json(text)
+            response.live_edits = live_edits
+            scored[index] = response.to_json()
+        return scored
+
+
+class _NoEdit:  # the handle of a case the stream never edited (unscored)
+    stats: dict = {}
+    prefix = ""
+    responder = None
+
+
+_NO_EDIT = _NoEdit()
+LIFELONG_SCORE_FIELDS = ("live_edits", "score", "counts", "entity_acc", "entity_match", "generated")
+
+
+def _response_at(text: str, stage: str, edits: int) -> str | None:
+    """A stream probe's response as it was at a checkpoint (``retention`` after ``edits`` edits) or
+    right after its own edit (``immediate``); None when it had no score then (not yet edited, or
+    not in the stream)."""
+    response = ProbeResponse.from_json(text)
+    record = response.lifelong if response is not None and response.given("lifelong") else None
+    if not record:
+        return None
+    scores = record["immediate"] if stage == "immediate" else record["retention"].get(str(edits))
+    if scores is None:
+        return None
+    for name in LIFELONG_SCORE_FIELDS:
+        setattr(response, name, scores.get(name, ABSENT))
+    response.lifelong = ABSENT
+    return response.to_json()
+
+
+def _scores_of(text: str) -> dict:
+    """What a checkpoint keeps of a probe's response: the fields its columns are computed from."""
+    response = ProbeResponse.from_json(text)
+    return {name: getattr(response, name) for name in LIFELONG_SCORE_FIELDS if response.given(name)}
 
 
 def _description(evaluator) -> str:

@@ -111,8 +111,9 @@ class EditedLMM(lmms):
 
         self.protocol = config.protocol
         rank, world_size = parallel.world()
-        if world_size > 1 and self.protocol.sequential:
-            raise ValueError(parallel.SEQUENTIAL_REFUSED.format(world=world_size))
+        refused = parallel.refusal(self.protocol, world_size)
+        if refused:
+            raise ValueError(refused)
         warning = parallel.accelerate_cpu_warning()
         if warning and not config.raise_errors:  # (the mmke-eval CLI has said it already)
             logger.warning("mmke-eval: %s", warning)
@@ -203,8 +204,10 @@ class EditedLMM(lmms):
                                         **{kt: self.evaluator.port_image_for(kt) for kt in self.editor.reference_port_images}},
                 **({"unscored_cases": dict(self.evaluator.unscored_cases),
                     "edit_only_cases": dict(self.evaluator.edit_only_cases)} if self.protocol.sequential_gap else {}),
+                **({"unscored_cases": dict(self.evaluator.unscored_cases)} if self.protocol.lifelong else {}),
             },
             "editor_report": dict(self.evaluator.editor_reports),
+            **({"lifelong": dict(self.evaluator.lifelong_rows)} if self.protocol.lifelong else {}),
             "resume": {"journal": self.journal_path, "run_key": self.run_key,
                        "resumed_cases": dict(self.evaluator.resumed_cases),
                        **({"repaired_lines": self.evaluator.journal.repaired,

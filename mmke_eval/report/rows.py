@@ -35,10 +35,14 @@ def table_rows(results: dict[str, Any], editor: str) -> list[dict[str, Any]]:
     from mmke_eval import families
 
     by_task = task_families(results)
+    lifelong = (results.get("mmke") or {}).get("lifelong") or {}
     rows = []
     for task, values in results.get("results", {}).items():
         row: dict[str, Any] = {"task": task, "editor": editor}
         columns = families.get(by_task[task]).columns if task in by_task else []
+        if task in lifelong and columns:  # a stream: a row per checkpoint, and one of each edit right after it
+            rows += lifelong_rows(task, editor, by_task[task], columns, lifelong[task])
+            continue
         found = {key: _number(values.get(f"{key},none")) for key, _ in columns}
         if any(value is not None for value in found.values()):
             row["family"] = by_task[task]
@@ -65,6 +69,24 @@ def table_rows(results: dict[str, Any], editor: str) -> list[dict[str, Any]]:
     return rows
 
 
+def lifelong_rows(task: str, editor: str, family: str, columns, stream: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a lifelong task (``lifelong=T``): its columns after each checkpoint's number of
+    edits (``score: retention``) and right after each edit (``score: immediate``, ``edits: T``)."""
+    rows = []
+    for at in stream["rows"]:
+        row = {"task": task, "editor": editor, "family": family, "edits": at["edits"], "score": at["score"]}
+        missing = {}
+        for key, _ in columns:
+            value = _number(at.get(key))
+            row[key] = None if value is None or math.isnan(value) else value
+            if row[key] is None:
+                missing[key] = NO_SCORED_CASE if key in at else "not computed by this task"
+        if missing:
+            row["missing"] = missing
+        rows.append(row)
+    return rows
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per benchmark family with its columns, then the other tasks' metrics;
     missing numbers are shown as '-'."""
@@ -78,10 +100,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     blocks = []
     for name, family_rows in by_family.items():
         columns = families.get(name).columns
-        header = ["Task", "Editor"] + [title for _, title in columns]
+        stream = any("edits" in row for row in family_rows)  # lifelong rows: after how many edits, and which score
+        header = ["Task", "Editor"] + (["Edits", "Score"] if stream else []) + [title for _, title in columns]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in family_rows:
-            cells = [row["task"], row["editor"]]
+            cells = [row["task"], row["editor"]] + ([str(row.get("edits", "-")), row.get("score", "-")] if stream else [])
             cells += ["-" if row.get(key) is None else f"{row[key]:.1f}" for key, _ in columns]
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))

@@ -216,7 +216,12 @@ def _run(path: Path, results: dict) -> Run:
         samples = path.with_name(f"{stamp}_samples_{name}.jsonl")
         if stamp and samples.is_file():
             run.samples[name] = samples
-    entries = [_entry(run, row, results) for row in table_rows(results, run.editor or "-")]
+    # A lifelong task is one entry here, its final state (the retention row at T, which is also
+    # lmms-eval's number); its curve over the checkpoints is report --plot's.
+    final = {task: stream["edits"] for task, stream in (mmke.get("lifelong") or {}).items()}
+    rows = [row for row in table_rows(results, run.editor or "-")
+            if "edits" not in row or (row["score"] == "retention" and row["edits"] == final.get(row["task"]))]
+    entries = [_entry(run, row, results) for row in rows]
     run.entries = sorted(entries, key=lambda e: e.is_group)  # a group after its tasks
     return run
 
