@@ -281,3 +281,33 @@ def test_cli_end_to_end_on_cckeb_mini(tmp_path):
     none, ft = (dict(zip(KINDS, map(float, rows[name][2:]))) for name in ("none", "ft_llm"))
     assert none["rel"] == none["text_rel"] == none["comp_rel"] == 0.0 and none["t_loc"] == none["text_loc"] == 100.0
     assert ft["rel"] >= 50 and ft["text_rel"] >= 50, rows["ft_llm"]
+
+
+def test_task_template_lists_the_familys_metrics():
+    import yaml
+
+    from mmke_eval.lmms.taskfiles import IgnoreTagsLoader
+    from mmke_eval.resources import tasks_dir
+
+    spec = yaml.load((tasks_dir() / "cckeb" / "_default_template_yaml").read_text(), Loader=IgnoreTagsLoader)
+    assert sorted(m["metric"] for m in spec["metric_list"]) == sorted(families.get("cckeb").metric_names())
+    assert [name for name, _ in families.get("cckeb").columns] == KINDS
+
+
+@pytest.mark.slow
+def test_cli_runs_the_released_task_on_the_fixture(tiny_llava_dir, cckeb_root, tmp_path):
+    """`--tasks cckeb --data PATH`: the task of the release layout, with its skips reported."""
+    model_args = f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu,dtype=float32"
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmke_eval.cli", "--tasks", "cckeb", "--model", "llava_hf", "--model_args", model_args,
+         "--editor", "none", "--data", str(cckeb_root), "--output_path", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "mmke_table.json").read_text())
+    (row,) = [r for r in rows if r["task"] == "cckeb_eval"]
+    assert row["family"] == "cckeb" and row["t_loc"] == row["i_loc"] == row["text_loc"] == 100.0
+    assert all(row[kind] is not None for kind in KINDS)
+    assert ("cckeb/eval: 4 of 7 cases skipped: 1 empty alt; 1 no textual_edit; 1 no port_new; "
+            "1 no comp question in port_new") in proc.stderr
