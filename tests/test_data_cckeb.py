@@ -263,6 +263,7 @@ def test_mini_knowledge_probes_ask_the_original_answers(mini_root):
     assert first["comp_rel"]["answer"] == subject.city and first["rel"]["answer"] == subject.name
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_cckeb_mini(tmp_path):
     """mmke-eval on cckeb_mini with the shipped world model: FT-LLM writes both edits in."""
     out = tmp_path / "out"
