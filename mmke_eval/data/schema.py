@@ -38,7 +38,8 @@ class EditCase:
     probes: tuple[Probe, ...] = ()
     train_file: str = ""  # absolute path of the train split of the same type (IKE demonstrations)
     extra_images: tuple[str, ...] = ()  # more images of the edit subject, no probe asks on them (multi-step editing)
-    followup_edits: tuple[tuple[str, str], ...] = ()  # (prompt, target) edited after this one before probing (VLKEB edit twice)
+    # (prompt, target) or (prompt, target, original), edited after this one before probing (VLKEB edit twice, CCKEB's textual edit)
+    followup_edits: tuple[tuple[str, ...], ...] = ()
     family: str = ""  # the benchmark family declaring its probe kinds (mmke_tasks/<family>/family.yaml); set by its loader
 
 
@@ -63,7 +64,7 @@ class ProbeDoc:
     rephrase_image: str
     train_file: str
     edit_extra_images: str = ""  # EditCase.extra_images, one path per line (Arrow-friendly)
-    followup_edits: str = ""  # EditCase.followup_edits as a JSON list of [prompt, target] ("" for none)
+    followup_edits: str = ""  # EditCase.followup_edits as a JSON list of [prompt, target(, original)] ("" for none)
     # Sequential runs with --cases N and sequential_gap G: one of the G cases edited after the N
     # scored ones (VLKEB), never scored itself.
     edit_only: bool = False

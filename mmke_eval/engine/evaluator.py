@@ -129,9 +129,9 @@ class CaseEvaluator:
         followups = json.loads(doc["followup_edits"]) if doc.get("followup_edits") else []
         image = {} if self.followup_image == "edit" else {"image": None, "extra_images": ()}
         return [main] + [
-            replace(main, case_id=f"{main.case_id}#edit{n}", prompt=prompt, target=target, original="",
+            replace(main, case_id=f"{main.case_id}#edit{n}", prompt=prompt, target=target, original=(original or [""])[0],
                     rephrase_prompt="", rephrase_image=None, **image)
-            for n, (prompt, target) in enumerate(followups, 2)
+            for n, (prompt, target, *original) in enumerate(followups, 2)  # CCKEB's textual edit gives its original
         ]
 
     def _apply_all(self, requests: list[EditRequest], handles: list) -> list:

@@ -1,0 +1,1 @@
+"""CCKEB: one benchmark family in one folder (README.md)."""
