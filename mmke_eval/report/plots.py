@@ -400,8 +400,9 @@ def _retention_figure(entries: list[Entry], names: Names, title: str):
                 if y is None:
                     ax.text(n, 50, MISSING, ha="center", va="center", fontsize=8, color=colour)
             immediate = (stream.immediate or {}).get(key)
-            if immediate is not None:  # a scatter, not a line: the axes' lines are the curves
-                ax.scatter([stream.edits], [immediate], s=70, marker=marker, facecolors="none", edgecolors=colour,
+            # a scatter, not a line (the axes' lines are the curves); large enough to ring the retention point at T
+            if immediate is not None:
+                ax.scatter([stream.edits], [immediate], s=160, marker=marker, facecolors="none", edgecolors=colour,
                            linewidths=1.5, clip_on=False, zorder=3)
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(n) for n in ticks])
