@@ -28,6 +28,7 @@ RUNS = {
     "instructblip": ("instructblip", "instructblip", "", True),
     "qwen2_vl": ("qwen2_vl", "qwen2_vl", f"device_map=cpu,{PIXELS}", False),
     "qwen2_5_vl": ("qwen2_5_vl", "qwen2_5_vl", f"device_map=cpu,{PIXELS}", False),
+    "qwen3_vl": ("qwen3_vl", "qwen3_vl", f"device_map=cpu,{PIXELS}", False),
     # llava_hf picks the class from the checkpoint's model_type
     "llava_next": ("llava_hf", "llava_next", "device_map=cpu,dtype=float32", True),
     "llava_onevision": ("llava_hf", "llava_onevision", "device_map=cpu,dtype=float32", True),

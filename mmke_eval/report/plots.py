@@ -4,7 +4,12 @@
   the six metrics), a polygon per knowledge type or hop (MMKE-Bench's figure style);
 * ``bars_<family>_<model>``: one panel per metric, bars per editor grouped by knowledge type/hop;
 * ``gap_<task>_<model>``: one panel per metric, a line per editor over the sequential gap
-  (VLKEB's sequential editing), drawn where runs of one editor span two or more gaps.
+  (VLKEB's sequential editing), drawn where runs of one editor span two or more gaps;
+* ``retention_<task>_<model>``: lifelong runs (``lifelong=T``), one panel per metric, a line per
+  editor over the number of edits made (log axis, the stream's checkpoints 1, 10, 100, 1000, T):
+  every edit made so far scored after that many edits; a hollow marker at T is the immediate
+  score (each edit right after it, mean over the T edits). Lifelong runs are drawn only here: the
+  other figures keep to runs of one edit at a time and VLKEB's sequential runs.
 
 Every name shown is declared once: editors by their ``title`` in registry.yaml (FT-LLM), the
 benchmark by its family's ``releases`` (mmke_mini: "MMKE-Bench mini (generated)"), a task by its
@@ -50,15 +55,24 @@ def figures(runs: list[Run]) -> list[tuple[str, "object"]]:
     labels = Labels(runs)
     made: list[tuple[str, object]] = []
     with matplotlib.rc_context(STYLE):
-        for (model_key, family), entries in _by_model_and_family(runs).items():
+        for (model_key, family), every in _by_model_and_family(runs).items():
             model = labels.model[model_key]
-            shown = _leaf_tasks(entries)
-            names = Names(entries, labels)
-            title = f"{names.benchmark(entries)}, {model}"
-            made.append((f"radar_{family}_{model}", _radar(shown, names, title)))
-            made.append((f"bars_{family}_{model}", _bars(shown, names, title)))
-            for task_name, figure in _gaps(entries, labels, names, title):
-                made.append((f"gap_{task_name}_{model}", figure))
+            lifelong = {id(e.run) for e in every if e.stream is not None}
+            entries = [e for e in every if id(e.run) not in lifelong]
+            streams = [e for e in every if e.stream is not None]
+            if entries:
+                shown = _leaf_tasks(entries)
+                names = Names(entries, labels)
+                title = f"{names.benchmark(entries)}, {model}"
+                made.append((f"radar_{family}_{model}", _radar(shown, names, title)))
+                made.append((f"bars_{family}_{model}", _bars(shown, names, title)))
+                for task_name, figure in _gaps(entries, labels, names, title):
+                    made.append((f"gap_{task_name}_{model}", figure))
+            if streams:
+                names = Names(streams, labels)
+                title = f"{names.benchmark(streams)}, {model}"
+                for task_name, figure in _retention(streams, labels, names, title):
+                    made.append((f"retention_{task_name}_{model}", figure))
     return [(_slug(name), figure) for name, figure in made]
 
 
@@ -355,6 +369,61 @@ def _gap_figure(first: Entry, lines: dict[str, list[Entry]], names: Names, title
     caption = "Cases scored per gap: " + ", ".join(f"gap {gap}: {n}" for gap, n in by_gap.items())
     _legend(figure, axes, len(lines), caption=caption)
     figure.suptitle(f"{title}: {names.task(first)} over the sequential gap")
+    return figure
+
+
+def _retention(entries: list[Entry], labels: Labels, names: Names, title: str):
+    """Per task (and its data): the retention curves of the lifelong runs on it."""
+    by_task: dict[tuple[str, str], list[Entry]] = {}
+    for entry in entries:
+        by_task.setdefault((entry.task, entry.data.key), []).append(entry)
+    for task_entries in by_task.values():
+        yield labels.of_task(task_entries[0]), _retention_figure(task_entries, names, title)
+
+
+def _retention_figure(entries: list[Entry], names: Names, title: str):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+
+    columns = entries[0].columns
+    line_names = Names.variants([e.run for e in entries])
+    figure, axes = _grid(len(columns), 4.0, 3.0)
+    ticks = sorted({n for e in entries for n in e.stream.checkpoints})
+    for ax, (key, column_title) in zip(axes, columns):
+        for i, entry in enumerate(entries):
+            stream, colour, marker = entry.stream, PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
+            ys = [stream.retention[n][key] for n in stream.checkpoints]
+            # a missing number breaks the line (NaN) and is marked, never drawn as 0
+            ax.plot(stream.checkpoints, [math.nan if y is None else y for y in ys], color=colour, marker=marker, linewidth=1.8,
+                    label=line_names[entry.run.variant_key], clip_on=False)
+            for n, y in zip(stream.checkpoints, ys):
+                if y is None:
+                    ax.text(n, 50, MISSING, ha="center", va="center", fontsize=8, color=colour)
+            immediate = (stream.immediate or {}).get(key)
+            # a scatter, not a line (the axes' lines are the curves); large enough to ring the retention point at T
+            if immediate is not None:
+                ax.scatter([stream.edits], [immediate], s=160, marker=marker, facecolors="none", edgecolors=colour,
+                           linewidths=1.5, clip_on=False, zorder=3)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        if len(ticks) == 1:
+            ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
+        ax.set_xlabel("edits made (log scale)")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(Y_LABEL)
+        ax.set_ylim(0, 100)
+        ax.set_title(column_title)
+        ax.grid(color="0.9")
+    extra = []
+    if any(e.stream.immediate for e in entries):
+        extra.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="0.3",
+                            label="hollow: immediate (each edit right after it, mean over the stream)"))
+    lengths = _order(e.stream.edits for e in entries)
+    caption = (f"Retention: every edit made so far, scored after that many edits (locality against the unedited model). "
+               f"Edits in the stream (T): {', '.join(str(t) for t in lengths)}")
+    _legend(figure, axes, len(entries) + len(extra), extra, caption=caption)
+    figure.suptitle(f"{title}: {names.task(entries[0])} over the number of edits")
     return figure
 
 

@@ -7,6 +7,10 @@ file. What identifies a run is read from ``config.model_args`` (the same string 
 backend, editor, ``editor.k=v`` overrides, protocol options) and, when mmke-eval wrote it, from the
 ``mmke`` section (data hashes, cases used, resolved per-editor choices, versions).
 
+A lifelong run (``lifelong=T``) records, per task, its columns after each checkpoint's number of
+edits and right after each edit (``results["mmke"]["lifelong"]``): the task's ``Entry`` carries
+them as a ``Stream`` (its numbers in tables: after all T edits), read and checked here.
+
 Each task of a run has a data identity: mmke-eval records the hash of the data files each task read
 and how many cases it used (``--cases``); a plain lmms-eval run records neither, so its tasks are
 identified by name and document count only, and never share a row with recorded data.
@@ -23,6 +27,7 @@ from typing import Any
 from mmke_eval.journal import digest
 
 RESULTS_SUFFIX = "_results.json"
+LIFELONG_SCORES = ("retention", "immediate")
 # model_args that change where or how fast a model runs, not what it is
 PLACEMENT_ARGS = ("device", "device_map", "batch_size", "max_batch_size")
 # model_args the edited model owns besides the protocol options
@@ -42,6 +47,16 @@ class DataId:
     files: str | None = None  # digest of the data files read (None: not recorded)
 
 
+@dataclass
+class Stream:
+    """A lifelong task's scores (``results["mmke"]["lifelong"][task]``), in percent (None: not computed)."""
+
+    edits: int  # T, the stream's length
+    checkpoints: list[int]  # numbers of edits it was scored after, ascending, the last = T
+    retention: dict[int, dict[str, float | None]]  # checkpoint -> metric key -> every edit so far, scored then
+    immediate: dict[str, float | None] | None  # metric key -> each edit right after it, mean over the T edits
+
+
 @dataclass(eq=False)  # compared and hashed by identity
 class Entry:
     """One task's numbers in one run."""
@@ -52,6 +67,7 @@ class Entry:
     columns: list[tuple[str, str]]  # (metric key, title), in table order
     values: dict[str, float | None]
     higher_is_better: dict[str, bool | None]
+    stream: Stream | None = None  # a lifelong task: its numbers over the stream (``values``: after all T edits)
 
     @property
     def data(self) -> DataId:
@@ -216,12 +232,10 @@ def _run(path: Path, results: dict) -> Run:
         samples = path.with_name(f"{stamp}_samples_{name}.jsonl")
         if stamp and samples.is_file():
             run.samples[name] = samples
-    # A lifelong task is one entry here, its final state (the retention row at T, which is also
-    # lmms-eval's number); its curve over the checkpoints is report --plot's.
-    final = {task: stream["edits"] for task, stream in (mmke.get("lifelong") or {}).items()}
-    rows = [row for row in table_rows(results, run.editor or "-")
-            if "edits" not in row or (row["score"] == "retention" and row["edits"] == final.get(row["task"]))]
-    entries = [_entry(run, row, results) for row in rows]
+    streams = _streams(results)
+    # A lifelong task is one entry, from its stream (its table rows, one per checkpoint, are the same numbers).
+    entries = [_entry(run, row, results) for row in table_rows(results, run.editor or "-") if row["task"] not in streams]
+    entries += [_stream_entry(run, task, stream, results) for task, stream in streams.items()]
     run.entries = sorted(entries, key=lambda e: e.is_group)  # a group after its tasks
     return run
 
@@ -237,6 +251,88 @@ def _entry(run: Run, row: dict, results: dict) -> Entry:
                      {name: better.get(name.split(",")[0]) for name in row["metrics"]})
     columns = families.get(row["family"]).columns
     return Entry(run, task, row["family"], columns, {key: row.get(key) for key, _ in columns}, {key: True for key, _ in columns})
+
+
+def _stream_entry(run: Run, task: str, stream: Stream, results: dict) -> Entry:
+    from mmke_eval import families
+    from mmke_eval.report.rows import task_families
+
+    family = task_families(results).get(task)
+    where = f"results['mmke']['lifelong'][{task!r}]"
+    if family is None:
+        raise ValueError(f"{where}: {task!r} is not a task of an editing benchmark in this results file (no source card)")
+    columns = families.get(family).columns
+    keys = {key for key, _ in columns}
+    rows = [stream.retention[n] for n in stream.checkpoints] + ([stream.immediate] if stream.immediate is not None else [])
+    if not any(key in row for row in rows for key in keys):
+        raise ValueError(f"{where}: no row has a metric of the {family} family ({', '.join(sorted(keys))}); "
+                         f"its rows carry the family's column keys")
+    for row in rows:
+        for key in keys:
+            row.setdefault(key, None)
+    return Entry(run, task, family, columns, {key: stream.retention[stream.edits][key] for key, _ in columns},
+                 {key: True for key, _ in columns}, stream)
+
+
+def _streams(results: dict) -> dict[str, Stream]:
+    """The lifelong section (``results["mmke"]["lifelong"]``), checked: task -> Stream. A section
+    that is not as mmke-eval writes it is a ValueError naming the task and the key."""
+    section = (results.get("mmke") or {}).get("lifelong")
+    if section is None:
+        return {}
+    fix = "write it as mmke-eval does (docs/reports.md, \"Retention curves\") or leave this file out"
+    if not isinstance(section, dict):
+        raise ValueError(f"results['mmke']['lifelong'] is {type(section).__name__}, not a mapping of task -> stream; {fix}")
+    streams = {}
+    for task, stream in section.items():
+        where = f"results['mmke']['lifelong'][{task!r}]"
+        if task not in results["results"]:
+            raise ValueError(f"{where}: {task!r} is not a task of this results file; {fix}")
+        if not isinstance(stream, dict):
+            raise ValueError(f"{where} is {type(stream).__name__}, not a mapping with edits, checkpoints and rows; {fix}")
+        edits, checkpoints, rows = stream.get("edits"), stream.get("checkpoints"), stream.get("rows")
+        if not _count(edits):
+            raise ValueError(f"{where}['edits'] is {edits!r}, not the stream's length (a whole number >= 1); {fix}")
+        if (not isinstance(checkpoints, list) or not checkpoints or not all(_count(n) for n in checkpoints)
+                or checkpoints != sorted(set(checkpoints)) or checkpoints[-1] != edits):
+            raise ValueError(f"{where}['checkpoints'] is {checkpoints!r}: not ascending numbers of edits ending at edits={edits}; {fix}")
+        if not isinstance(rows, list):
+            raise ValueError(f"{where}['rows'] is {type(rows).__name__}, not a list of rows; {fix}")
+        retention: dict[int, dict] = {}
+        immediate = None
+        for i, row in enumerate(rows):
+            at = f"{where}['rows'][{i}]"
+            if not isinstance(row, dict):
+                raise ValueError(f"{at} is {type(row).__name__}, not a mapping; {fix}")
+            score, n = row.get("score"), row.get("edits")
+            if score not in LIFELONG_SCORES:
+                raise ValueError(f"{at}['score'] is {score!r}, not one of {', '.join(LIFELONG_SCORES)}; {fix}")
+            if score == "retention" and (n not in checkpoints or n in retention):
+                raise ValueError(f"{at}: a retention row at edits={n!r}, which is not a checkpoint {checkpoints} "
+                                 f"or is there twice; {fix}")
+            if score == "immediate" and (n != edits or immediate is not None):
+                raise ValueError(f"{at}: an immediate row at edits={n!r}; the stream has one, at edits={edits}; {fix}")
+            values = {}
+            for key, value in row.items():
+                if key in ("edits", "score"):
+                    continue
+                if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value != value
+                                          or not 0 <= value <= 100):
+                    raise ValueError(f"{at}[{key!r}] is {value!r}, not a percentage (0-100) or null; {fix}")
+                values[key] = None if value is None else float(value)
+            if score == "retention":
+                retention[n] = values
+            else:
+                immediate = values
+        left = [n for n in checkpoints if n not in retention]
+        if left:
+            raise ValueError(f"{where}: no retention row at edits={left[0]} (a checkpoint); {fix}")
+        streams[task] = Stream(edits, list(checkpoints), retention, immediate)
+    return streams
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _metric_title(name: str) -> str:

@@ -45,8 +45,10 @@ def write_run(
     data_files: dict[str, str] | None = None,
     resolved: dict[str, Any] | None = None,
     version: str = "0.1.0",
+    lifelong: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one run's results (and samples) under ``out``; return the results file."""
+    """Write one run's results (and samples) under ``out``; return the results file. ``lifelong``:
+    the ``mmke.lifelong`` section of a lifelong run (task -> edits, checkpoints, rows)."""
     cards = cards or MMKE_MINI
     full_args = ",".join(part for part in (f"base=llava_hf,editor={editor}", model_args, options) if part)
     folder = out / ("models__" + Path(model_args.split("pretrained=")[-1].split(",")[0]).name)
@@ -105,6 +107,8 @@ def write_run(
             "cards": {task: cards[task] for task in scores}, "skipped_cases": skipped, "data": data,
             "provenance": {"versions": {"mmke-eval": version, "lmms-eval": "0.7.3"}},
         }
+        if lifelong is not None:  # a lifelong run's section, as given (report tests: also malformed ones)
+            document["mmke"]["lifelong"] = lifelong
     path = folder / f"{stamp}_results.json"
     path.write_text(json.dumps(document, indent=2))
     return path

@@ -147,10 +147,11 @@ def qwen_image_processor():
     return Qwen2VLImageProcessorPil(patch_size=PATCH_SIZE, merge_size=2, temporal_patch_size=2, **QWEN_PIXELS)
 
 
-def qwen_processor(processor_class):
+def qwen_processor(processor_class, chat_template: str = QWEN_CHAT_TEMPLATE, image_processor=None):
     tokenizer = qwen_tokenizer()
-    return _without_video_processor(lambda: processor_class(image_processor=qwen_image_processor(), tokenizer=tokenizer,
-                                                            video_processor=None, chat_template=QWEN_CHAT_TEMPLATE))
+    image_processor = image_processor or qwen_image_processor()
+    return _without_video_processor(lambda: processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                                            video_processor=None, chat_template=chat_template))
 
 
 def _qwen_text_config(tokenizer) -> dict:
@@ -190,6 +191,38 @@ def build_tiny_qwen2_5_vl():
     config = Qwen2_5_VLConfig(text_config=_qwen_text_config(tokenizer), vision_config=vision, tie_word_embeddings=False,
                               **_qwen_token_ids(tokenizer))
     return _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config)), processor
+
+
+# -- Qwen3-VL -------------------------------------------------------------------------------------
+# Qwen3-VL-Instruct's template in shape: unlike Qwen2-VL's, no default system turn.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen3_vl():
+    """Qwen3-VL: the vision tower's position embeddings are learned (a 4x4 grid here, interpolated
+    to the image's), its first block also feeds the language model's first layer (DeepStack, a
+    second patch merger), and the language model's M-RoPE sections are interleaved."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    # Qwen3-VL's normalisation (mean and std 0.5), Qwen2-VL's resize with the tiny patches.
+    image_processor = Qwen2VLImageProcessorPil(patch_size=PATCH_SIZE, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
+                                               image_std=[0.5] * 3, **QWEN_PIXELS)
+    processor = qwen_processor(Qwen3VLProcessor, QWEN3_CHAT_TEMPLATE, image_processor)
+    tokenizer = processor.tokenizer
+    vision = dict(depth=2, hidden_size=HIDDEN, intermediate_size=128, num_heads=4, patch_size=PATCH_SIZE, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=HIDDEN, num_position_embeddings=16, deepstack_visual_indexes=[0])
+    text = {**_qwen_text_config(tokenizer), "head_dim": HIDDEN // 4,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}}
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **_qwen_token_ids(tokenizer))
+    return _seeded(lambda: Qwen3VLForConditionalGeneration(config)), processor
 
 
 # -- InstructBLIP (Vicuna) -----------------------------------------------------------------------
@@ -382,6 +415,7 @@ TINY_BUILDERS: dict[str, Callable[[], tuple]] = {
     "minigpt4": build_tiny_minigpt4,
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
+    "qwen3_vl": build_tiny_qwen3_vl,
 }
 
 
