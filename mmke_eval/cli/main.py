@@ -4,7 +4,7 @@
     mmke-eval --editor none,ft_llm,ft_alignment,ike
     mmke-eval --tasks mmke_entity --model llava_hf \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf,device=cuda,device_map=cuda,dtype=float16 --editor ft_llm --output_path out/ --data /data/MMKE
-    mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike)
+    mmke-eval make-mini --out DIR [--family F]  # write a generated mini benchmark (mmke, vlkeb, mmedit, mike, cckeb)
     mmke-eval train-editor --editor mend --tasks mmke_mini --output_path CKPT   # train a learned editor (SERAC, MEND, KE)
     mmke-eval convert-checkpoint --editor mend --reference FILE.pt --model llava_hf \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf,device=cuda,device_map=cuda,dtype=float16 --output_path CKPT   # a published MEND/KE checkpoint
