@@ -43,8 +43,8 @@ class LoRAConfig(EditorConfig):
     lora_type: str = field(default="lora", metadata={"help": "lora | adalora: peft's LoRA layers or its AdaLoRA (SVD-form) layers"})
     rank: int = field(default=8, metadata={"help": "adapter rank r (EasyEdit: 8)"})
     lora_alpha: int = field(default=32, metadata={"help": "scaling numerator: the update is scaled by lora_alpha / rank (EasyEdit: 32)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input; acts only while the model is in train mode, "
-                                                               "which an evaluated model never is (EasyEdit: 0.1, equally inactive)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input during the edit's steps (seeded), never when the "
+                                                               "edited model is scored (EasyEdit: 0.1, active in both)"})
     target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated names of the linear modules inside the "
                                                                            "language model's decoder layers to adapt (EasyEdit: q_proj,v_proj)"})
     layers: str = field(default="", metadata={"help": "comma-separated decoder layer indices to adapt; empty: every layer (EasyEdit: every layer)"})
@@ -94,6 +94,7 @@ class _Adapter:
 
     tuner: torch.nn.Module
     params: dict[str, torch.nn.Parameter]  # the adapter's trained tensors, by state_dict name
+    dropouts: list[torch.nn.Module]  # the adapter's dropout layers: in train mode during the edit's steps only
     n_modules: int
     requires_grad: list[tuple[torch.nn.Parameter, bool]]  # the model's flags before peft changed them
 
@@ -182,7 +183,11 @@ class LoRAEditor(Editor):
         for p, flag in flags:  # peft froze the model's parameters: their flags are the caller's
             p.requires_grad_(flag)
         params = {name: p for name, p in model.named_parameters() if id(p) not in original and _trained(name)}
-        return _Adapter(tuner=tuner, params=params, n_modules=len(targets), requires_grad=flags)
+        # peft creates its dropout layers in train mode whatever the model's mode; scoring never uses them
+        dropouts = [m for name, m in model.named_modules() if ".lora_dropout." in f".{name}" and isinstance(m, torch.nn.Dropout)]
+        for m in dropouts:
+            m.eval()
+        return _Adapter(tuner=tuner, params=params, dropouts=dropouts, n_modules=len(targets), requires_grad=flags)
 
     def _remove(self, adapter) -> None:
         live, self._adapter = self._adapter, None
@@ -224,7 +229,8 @@ class LoRAEditor(Editor):
         return self._scalers[dtype]
 
     def _train(self, adapter, live: _Adapter, queries: list[Query]) -> tuple[list[float], LossScaler]:
-        """The edit's optimizer steps on the adapter alone; the loss before each step and after the last."""
+        """The edit's optimizer steps on the adapter alone; the target's NLL (dropout off, as the
+        probes see the model; without AdaLoRA's regulariser) before the first step and after the last."""
         weights = list(live.params.values())
         scaler = self._scaler(next(adapter.model.parameters()).dtype)
         if self.config.optimizer == "sgd":
@@ -233,27 +239,46 @@ class LoRAEditor(Editor):
             optimizer = torch.optim.Adam(weights, lr=self.config.lr, weight_decay=self.config.weight_decay)
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.config.lr_decay)
 
-        def loss_fn() -> torch.Tensor:
+        def loss_fn(regularised: bool = True) -> torch.Tensor:
             loss = sum(adapter.target_loss(query) for query in queries) / len(queries)
-            if self.config.lora_type == "adalora" and self.config.orth_reg_weight > 0:
+            if regularised and self.config.lora_type == "adalora" and self.config.orth_reg_weight > 0:
                 loss = loss + self.config.orth_reg_weight * _orthogonal_penalty(live.params)
             return loss
 
-        losses = []
+        if not self.config.steps:
+            return [], scaler
         vision = vision_tower_cached(adapter, list(live.params)) if self.config.cache_vision else nullcontext()
         with _only_these_require_grad(adapter.model, weights), vision:
-            for _ in range(self.config.steps):
-                loss, grads = scaler.gradients(loss_fn, weights)
-                for weight, grad in zip(weights, grads):
-                    weight.grad = grad.to(weight.dtype)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                losses.append(float(loss.detach()))
-            if losses:
-                with torch.no_grad():
-                    losses.append(float(loss_fn()))
+            with torch.no_grad():
+                losses = [float(loss_fn(regularised=False))]
+            # dropout masks from a seed of their own (the edit's place in the stream): the same edit twice, the same adapter
+            with _dropout_active(live.dropouts), torch.random.fork_rng(devices=_cuda_devices(adapter.model)):
+                torch.manual_seed(self.config.seed + len(self._live))
+                for _ in range(self.config.steps):
+                    _, grads = scaler.gradients(loss_fn, weights)
+                    for weight, grad in zip(weights, grads):
+                        weight.grad = grad.to(weight.dtype)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    schedule.step()
+            with torch.no_grad():
+                losses.append(float(loss_fn(regularised=False)))
         return losses, scaler
+
+
+@contextmanager
+def _dropout_active(dropouts: list[torch.nn.Module]) -> Iterator[None]:
+    for m in dropouts:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.eval()
+
+
+def _cuda_devices(model: torch.nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 def _trained(name: str) -> bool:
