@@ -161,6 +161,7 @@ class LoRAEditor(Editor):
     def _inject(self, adapter) -> _Adapter:
         """Wrap the target modules with peft's layers (seeded initialisation); nothing else changes."""
         from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, LoraModel
+        from peft.functional import cast_adapter_dtype
 
         model = adapter.model
         if hasattr(model, "peft_config"):
@@ -180,6 +181,9 @@ class LoRAEditor(Editor):
         with torch.random.fork_rng(devices=[]):  # the same adapter every run, the caller's RNG untouched
             torch.manual_seed(self.config.seed)
             tuner = tuner_class(model, peft_config, ADAPTER_NAME)
+        # float32 adapter tensors on a float16/bfloat16 model (peft's get_peft_model does the same):
+        # small updates to them do not vanish in half-precision rounding
+        cast_adapter_dtype(model, ADAPTER_NAME)
         for p, flag in flags:  # peft froze the model's parameters: their flags are the caller's
             p.requires_grad_(flag)
         params = {name: p for name, p in model.named_parameters() if id(p) not in original and _trained(name)}

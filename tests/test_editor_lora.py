@@ -166,3 +166,14 @@ def test_adalora_orthogonal_penalty_by_hand():
     # P (lora_A, r x in) = [[1,0,0],[0,2,0]]: P P^T - I = diag(0, 3), norm 3; Q (lora_B) = I: 0. Mean 1.5.
     params = {"q.lora_A.x": torch.tensor([[1.0, 0, 0], [0, 2.0, 0]]), "q.lora_B.x": torch.eye(2), "q.lora_E.x": torch.ones(2, 1)}
     assert float(_orthogonal_penalty(params)) == pytest.approx(1.5)
+
+
+def test_a_float16_model_keeps_its_dtype_and_the_adapter_trains_in_float32():
+    model, processor = build_tiny_llava15()
+    adapter = LlavaHFAdapter(model.to(torch.float16).eval(), processor)
+    before = state(adapter.model)
+    editor = LoRAEditor(LoRAConfig(lr=0.05, steps=2))
+    with editor.editing(adapter, REQUESTS[0]) as handle:
+        assert {t.dtype for t in adapter_state(adapter.model).values()} == {torch.float32}
+        assert handle.stats["loss"] < handle.stats["initial_loss"] and handle.stats["loss_scaling"] == "dynamic"
+    assert same_state(adapter.model, before)
