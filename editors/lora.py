@@ -131,6 +131,7 @@ class LoRAEditor(Editor):
             raise
         handle.stats = {
             "lora_type": self.config.lora_type,
+            "rank": self.config.rank,
             "steps": self.config.steps,
             "edit_images": len(queries),
             "initial_loss": losses[0] if losses else None,
@@ -167,25 +168,30 @@ class LoRAEditor(Editor):
         if hasattr(model, "peft_config"):
             raise ConfigError("editor 'lora': the model already carries a peft adapter (peft_config); load it without one")
         targets = self._target_modules(adapter)
-        options = dict(r=self.config.rank, lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
-                       target_modules=targets, bias="none")
+        options = dict(lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout, target_modules=targets, bias="none")
         if self.config.lora_type == "adalora":
-            # total_step is required by peft but only drives the rank reallocation, which is never run.
+            # AdaLoRA's rank is init_r (it ignores r). total_step is required by peft but only drives
+            # the rank reallocation, which is never run.
             peft_config, tuner_class = AdaLoraConfig(init_r=self.config.rank, target_r=self.config.rank,
                                                      total_step=max(self.config.steps, 1),
                                                      orth_reg_weight=self.config.orth_reg_weight, **options), AdaLoraModel
         else:
-            peft_config, tuner_class = LoraConfig(**options), LoraModel
+            peft_config, tuner_class = LoraConfig(r=self.config.rank, **options), LoraModel
         flags = [(p, p.requires_grad) for p in model.parameters()]
         original = {id(p) for p, _ in flags}
         with torch.random.fork_rng(devices=[]):  # the same adapter every run, the caller's RNG untouched
             torch.manual_seed(self.config.seed)
             tuner = tuner_class(model, peft_config, ADAPTER_NAME)
-        # float32 adapter tensors on a float16/bfloat16 model (peft's get_peft_model does the same):
-        # small updates to them do not vanish in half-precision rounding
-        cast_adapter_dtype(model, ADAPTER_NAME)
-        for p, flag in flags:  # peft froze the model's parameters: their flags are the caller's
-            p.requires_grad_(flag)
+        try:
+            # float32 adapter tensors on a float16/bfloat16 model (peft's get_peft_model does the same):
+            # small updates to them do not vanish in half-precision rounding
+            cast_adapter_dtype(model, ADAPTER_NAME)
+        except BaseException:
+            tuner.unload()
+            raise
+        finally:
+            for p, flag in flags:  # peft froze the model's parameters: their flags are the caller's
+                p.requires_grad_(flag)
         params = {name: p for name, p in model.named_parameters() if id(p) not in original and _trained(name)}
         # peft creates its dropout layers in train mode whatever the model's mode; scoring never uses them
         dropouts = [m for name, m in model.named_modules() if ".lora_dropout." in f".{name}" and isinstance(m, torch.nn.Dropout)]

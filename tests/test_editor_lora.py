@@ -50,9 +50,12 @@ def loss(adapter, request) -> float:
 @pytest.mark.parametrize("lora_type", ["lora", "adalora"])
 def test_the_edit_lowers_the_target_loss(adapter, lora_type):
     before = loss(adapter, REQUESTS[0])
-    editor = LoRAEditor(LoRAConfig(lora_type=lora_type, lr=0.05, steps=3))
+    editor = LoRAEditor(LoRAConfig(lora_type=lora_type, rank=4, lr=0.05, steps=3))
     with editor.editing(adapter, REQUESTS[0]) as handle:
         after = loss(adapter, REQUESTS[0])
+        # the adapter has the asked rank (AdaLoRA's is peft's init_r: r would be ignored)
+        ranks = {t.shape[0] for name, t in adapter_state(adapter.model).items() if ".lora_A." in name}
+        assert ranks == {4} and handle.stats["rank"] == 4
         assert after < before
         assert handle.stats["initial_loss"] == pytest.approx(before, rel=1e-5)
         assert handle.stats["loss"] == pytest.approx(after, rel=1e-5)
