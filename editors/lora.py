@@ -45,9 +45,9 @@ class LoRAConfig(EditorConfig):
     lora_alpha: int = field(default=32, metadata={"help": "scaling numerator: the update is scaled by lora_alpha / rank (EasyEdit: 32)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input during the edit's steps (seeded), never when the "
                                                                "edited model is scored (EasyEdit: 0.1, active in both)"})
-    target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated names of the linear modules inside the "
-                                                                           "language model's decoder layers to adapt (EasyEdit: q_proj,v_proj)"})
-    layers: str = field(default="", metadata={"help": "comma-separated decoder layer indices to adapt; empty: every layer (EasyEdit: every layer)"})
+    target_modules: str = field(default="q_proj v_proj", metadata={"help": "names of the linear modules inside the language model's decoder "
+                                                                           "layers to adapt, separated by spaces or commas (EasyEdit: q_proj v_proj)"})
+    layers: str = field(default="", metadata={"help": "decoder layer indices to adapt, separated by spaces or commas; empty: every layer (EasyEdit: every layer)"})
     steps: int = field(default=5, metadata={"help": "optimizer steps per edit (EasyEdit: 5)"})
     lr: float = field(default=0.1, metadata={"help": "learning rate of each edit's first step (EasyEdit: 0.1)"})
     lr_decay: float = field(default=0.9, metadata={"help": "the rate is multiplied by this after every step (EasyEdit's ExponentialLR gamma sh_lr: 0.9)"})
@@ -72,20 +72,25 @@ class LoRAConfig(EditorConfig):
         if not 0 <= self.lora_dropout < 1 or self.orth_reg_weight < 0:
             raise ConfigError("editor 'lora': lora_dropout must be in [0, 1) and orth_reg_weight >= 0")
         if not self.module_names():
-            raise ConfigError("editor 'lora': target_modules names no module (e.g. target_modules=q_proj,v_proj)")
+            raise ConfigError("editor 'lora': target_modules names no module (e.g. 'target_modules=q_proj v_proj')")
         self.layer_indices()  # checked here, one line on a bad value
 
     def module_names(self) -> list[str]:
-        return [name.strip() for name in self.target_modules.split(",") if name.strip()]
+        return _items(self.target_modules)
 
     def layer_indices(self) -> list[int] | None:
         """The decoder layers to adapt, or None: all of them."""
         if not self.layers.strip():
             return None
         try:
-            return sorted({int(part) for part in self.layers.split(",") if part.strip()})
+            return sorted({int(part) for part in _items(self.layers)})
         except ValueError:
-            raise ConfigError(f"editor 'lora': layers must be comma-separated layer indices (e.g. layers=0,1) or empty, not {self.layers!r}") from None
+            raise ConfigError(f"editor 'lora': layers must be layer indices separated by spaces (e.g. 'layers=0 1') or empty, not {self.layers!r}") from None
+
+
+def _items(text: str) -> list[str]:
+    """Space- or comma-separated items (a comma separates --editor_args, so spaces are easier to pass)."""
+    return [item for item in text.replace(",", " ").split() if item]
 
 
 @dataclass

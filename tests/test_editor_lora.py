@@ -180,3 +180,17 @@ def test_a_float16_model_keeps_its_dtype_and_the_adapter_trains_in_float32():
         assert {t.dtype for t in adapter_state(adapter.model).values()} == {torch.float32}
         assert handle.stats["loss"] < handle.stats["initial_loss"] and handle.stats["loss_scaling"] == "dynamic"
     assert same_state(adapter.model, before)
+
+
+def test_module_and_layer_lists_pass_through_editor_args():
+    """A comma separates --editor_args items, so the lists take spaces (or an escaped comma)."""
+    from mmke_eval import registry
+    from mmke_eval.keyvalues import parse_key_values
+
+    values = parse_key_values(r"target_modules=q_proj o_proj,layers=0\,1,steps=2", "--editor_args")
+    editor = registry.build_editor("lora", family="llava", overrides=values)
+    assert editor.config.module_names() == ["q_proj", "o_proj"] and editor.config.layer_indices() == [0, 1]
+    assert (editor.config.lora_type, editor.config.rank, editor.config.steps) == ("adalora", 12, 2)  # the family's, then ours
+    assert registry.build_editor("lora").config.module_names() == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match="layers must be layer indices"):
+        LoRAConfig(layers="last")
