@@ -162,6 +162,18 @@ class LoRAEditor(Editor):
                     p.copy_(handle.saved[name])
         handle.saved.clear()
 
+    def summarize(self, stats: list[dict]) -> dict:
+        """The task's edits: how big the adapter is, how far the edits learned their targets, how long they took."""
+        if not stats:
+            return {}
+
+        def mean(key: str) -> float | None:
+            values = [s[key] for s in stats if s.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        return {"edits": len(stats), "adapter_params": stats[-1]["adapter_params"], "most_live_edits": max(s["live_edits"] for s in stats),
+                "mean_initial_loss": mean("initial_loss"), "mean_loss": mean("loss"), "mean_seconds": mean("seconds")}
+
     # --- the adapter ---------------------------------------------------------------------------
 
     def _inject(self, adapter) -> _Adapter:

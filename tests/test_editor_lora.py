@@ -194,3 +194,10 @@ def test_module_and_layer_lists_pass_through_editor_args():
     assert registry.build_editor("lora").config.module_names() == ["q_proj", "v_proj"]
     with pytest.raises(ConfigError, match="layers must be layer indices"):
         LoRAConfig(layers="last")
+
+
+def test_summary_of_a_task():
+    stats = [{"adapter_params": 64, "live_edits": 1, "initial_loss": 2.0, "loss": 0.5, "seconds": 1.0},
+             {"adapter_params": 64, "live_edits": 2, "initial_loss": 3.0, "loss": None, "seconds": 2.0}]
+    assert LoRAEditor().summarize(stats) == {"edits": 2, "adapter_params": 64, "most_live_edits": 2,
+                                             "mean_initial_loss": 2.5, "mean_loss": 0.5, "mean_seconds": 1.5}
