@@ -50,6 +50,7 @@ from mmke_eval.adapters.base import Query
 VALUE_INITS = ("cold", "warm")
 CODEBOOK_NAME = "grace_codebook"  # the child module of the wrapped projection while edits are live
 _LAYER = re.compile(r"^(.*\.layers)\.(\d+)\.")
+WATCHED = ("_batch", "_padded", "_generate_ids")  # the adapter's steps that say where each input ends
 
 
 @dataclass
@@ -142,16 +143,17 @@ class _InputEnds:
 
     The adapter encodes a batch (``_batch``: token ids and where the answer starts) and pads it
     (``_padded``: left for generation, right for teacher forcing) before every model call; both are
-    watched here. The first forward through the layer after an encoding consumes it; the forwards
-    after it with fewer positions are generation steps (no query); any other forward is an error,
-    never a silent pass-through."""
+    watched here. The first forward through the layer after an encoding consumes it; inside the
+    adapter's generation call (``_generate_ids``) the forwards after it with fewer positions are
+    generation steps (no query); any other forward is an error, never a silent pass-through."""
 
     def __init__(self, adapter):
         self.adapter = adapter
         self.pending: list | None = None
         self.left: bool | None = None
-        self.consumed_width: int | None = None
-        batch, padded = adapter._batch, adapter._padded
+        self.consumed_width: dict | None = None
+        self.generating = False
+        batch, padded, generate_ids = adapter._batch, adapter._padded, adapter._generate_ids
 
         def watched_batch(queries):
             encoded, image_inputs = batch(queries)
@@ -162,10 +164,17 @@ class _InputEnds:
             self.left = bool(left)
             return padded(encoded, left)
 
-        adapter._batch, adapter._padded = watched_batch, watched_padded
+        def watched_generate_ids(*args, **kwargs):
+            self.generating = True
+            try:
+                return generate_ids(*args, **kwargs)
+            finally:
+                self.generating = False
+
+        adapter._batch, adapter._padded, adapter._generate_ids = watched_batch, watched_padded, watched_generate_ids
 
     def remove(self) -> None:
-        for name in ("_batch", "_padded"):
+        for name in WATCHED:
             self.adapter.__dict__.pop(name, None)
 
     def __call__(self, shape: tuple[int, ...]) -> list | None:
@@ -174,7 +183,7 @@ class _InputEnds:
         flat = len(shape) == 1
         if self.pending is None:
             size = shape[0] if flat else shape[1]
-            if self.consumed_width is not None and size < self.consumed_width[flat]:
+            if self.generating and self.consumed_width is not None and size < self.consumed_width[flat]:
                 return None  # a generation step after the prompt: generated tokens are not queries
             raise RuntimeError("editor 'grace': a forward of the model that the adapter did not encode reached the codebook layer; "
                                "its key position is unknown (GRACE answers only through the adapter's teacher_forced, target_loss and generate)")
@@ -245,7 +254,7 @@ class GraceEditor(Editor):
             if self._live.adapter is not adapter:
                 raise RuntimeError("editor 'grace': edits are live on another model; restore them first")
             return self._live
-        if not all(hasattr(adapter, name) for name in ("_batch", "_padded")):
+        if not all(hasattr(adapter, name) for name in WATCHED):
             raise ConfigError(f"editor 'grace' needs to know where each input ends; {type(adapter).__name__} does not say "
                               "(GRACE runs on the Hugging Face adapters)")
         layer, module_name = self.codebook_module(adapter)
