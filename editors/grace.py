@@ -38,8 +38,9 @@ from __future__ import annotations
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -286,7 +287,7 @@ class GraceEditor(Editor):
         try:
             key, warm = self._key(adapter, codebook, query)
             update, distance, entry = self._update_codebook(codebook, key, warm, request, undo)
-            losses = self._train(adapter, codebook, query, entry, undo)
+            losses = self._train(adapter, codebook, query, entry)
         except BaseException:
             self.restore(adapter, handle)  # never leave a half-made entry behind
             raise
@@ -361,7 +362,7 @@ class GraceEditor(Editor):
         undo["added"] = True
         return len(codebook) - 1
 
-    def _train(self, adapter, codebook: Codebook, query: Query, entry: int, undo: dict) -> list[float]:
+    def _train(self, adapter, codebook: Codebook, query: Query, entry: int) -> list[float]:
         """Adam on the entry's value (float32), the model frozen; the loss before each step and after the last."""
         value = codebook.values[entry].detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([value], lr=self.config.lr)

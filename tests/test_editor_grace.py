@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from editors.base import EditRequest
-from editors.grace import CODEBOOK_NAME, Codebook, GraceEditor, GraceConfig
+from editors.grace import CODEBOOK_NAME, Codebook, GraceConfig, GraceEditor
 from mmke_eval import registry
 from mmke_eval.adapters.base import Query
 
@@ -196,3 +196,29 @@ def test_layer_at_the_reference_depth_and_bad_values(adapter):
         registry.build_editor("grace", overrides={"val_init": "hot"})
     with pytest.raises(Exception, match="is not a layer of a 28-layer model"):
         registry.build_editor("grace", overrides={"layer": 28})
+
+
+def test_a_sequential_run_keeps_every_edit_live_then_leaves_the_model_as_before(adapter, mmke_fixture_root, monkeypatch):
+    """Through the case evaluator with sequential=true: the codebook grows by one entry per case
+    (each case's edit report says so) and the model is as before at the end."""
+    from mmke_eval.direct import score_cases
+    from mmke_eval.engine.evaluator import CaseEvaluator
+    from mmke_eval.protocol import Protocol
+    from mmke_tasks.mmke.loader import load_cases
+
+    cases = load_cases(mmke_fixture_root, "entity_level", "eval")[0][:3]
+    before = {name: t.clone() for name, t in adapter.model.state_dict().items()}
+    ed = editor(steps=2)
+    sizes = []
+    original = CaseEvaluator.apply_case
+
+    def recording(self, probes, handles, stats):
+        out = original(self, probes, handles, stats)
+        sizes.append(len(ed._live.codebook))
+        return out
+
+    monkeypatch.setattr(CaseEvaluator, "apply_case", recording)
+    score_cases(adapter, ed, cases, Protocol(generate=False, sequential=True))
+    assert sizes == [1, 2, 3] and ed._live is None
+    after = adapter.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
