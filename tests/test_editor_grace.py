@@ -222,3 +222,21 @@ def test_a_sequential_run_keeps_every_edit_live_then_leaves_the_model_as_before(
     assert sizes == [1, 2, 3] and ed._live is None
     after = adapter.model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_each_input_is_queried_at_its_own_last_input_token_in_padded_batches(adapter):
+    """A batch of inputs of different lengths: right-padded for teacher forcing, left-padded for
+    generation; the edit input is answered from the codebook at its own last input token in both
+    (EasyEdit queried every input at the edit's position)."""
+    prompt, target = "What is shown in the image?", "star"
+    longer = "Which color dominates the whole picture, and what is drawn on the left side of it?"
+    ed = editor()
+    handle = ed.apply(adapter, request("c0", prompt, target))
+    try:
+        first = adapter.answer_ids(Query(prompt, RED, target))[0]
+        forced = adapter.teacher_forced([Query(longer, BLUE, "circle"), Query(prompt, RED, target)], k=1)
+        assert forced[1].predicted_ids[0] == first
+        generated = adapter.generate([Query(prompt, RED), Query(longer, BLUE)], max_new_tokens=1)
+        assert generated[0] == adapter.tokenizer.decode([first]).strip()
+    finally:
+        ed.restore(adapter, handle)
