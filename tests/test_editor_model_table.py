@@ -30,8 +30,10 @@ PROMPT = "What is shown in the image?"
 TARGET = "A red circle on a white background"
 # Fast settings for a tiny random model, by config field (an editor gets those its config has):
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
-# Learned editors run their networks as initialised (a gradient step of edit_lr).
-FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2}
+# Learned editors run their networks as initialised (a gradient step of edit_lr). GRACE's value starts
+# at the layer's own output (warm), so its few steps start from the unedited loss (a cold, random
+# value would first have to undo its own start).
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "val_init": "warm"}
 TRAIN_RECORDS = [
     {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
     {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
