@@ -218,3 +218,19 @@ def test_bad_settings_are_refused_in_one_line():
         WISEEditor(WISEConfig(layer=5))._layer_index(4)
     assert WISEEditor(WISEConfig(layer=23, reference_layers=32))._layer_index(32) == 23
     assert WISEEditor(WISEConfig(layer=23, reference_layers=28))._layer_index(4) == 3
+
+
+def test_wise_merge_answers_with_the_waiting_shards_merged_as_the_reference_forward_does(adapter):
+    """Once a shard has filled, EasyEdit's WISE-Merge forward merges the waiting shards (and the
+    current one, once written) before answering; ours answers with that merge without storing it."""
+    wise = editor(steps=2, num_shards=2, merge_freq=4)  # shards of 2 edits
+    handles = [wise.apply(adapter, request(i)) for i in range(2)]  # shard one full, waiting
+    memory = memory_of(adapter)
+    (waiting,) = memory.pending
+    assert memory.merged is None and [name for name, _, _ in memory.candidates()] == ["merged"]
+    assert torch.equal(memory.merged_view(), ties_merge(memory.original, [waiting], [1.0], 0.53))
+    handles.append(wise.apply(adapter, request(2)))  # the current shard written: merged with the waiting one
+    assert torch.equal(memory.merged_view(), ties_merge(memory.original, [waiting, memory.shard.detach()], [0.5, 0.5], 0.53))
+    assert memory.merged is None and memory.merges == 0  # nothing stored
+    for handle in reversed(handles):
+        wise.restore(adapter, handle)
