@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from editors.base import ConfigError, EditHandle, Editor, EditorConfig, EditRequest
+from editors.ft import lower_layers_cached, vision_tower_cached
 from mmke_eval.adapters.base import Query
 
 PROJECTIONS = ("down", "up")
@@ -95,6 +97,8 @@ class WISEConfig(EditorConfig):
     route_stat: str = field(default="reference", metadata={"help": "an input's distance over its positions: reference (mean; the maximum above 100 positions, as EasyEdit) | mean | max"})
     irrelevant_text: str = field(default="The weather is mild today and the shops open at nine.", metadata={"help": "the unrelated text-only input of the margin loss (never a case's own locality probe)"})
     seed: int = field(default=0, metadata={"help": "seed of the shards' random masks"})
+    cache_lower_layers: bool = field(default=True, metadata={"help": "compute the layers below the side memory once per edit instead of at every step (same numbers)"})
+    cache_vision: bool = field(default=True, metadata={"help": "compute the frozen vision tower's features of the edit image once per edit instead of at every step (same numbers)"})
 
     def __post_init__(self):
         if self.projection not in PROJECTIONS:
@@ -474,38 +478,15 @@ class WISEEditor(Editor):
         cfg = self.config
         edit_query = Query(request.prompt, request.image, request.target)
         unrelated = Query(cfg.irrelevant_text)
-        shard, mask = memory.shard, memory.mask
-        lower = memory.original - cfg.norm_constraint
-        upper = memory.original + cfg.norm_constraint
-        optimizer = torch.optim.SGD([shard], lr=cfg.lr)
-        losses: list[float] = []
-        previous = None
-        steps = 0
+        shard = memory.shard
         flags = [(p, p.requires_grad) for p in adapter.model.parameters()]
         memory.editing = True
         try:
             for p, _ in flags:
                 p.requires_grad_(False)
             shard.requires_grad_(True)
-            for _ in range(cfg.steps):
-                loss, ft_loss, d_in = self._loss(adapter, memory, edit_query, unrelated)
-                value = float(loss.detach())
-                if previous is not None and abs(value - previous) <= EARLY_STOP_DELTA and value <= EARLY_STOP_LOSS:
-                    break  # the reference's early stop (its meter sees the loss of the step before)
-                losses.append(value)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                with torch.no_grad():
-                    grad = shard.grad + cfg.weight_decay * shard  # decay the shard's entries only (below)
-                    shard.grad = grad * mask
-                optimizer.step()
-                with torch.no_grad():
-                    shard.copy_(torch.maximum(torch.minimum(shard, upper), lower))
-                previous = value
-                steps += 1
-            with torch.no_grad():
-                loss, _, d_in = self._loss(adapter, memory, edit_query, unrelated)
-            losses.append(float(loss))
+            with self._cached(adapter, memory, edit_query, unrelated):
+                steps, losses, d_in = self._steps(adapter, memory, edit_query, unrelated)
         finally:
             memory.editing = False
             memory.recorded = []
@@ -514,6 +495,49 @@ class WISEEditor(Editor):
             for p, flag in flags:
                 p.requires_grad_(flag)
         return steps, losses, float(d_in)
+
+    @contextmanager
+    def _cached(self, adapter, memory: WISEMemory, edit_query: Query, unrelated: Query):
+        """Inside, the frozen parts below the side memory run once per edit (editors/ft.py: the
+        same numbers; each step makes two forward passes, the edit input's and the unrelated one's)."""
+        names = [name for name, p in adapter.model.named_parameters() if p is memory.shard]
+        with ExitStack() as stack:
+            if self.config.cache_vision:
+                stack.enter_context(vision_tower_cached(adapter, names))
+            if self.config.cache_lower_layers:
+                stack.enter_context(lower_layers_cached(adapter, names, lambda: self._loss(adapter, memory, edit_query, unrelated), 2))
+            yield
+
+    def _steps(self, adapter, memory: WISEMemory, edit_query: Query, unrelated: Query) -> tuple[int, list[float], torch.Tensor]:
+        """The SGD steps (see _train)."""
+        cfg = self.config
+        shard, mask = memory.shard, memory.mask
+        lower = memory.original - cfg.norm_constraint
+        upper = memory.original + cfg.norm_constraint
+        optimizer = torch.optim.SGD([shard], lr=cfg.lr)
+        losses: list[float] = []
+        previous = None
+        steps = 0
+        for _ in range(cfg.steps):
+            loss, ft_loss, d_in = self._loss(adapter, memory, edit_query, unrelated)
+            value = float(loss.detach())
+            if previous is not None and abs(value - previous) <= EARLY_STOP_DELTA and value <= EARLY_STOP_LOSS:
+                break  # the reference's early stop (its meter sees the loss of the step before)
+            losses.append(value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                grad = shard.grad + cfg.weight_decay * shard  # decay the shard's entries only (below)
+                shard.grad = grad * mask
+            optimizer.step()
+            with torch.no_grad():
+                shard.copy_(torch.maximum(torch.minimum(shard, upper), lower))
+            previous = value
+            steps += 1
+        with torch.no_grad():
+            loss, _, d_in = self._loss(adapter, memory, edit_query, unrelated)
+        losses.append(float(loss))
+        return steps, losses, d_in
 
     def _loss(self, adapter, memory: WISEMemory, edit_query: Query, unrelated: Query):
         """NLL of the target plus the activation-margin loss, with the shard answering everywhere."""

@@ -234,3 +234,14 @@ def test_wise_merge_answers_with_the_waiting_shards_merged_as_the_reference_forw
     assert memory.merged is None and memory.merges == 0  # nothing stored
     for handle in reversed(handles):
         wise.restore(adapter, handle)
+
+
+def test_caching_the_frozen_lower_layers_and_vision_tower_gives_the_same_edit(adapter):
+    trained = []
+    for cached in (False, True):
+        wise = editor(steps=3, cache_lower_layers=cached, cache_vision=cached)
+        handle = wise.apply(adapter, request(0))
+        trained.append((memory_of(adapter).shard.detach().clone(), handle.stats["loss"], handle.stats["edit_distance"]))
+        wise.restore(adapter, handle)
+    (plain, loss_plain, d_plain), (fast, loss_fast, d_fast) = trained
+    assert torch.equal(plain, fast) and loss_plain == loss_fast and d_plain == d_fast
