@@ -31,11 +31,15 @@ TARGET = "A red circle on a white background"
 # Fast settings for a tiny random model, by config field (an editor gets those its config has):
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
 # Learned editors run their networks as initialised (a gradient step of edit_lr).
-FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2}
-TRAIN_RECORDS = [
-    {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
-    {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
-    {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner"},
+# MEMIT/AlphaEdit edit both layers of the 2-layer tiny models (their 7B layers 4-8 do not exist there).
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "edit_layers": "0,1"}
+TRAIN_RECORDS = [  # with locality neighbours (loc, loc_ans): MEMIT's and AlphaEdit's preserved keys
+    {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle",
+     "loc": "Who wrote Hamlet?", "loc_ans": "Shakespeare"},
+    {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star",
+     "loc": "What is the capital of Japan?", "loc_ans": "Tokyo"},
+    {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner",
+     "loc": "How many legs does a spider have?", "loc_ans": "eight"},
 ]
 # Editors this table cannot run from the registry alone, and where they are tested instead.
 ELSEWHERE = {"serac_ref": "needs a converted reference checkpoint and its DistilBERT and counterfactual LM folders; "
