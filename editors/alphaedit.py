@@ -62,6 +62,7 @@ from mmke_eval.adapters.base import Query
 logger = logging.getLogger(__name__)
 
 GROUP = "llm_mlp_out"
+LOOKUPS = ("prompt_last", "image_last")
 STATS_FORMAT = "mmke-eval key statistics v1"  # part of every cache key: a change of definition invalidates old files
 _LAYER_INDEX = re.compile(r"^(.*\.layers\.(\d+))\.")
 
@@ -76,6 +77,7 @@ class MLPEditConfig(EditorConfig):
     v_weight_decay: float = field(default=1e-3, metadata={"help": "weight of |delta| / |h|^2 in the target-value loss (reference v_weight_decay)"})
     clamp_norm_factor: float = field(default=4.0, metadata={"help": "|delta| is kept <= this times |h| (reference clamp_norm_factor)"})
     v_stop_loss: float = field(default=5e-2, metadata={"help": "the target-value optimisation stops below this loss (the references' 5e-2)"})
+    lookup: str = field(default="prompt_last", metadata={"help": "the token whose key is edited: prompt_last (the last token before the answer; the references' subject_last, our prompts naming no subject) | image_last (the last image token)"})
     preserved: str = field(default="locality", metadata={"help": "preserved-key sources joined by '+': 'locality' (the train split's locality inputs) and/or a text file, one text per line"})
     preserved_samples: int = field(default=100000, metadata={"help": "at most this many preserved texts, in order (reference mom2_n_samples)"})
     stats_cache: str = field(default="", metadata={"help": "folder of cached key statistics; '' = $MMKE_CACHE/key_stats; 'off' = compute in memory only"})
@@ -87,6 +89,8 @@ class MLPEditConfig(EditorConfig):
             raise ConfigError(f"editor {name!r}: v_steps must be >= 1")
         if self.v_lr <= 0 or self.v_weight_decay < 0 or self.clamp_norm_factor <= 0 or self.v_stop_loss < 0:
             raise ConfigError(f"editor {name!r}: v_lr and clamp_norm_factor must be > 0, v_weight_decay and v_stop_loss >= 0")
+        if self.lookup not in LOOKUPS:
+            raise ConfigError(f"editor {name!r}: lookup must be one of {LOOKUPS}, not {self.lookup!r}")
         if self.preserved_samples < 1:
             raise ConfigError(f"editor {name!r}: preserved_samples must be >= 1")
         if not all(self.preserved_sources()):
@@ -278,7 +282,7 @@ class MLPEditor(Editor):
     # -- one edit ---------------------------------------------------------------------------------
     def _edit(self, adapter, request: EditRequest, layers: list[_Layer], live: _LiveEdit) -> dict[str, Any]:
         queries = [Query(request.prompt, image, request.target) for image in (request.image, *request.extra_images)]
-        positions = [_lookup(adapter, q) for q in queries]
+        positions = [_lookup(self.name, adapter, q, self.config.lookup) for q in queries]
         top = layers[-1]
         _, h = self._read(adapter, queries[:1], positions[:1], layers, top)
         z, fit = self._target_value(adapter, queries, positions, top.block, h[0])
@@ -314,7 +318,7 @@ class MLPEditor(Editor):
         """Per query: the keys (input of each edited down_proj at its lookup token) and the output
         of the top edited layer there (no grad)."""
         keys, outs = [], []
-        for query, pos in zip(queries, positions):
+        for query, (pos, length) in zip(queries, positions):
             seen: dict[str, torch.Tensor] = {}
             hooks = [x.down.register_forward_pre_hook(_grab(seen, x.name, pos)) for x in layers]
             hooks.append(top.block.register_forward_hook(_grab_output(seen, "_out", pos)))
@@ -323,7 +327,7 @@ class MLPEditor(Editor):
             finally:
                 for hook in hooks:
                     hook.remove()
-            _check_seen(self.name, adapter, seen, [x.name for x in layers] + ["_out"])
+            _check_seen(self.name, adapter, seen, [x.name for x in layers] + ["_out"], length)
             outs.append(seen.pop("_out"))
             keys.append(seen)
         return keys, outs
@@ -333,7 +337,7 @@ class MLPEditor(Editor):
         config = self.config
         delta = torch.zeros(h.shape[-1], dtype=torch.float32, device=h.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=config.v_lr)
-        current = {"pos": positions[0]}
+        current = {"pos": positions[0][0]}
 
         def add_delta(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
@@ -349,7 +353,7 @@ class MLPEditor(Editor):
             with _only_these_require_grad(adapter.model, []):
                 for step in range(config.v_steps):
                     nll = 0.0
-                    for query, pos in zip(queries, positions):
+                    for query, (pos, _) in zip(queries, positions):
                         current["pos"] = pos
                         nll = nll + adapter.target_loss(query)
                     nll = nll / len(queries)
@@ -496,16 +500,24 @@ class AlphaEditEditor(MLPEditor):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _lookup(adapter, query: Query) -> int:
-    """The sequence index of the last prompt token (the token before the target's first)."""
+def _lookup(editor: str, adapter, query: Query, lookup: str) -> tuple[int, int]:
+    """The sequence index of the lookup token (``lookup``: the last prompt token, the one before
+    the target's first; or the last image token), and the input's length."""
     enc = adapter.encoded(query)
-    return enc.answer_start - 1 if query.target else len(enc.ids) - 1
+    if lookup == "image_last":
+        image = [i for i, t in enumerate(enc.ids) if t == getattr(adapter, "image_token_id", None)]
+        if not image:
+            raise ValueError(f"editor {editor!r}: lookup=image_last, but the edit input has no image token "
+                             f"({type(adapter).__name__}); use lookup=prompt_last")
+        return image[-1], len(enc.ids)
+    return (enc.answer_start - 1 if query.target else len(enc.ids) - 1), len(enc.ids)
 
 
 def _grab(seen: dict, name: str, pos: int):
     def hook(module, args):
-        seen[name] = args[0][0, pos].detach().float()
-        seen[name + ":len"] = args[0].shape[1]
+        keys = args[0] if args[0].dim() == 3 else args[0][None]  # OPT's MLP runs on [positions, d] of batch 1
+        seen[name] = keys[0, pos].detach().float()
+        seen[name + ":len"] = keys.shape[1]
     return hook
 
 
@@ -517,15 +529,16 @@ def _grab_output(seen: dict, name: str, pos: int):
     return hook
 
 
-def _check_seen(editor: str, adapter, seen: dict, names: list[str]) -> None:
-    """Every hook ran once on a sequence as long as the adapter's encoded input (so the lookup
-    index points at the token it means); the lengths are dropped from ``seen``."""
+def _check_seen(editor: str, adapter, seen: dict, names: list[str], length: int) -> None:
+    """Every hook ran on a sequence as long as the adapter's encoded input (so the lookup index
+    points at the token it means); the lengths are dropped from ``seen``."""
     for name in names:
         if name not in seen:
             raise ValueError(f"editor {editor!r}: {name} was not reached by the forward pass of {type(adapter).__name__}")
     lengths = {seen.pop(name + ":len") for name in names}
-    if len(lengths) != 1:
-        raise ValueError(f"editor {editor!r}: the edited layers saw sequences of different lengths {sorted(lengths)}")
+    if lengths != {length}:
+        raise ValueError(f"editor {editor!r}: the edited layers of {type(adapter).__name__} saw sequences of length "
+                         f"{sorted(lengths)}, the encoded input has {length} positions: the lookup token cannot be located")
 
 
 def _locality_texts(editor: str, request: EditRequest) -> list[str]:

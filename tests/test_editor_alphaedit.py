@@ -210,3 +210,18 @@ def test_bad_layers_are_refused(adapter, train_file):
     with pytest.raises(ParameterGroupError, match=r"no layer \[4\].*layers 0-1"):
         build("alphaedit", edit_layers="1,4").apply(adapter, request(train_file))
     assert isinstance(build("alphaedit"), AlphaEditEditor) and isinstance(build("memit"), MEMITEditor)
+
+
+def test_lookup_token_is_the_last_prompt_token_or_the_last_image_token(adapter):
+    from editors.alphaedit import _lookup
+
+    image = Image.new("RGB", (48, 40), (230, 30, 30))
+    query = Query("What is shown in the image?", image, "star")
+    enc = adapter.encoded(query)
+    no_target = adapter.encoded(Query(query.prompt, image))
+    assert _lookup("memit", adapter, query, "prompt_last") == (len(no_target.ids) - 1, len(enc.ids))
+    assert enc.ids[: len(no_target.ids)] == no_target.ids  # the answer follows that token
+    pos, _ = _lookup("memit", adapter, query, "image_last")
+    assert enc.ids[pos] == adapter.image_token_id and adapter.image_token_id not in enc.ids[pos + 1:]
+    with pytest.raises(ValueError, match="lookup=image_last, but the edit input has no image token"):
+        _lookup("memit", adapter, Query("Who wrote Hamlet?", None, "Shakespeare"), "image_last")
