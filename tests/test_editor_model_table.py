@@ -31,8 +31,10 @@ TARGET = "A red circle on a white background"
 # Fast settings for a tiny random model, by config field (an editor gets those its config has):
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
 # Learned editors run their networks as initialised (a gradient step of edit_lr).
-# MEMIT/AlphaEdit edit both layers of the 2-layer tiny models (their 7B layers 4-8 do not exist there).
-FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "edit_layers": "0,1"}
+# MEMIT/AlphaEdit edit both layers of the 2-layer tiny models (their 7B layers 4-8 do not exist there),
+# with a target value free to move (a random model's hidden states are small) and a small ridge.
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "edit_layers": "0,1",
+        "v_lr": 0.5, "clamp_norm_factor": 50.0, "v_weight_decay": 1e-3, "l2": 1e-2}
 TRAIN_RECORDS = [  # with locality neighbours (loc, loc_ans): MEMIT's and AlphaEdit's preserved keys
     {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle",
      "loc": "Who wrote Hamlet?", "loc_ans": "Shakespeare"},
