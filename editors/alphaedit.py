@@ -290,13 +290,14 @@ class MLPEditor(Editor):
         norms, start_error = [], None
         for i, x in enumerate(layers):
             keys, now = self._read(adapter, queries, positions, layers, top)
-            k = torch.stack([key[x.name] for key in keys]).mean(dim=0).double()[:, None]  # [d_in, 1]
+            k = torch.stack([key[x.name] for key in keys]).mean(dim=0).double()[:, None].to(x.param.device)  # [d_in, 1]
             residual = (z - now[0]).double()
             if start_error is None:
                 start_error = float(residual.norm())
             r = residual[:, None] / (len(layers) - i)
             v = self._solve(x, k)
-            live.factors[x.name] = (r.float(), v.float())
+            device = x.param.device  # a model split over devices: each matrix's factors beside it
+            live.factors[x.name] = (r.float().to(device), v.float().to(device))
             with torch.no_grad():
                 x.param.copy_(self._state(x, n))
             norms.append(float(r.norm() * v.norm()))  # |r v^T|_F
@@ -395,8 +396,8 @@ class MLPEditor(Editor):
                             "names": names, "positions": stats.positions, "texts": stats.texts,
                             "second_moment": {k: v.cpu() for k, v in stats.second_moment.items()}}, tmp)
                 tmp.replace(path)
-        device = layers[0].param.device
-        stats.second_moment = {k: v.to(device) for k, v in stats.second_moment.items()}
+        devices = {x.name: x.param.device for x in layers}
+        stats.second_moment = {k: v.to(devices[k]) for k, v in stats.second_moment.items()}
         self._memo = (id(adapter.model), [(t, t._version) for t in _tensors(adapter.model)], stats)
         return stats
 
