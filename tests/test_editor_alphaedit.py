@@ -225,3 +225,14 @@ def test_lookup_token_is_the_last_prompt_token_or_the_last_image_token(adapter):
     assert enc.ids[pos] == adapter.image_token_id and adapter.image_token_id not in enc.ids[pos + 1:]
     with pytest.raises(ValueError, match="lookup=image_last, but the edit input has no image token"):
         _lookup("memit", adapter, Query("Who wrote Hamlet?", None, "Shakespeare"), "image_last")
+
+
+def test_llm_mlp_out_group_takes_explicit_layer_indices(adapter):
+    down = "model.language_model.layers.{}.mlp.down_proj.weight"
+    assert set(adapter.parameter_group("llm_mlp_out")) == {down.format(1)}  # an int: the last layers
+    assert set(adapter.parameter_group("llm_mlp_out", last_k=(0,))) == {down.format(0)}  # a tuple: those layers
+    assert set(adapter.parameter_group("llm_mlp_out", last_k=(0, 1))) == {down.format(0), down.format(1)}
+    with pytest.raises(ParameterGroupError, match=r"no layer \[2\]"):
+        adapter.parameter_group("llm_mlp_out", last_k=(1, 2))
+    with pytest.raises(ParameterGroupError, match="layer indices must be integers >= 0"):
+        adapter.parameter_group("llm_mlp_out", last_k=(-1,))
