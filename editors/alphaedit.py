@@ -98,14 +98,19 @@ class MLPEditConfig(EditorConfig):
                               "name 'locality' and/or text files joined by '+'")
 
     def layer_indices(self) -> tuple[int, ...]:
+        """``edit_layers`` as indices: comma- or space-separated, ``a-b`` a range (on the command
+        line, where a comma separates options, ``edit_layers=4-8``)."""
+        layers: list[int] = []
         try:
-            layers = tuple(int(x) for x in str(self.edit_layers).split(","))
+            for part in re.split(r"[,\s]+", str(self.edit_layers).strip()):
+                first, dash, last = part.partition("-")
+                layers += list(range(int(first), int(last) + 1)) if dash else [int(first)]
         except ValueError:
-            layers = ()
-        if not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers) or list(layers) != sorted(layers):
+            layers = []
+        if not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers) or layers != sorted(layers):
             raise ConfigError(f"editor {getattr(self, '_editor', 'mlp edit')!r}: edit_layers={self.edit_layers!r} must be "
-                              "distinct layer indices >= 0 in increasing order, comma-separated (e.g. 4,5,6,7,8)")
-        return layers
+                              "distinct layer indices >= 0 in increasing order, comma-separated or a range (4,5,6,7,8 or 4-8)")
+        return tuple(layers)
 
     def preserved_sources(self) -> list[str]:
         return [s.strip() for s in str(self.preserved).split("+")]

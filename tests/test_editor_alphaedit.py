@@ -205,8 +205,11 @@ def test_key_statistics_cache_is_reused_for_the_same_model_and_recomputed_when_a
 
 
 def test_bad_layers_are_refused(adapter, train_file):
-    with pytest.raises(ConfigError, match="edit_layers='2,1' must be distinct layer indices"):
-        build("memit", edit_layers="2,1")
+    for bad in ("2,1", "1,1", "", "a", "3-1"):
+        with pytest.raises(ConfigError, match=f"edit_layers='{bad}' must be distinct layer indices"):
+            build("memit", edit_layers=bad)
+    assert build("memit", edit_layers="4-8").edited_layers() == (4, 5, 6, 7, 8)  # the command line's form
+    assert build("memit", edit_layers="4,5,6, 7 8").edited_layers() == (4, 5, 6, 7, 8)
     with pytest.raises(ParameterGroupError, match=r"no layer \[4\].*layers 0-1"):
         build("alphaedit", edit_layers="1,4").apply(adapter, request(train_file))
     assert isinstance(build("alphaedit"), AlphaEditEditor) and isinstance(build("memit"), MEMITEditor)
