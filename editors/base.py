@@ -171,8 +171,9 @@ class Editor(ABC):
         """The adapter parameter group this editor changes, or None when it changes no weight."""
         return None
 
-    def edited_layers(self) -> int:
-        """How many of the last layers its group spans (``parameter_group(group, last_k=...)``)."""
+    def edited_layers(self) -> int | tuple[int, ...]:
+        """How many of the last layers its group spans (``parameter_group(group, last_k=...)``), or
+        the layer indices themselves (a tuple: MEMIT's and AlphaEdit's layers 4-8)."""
         return 1
 
     # Set by registry.build_editor: the model and benchmark family its defaults were resolved for,

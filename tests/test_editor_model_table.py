@@ -32,12 +32,18 @@ TARGET = "A red circle on a white background"
 # a high lr learns the target in a few steps; two lexically retrieved demonstrations.
 # Learned editors run their networks as initialised (a gradient step of edit_lr). GRACE's value starts
 # at the layer's own output (warm), so its few steps start from the unedited loss (a cold, random
-# value would first have to undo its own start).
-FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "val_init": "warm"}
-TRAIN_RECORDS = [
-    {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle"},
-    {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star"},
-    {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner"},
+# value would first have to undo its own start). MEMIT/AlphaEdit edit both layers of the 2-layer tiny
+# models (their 7B layers 4-8 do not exist there), with a target value free to move (a random model's
+# hidden states are small) and a small ridge.
+FAST = {"lr": 5e-2, "steps": 3, "k": 2, "retriever": "lexical", "checkpoint": "untrained", "edit_lr": 1e-2, "val_init": "warm",
+        "edit_layers": "0,1", "v_lr": 0.5, "clamp_norm_factor": 50.0, "v_weight_decay": 1e-3, "l2": 1e-2}
+TRAIN_RECORDS = [  # with locality neighbours (loc, loc_ans): MEMIT's and AlphaEdit's preserved keys
+    {"src": "What is this building?", "rephrase": "Which building is this?", "pred": "a church", "alt": "a castle",
+     "loc": "Who wrote Hamlet?", "loc_ans": "Shakespeare"},
+    {"src": "What is shown in the image?", "rephrase": "What does the picture show?", "pred": "a square", "alt": "a star",
+     "loc": "What is the capital of Japan?", "loc_ans": "Tokyo"},
+    {"src": "Who painted this picture?", "rephrase": "Whose painting is this?", "pred": "Monet", "alt": "Turner",
+     "loc": "How many legs does a spider have?", "loc_ans": "eight"},
 ]
 # Editors this table cannot run from the registry alone, and where they are tested instead.
 ELSEWHERE = {"serac_ref": "needs a converted reference checkpoint and its DistilBERT and counterfactual LM folders; "

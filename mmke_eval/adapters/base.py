@@ -119,8 +119,9 @@ class ModelAdapter(ABC):
         yield
 
     @abstractmethod
-    def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:
-        """Named parameters of a group: "llm_last_mlp" (of the last ``last_k`` layers), "alignment" or "vision"."""
+    def parameter_group(self, group: str, last_k: int | tuple[int, ...] = 1) -> dict[str, torch.nn.Parameter]:
+        """Named parameters of a group: "llm_last_mlp" (of the last ``last_k`` layers), "llm_mlp_out"
+        (the MLP output projections, down_proj; ``last_k`` a tuple: of those layers), "alignment" or "vision"."""
 
     def describe(self) -> dict:
         """Protocol facts about how inputs are built (written into the results)."""

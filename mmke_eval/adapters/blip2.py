@@ -75,6 +75,8 @@ class Blip2Adapter(_QFormerAdapter):
         # Reference FT-LLM: opt_model.model.decoder.layers.31.fc1/fc2 weights (OPT-2.7B).
         "llm_last_mlp": (r"(^|\.)language_model\.model\.decoder\.layers\.{last}\.fc1\.weight$",
                          r"(^|\.)language_model\.model\.decoder\.layers\.{last}\.fc2\.weight$"),
+        # MEMIT / AlphaEdit: OPT's MLP output projection is fc2.
+        "llm_mlp_out": (r"(^|\.)language_model\.model\.decoder\.layers\.{last}\.fc2\.weight$",),
         **_QFORMER_GROUPS,
     }
 
@@ -110,6 +112,7 @@ class InstructBlipAdapter(_QFormerAdapter):
     parameter_groups = {
         "llm_last_mlp": (r"(^|\.)language_model\.(model\.)?layers\.{last}\.mlp\.up_proj\.weight$",
                          r"(^|\.)language_model\.(model\.)?layers\.{last}\.mlp\.down_proj\.weight$"),
+        "llm_mlp_out": (r"(^|\.)language_model\.(model\.)?layers\.{last}\.mlp\.down_proj\.weight$",),  # MEMIT / AlphaEdit
         **_QFORMER_GROUPS,
     }
 

@@ -94,13 +94,19 @@ def cut(text: str, until: list[str]) -> str:
     return (text[: min(cuts)] if cuts else text).strip()
 
 
-def resolve_parameter_group(model: torch.nn.Module, group: str, patterns: tuple[str, ...], last_k: int = 1) -> dict[str, torch.nn.Parameter]:
+def resolve_parameter_group(model: torch.nn.Module, group: str, patterns: tuple[str, ...],
+                            last_k: int | tuple[int, ...] = 1) -> dict[str, torch.nn.Parameter]:
     """The named parameters of ``model`` matched by ``patterns`` (see the module docstring).
 
-    ``{last}`` matches the ``last_k`` highest layer indices that the pattern finds. Raises
-    ParameterGroupError naming the model class and the first pattern that matches nothing.
+    ``{last}`` matches the ``last_k`` highest layer indices that the pattern finds, or, where
+    ``last_k`` is a tuple of layer indices (MEMIT's and AlphaEdit's layers 4-8), exactly those
+    layers, each of which must exist. Raises ParameterGroupError naming the model class and the
+    first pattern that matches nothing.
     """
-    if last_k < 1:
+    explicit = isinstance(last_k, tuple)
+    if explicit and (not last_k or any(not isinstance(i, int) or i < 0 for i in last_k)):
+        raise ParameterGroupError(f"parameter group {group!r}: layer indices must be integers >= 0, not {last_k}")
+    if not explicit and last_k < 1:
         raise ParameterGroupError(f"parameter group {group!r}: last_k must be >= 1, not {last_k}")
     named = dict(model.named_parameters())
     chosen: dict[str, torch.nn.Parameter] = {}
@@ -108,7 +114,15 @@ def resolve_parameter_group(model: torch.nn.Module, group: str, patterns: tuple[
         if LAST in pattern:
             finder = re.compile(pattern.replace(LAST, r"(?P<layer>\d+)"))
             found = {name: int(m.group("layer")) for name in named if (m := finder.search(name))}
-            wanted = set(sorted(set(found.values()))[-last_k:])
+            if explicit:
+                missing = sorted(set(last_k) - set(found.values()))
+                if found and missing:
+                    raise ParameterGroupError(
+                        f"parameter group {group!r} of {type(model).__name__}: no layer {missing} for pattern {pattern!r} "
+                        f"(the model has layers 0-{max(found.values())})")
+                wanted = set(last_k)
+            else:
+                wanted = set(sorted(set(found.values()))[-last_k:])
             hits = [name for name, layer in found.items() if layer in wanted]
         else:
             finder = re.compile(pattern)
@@ -551,8 +565,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         return cut(text, until or [])
 
     # -- parameter groups ---------------------------------------------------------------------
-    def parameter_group(self, group: str, last_k: int = 1) -> dict[str, torch.nn.Parameter]:
-        """The live parameters of ``group`` (see the module docstring); ``last_k`` layers for ``{last}``."""
+    def parameter_group(self, group: str, last_k: int | tuple[int, ...] = 1) -> dict[str, torch.nn.Parameter]:
+        """The live parameters of ``group`` (see the module docstring); ``last_k`` layers for ``{last}``
+        (a tuple: those layer indices)."""
         if group not in self.parameter_groups:
             raise ParameterGroupError(f"{self.label}: unknown parameter group {group!r}; known: {sorted(self.parameter_groups)}")
         return resolve_parameter_group(self.model, group, self.parameter_groups[group], last_k)

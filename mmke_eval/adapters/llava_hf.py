@@ -48,6 +48,8 @@ class LlavaHFAdapter(HFVisionLanguageAdapter):
     parameter_groups = {
         # Reference FT-LLM edits two of the LLaMA MLP's three matrices (layers.31 in LLaVA-1.5-7B).
         "llm_last_mlp": (_LM_LAYER + r"mlp\.up_proj\.weight$", _LM_LAYER + r"mlp\.down_proj\.weight$"),
+        # MEMIT / AlphaEdit: the MLP output projection of chosen layers (editors/alphaedit.py).
+        "llm_mlp_out": (_LM_LAYER + r"mlp\.down_proj\.weight$",),
         # Reference FT-Alignment: every parameter of the projector (mm_projector in the original repo).
         "alignment": (r"(^|\.)multi_modal_projector\.",),
         "vision": (r"(^|\.)vision_tower\.",),

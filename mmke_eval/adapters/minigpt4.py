@@ -29,6 +29,7 @@ class MiniGPT4Adapter(HFVisionLanguageAdapter):
     raw_layout = "'###Human: <Img>' query embeddings '</Img> ' (if an image), prefix + prompt [+ ' ' + target]; no BOS"
     parameter_groups = {
         "llm_last_mlp": (_LM_LAYER + r"mlp\.up_proj\.weight$", _LM_LAYER + r"mlp\.down_proj\.weight$"),
+        "llm_mlp_out": (_LM_LAYER + r"mlp\.down_proj\.weight$",),  # MEMIT / AlphaEdit
         "alignment": (r"(^|\.)query_tokens$", r"(^|\.)qformer\.", r"(^|\.)llama_proj\."),
         "vision": (r"(^|\.)vision_model\.",),
     }

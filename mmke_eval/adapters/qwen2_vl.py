@@ -100,6 +100,7 @@ class QwenVLAdapter(HFVisionLanguageAdapter):
     raw_layout = "<|vision_start|> image tokens <|vision_end|> (if an image), prefix + prompt [+ ' ' + target]; no template"
     parameter_groups = {
         "llm_last_mlp": (_LM_LAYER + r"mlp\.up_proj\.weight$", _LM_LAYER + r"mlp\.down_proj\.weight$"),
+        "llm_mlp_out": (_LM_LAYER + r"mlp\.down_proj\.weight$",),  # MEMIT / AlphaEdit
         # The patch merger projects the vision tower's output into the language model: the alignment module.
         "alignment": (r"(^|\.)visual\.merger\.",),
         "vision": (r"(^|\.)visual\.(?!merger\.)",),

@@ -38,6 +38,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3_vl"
     parameter_groups = {
         "llm_last_mlp": (_LM_LAYER + r"mlp\.up_proj\.weight$", _LM_LAYER + r"mlp\.down_proj\.weight$"),
+        "llm_mlp_out": (_LM_LAYER + r"mlp\.down_proj\.weight$",),  # MEMIT / AlphaEdit
         # The main patch merger and the DeepStack mergers: every module that projects vision features into the LM.
         "alignment": (r"(^|\.)visual\.merger\.", r"(^|\.)visual\.deepstack_merger_list\."),
         "vision": (r"(^|\.)visual\.(?!" + _MERGERS + ")",),
