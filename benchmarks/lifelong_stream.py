@@ -9,7 +9,8 @@ benchmarks/edit_throughput.py (a random 12-layer LLaVA, built offline), the tiny
 built-in world model. The edits are synthetic and distinct: edit i asks "What is the code of
 object i?" about its own seeded picture, with its own target word; the editors run with the
 registry's values for the model's family (llava: EasyEdit's / the references' hyper-parameters;
-the world model: its calibrated values).
+the world model: its calibrated values); MEMIT and AlphaEdit take their preserved keys from 300
+synthetic sentences unrelated to the edits.
 
 Per editor, on a fresh copy of the model:
 * ``s/edit``: the mean wall time of the edits in each window (1, 2..10, 11..100, ...);
@@ -83,6 +84,15 @@ def requests(n: int):
     return out
 
 
+def preserved_corpus(tmp: Path, n: int = 300) -> Path:
+    """``n`` sentences unrelated to the edits (one per line), for MEMIT's and AlphaEdit's key statistics."""
+    path = tmp / "preserved.txt"
+    if not path.is_file():
+        lines = [f"The {WORDS[i % len(WORDS)]} river flows past {WORDS[(i * 7) % len(WORDS)]} hill number {i}." for i in range(n)]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def limit_seconds(adapter, editor, request) -> float:
     """The editor's optimisation steps times one forward pass on the edit input (median of 3)."""
     import torch
@@ -110,8 +120,14 @@ def run_editor(name: str, model: str, edits: int, at: list[int], tmp: Path) -> d
 
     from mmke_eval import registry
 
+    from dataclasses import fields
+
     adapter = load(model, tmp)
-    editor = registry.build_editor(name, family=adapter.family)
+    known = {f.name for f in fields(registry.editor_class(name).config_class)}
+    # MEMIT/AlphaEdit's preserved keys: the synthetic edits have no train split, so a corpus of
+    # other sentences stands in for the reference's Wikipedia sample.
+    overrides = {"preserved": str(preserved_corpus(tmp))} if "preserved" in known else {}
+    editor = registry.build_editor(name, family=adapter.family, overrides=overrides)
     if hasattr(editor, "ensure_ready"):
         editor.ensure_ready(adapter)
     before = {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
