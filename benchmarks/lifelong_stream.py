@@ -174,21 +174,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     at = [int(a) for a in args.at.split(",") if a.strip()]
+    print(f"Lifelong stream: {args.edits} distinct edits on the {args.model} model, {args.threads} thread(s)\n")
+    print("| editor | edits | s/edit | limit s/edit | x limit | " + " | ".join(GROWTH_KEYS) + " | RSS +MB |")
+    print("|---|---|---|---|---|" + "---|" * len(GROWTH_KEYS) + "---|", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
             print(f"{name}: {args.edits} edits on the {args.model} model ...", file=sys.stderr, flush=True)
-            results.append(run_editor(name, args.model, args.edits, at, Path(tmp)))
-    print(f"\nLifelong stream: {args.edits} distinct edits on the {args.model} model, {args.threads} thread(s)\n")
-    print("| editor | edits | s/edit | limit s/edit | x limit | " + " | ".join(GROWTH_KEYS) + " | RSS +MB |")
-    print("|---|---|---|---|---|" + "---|" * len(GROWTH_KEYS) + "---|")
-    for result in results:
-        for row in result["windows"]:
-            cells = [result["editor"], row["edits"], f"{row['s_per_edit']:.3f}", f"{result['limit_s_per_edit']:.3f}",
-                     f"{row['s_per_edit'] / result['limit_s_per_edit']:.2f}"]
-            cells += [str(row.get(key, "-")) for key in GROWTH_KEYS]
-            cells.append(f"{row['rss_mb']:.0f}" if "rss_mb" in row else "-")
-            print("| " + " | ".join(cells) + " |")
+            result = run_editor(name, args.model, args.edits, at, Path(tmp))
+            results.append(result)
+            for row in result["windows"]:  # each editor's rows as soon as it finishes
+                cells = [result["editor"], row["edits"], f"{row['s_per_edit']:.3f}", f"{result['limit_s_per_edit']:.3f}",
+                         f"{row['s_per_edit'] / result['limit_s_per_edit']:.2f}"]
+                cells += [str(row.get(key, "-")) for key in GROWTH_KEYS]
+                cells.append(f"{row['rss_mb']:.0f}" if "rss_mb" in row else "-")
+                print("| " + " | ".join(cells) + " |", flush=True)
     print()
     for result in results:
         print(f"{result['editor']}: {result['edits']} edits in {result['total_s']:.1f} s; restored bit-identical: "
