@@ -15,7 +15,7 @@ synthetic sentences unrelated to the edits.
 Per editor, on a fresh copy of the model:
 * ``s/edit``: the mean wall time of the edits in each window (1, 2..10, 11..100, ...);
 * ``limit s/edit``: a floor under any gradient editor's cost: its optimisation steps (``steps``
-  in its config; 1 for closed-form editors) times one forward pass of the whole model on the edit
+  in its config; MEMIT's and AlphaEdit's ``v_steps``, the fit of the target value) times one forward pass of the whole model on the edit
   input (no backward), measured on the same model. Each step needs the loss at least; the backward
   pass and the editor's bookkeeping are what the ratio adds (FT-LLM, which replays the layers
   below the edited one from a cache, can run under it);
@@ -106,7 +106,8 @@ def limit_seconds(adapter, editor, request) -> float:
             start = time.perf_counter()
             adapter.target_loss(query)
             times.append(time.perf_counter() - start)
-    steps = getattr(editor.config, "steps", None) or getattr(editor.config, "n_iter", None) or 1
+    # optimisation steps: GRACE, WISE, LoRA `steps`; MEMIT/AlphaEdit the target value's `v_steps`
+    steps = getattr(editor.config, "steps", None) or getattr(editor.config, "v_steps", None) or 1
     return sorted(times)[1] * int(steps)
 
 
