@@ -89,15 +89,9 @@ def hop_port(reader: RecordReader, hop: int) -> tuple[str, str, str] | None:
     Entries may come in any order; an entry's question and answer are ``Q&A.Question/Answer``."""
     if not reader.has("port_new"):
         return None
-    entries = reader.value("port_new")
-    if not isinstance(entries, list):
-        raise reader.error("port_new", f"expected a list, got {type(entries).__name__}")
-    for position, entry in enumerate(entries):
-        field = f"port_new[{position}]"
-        if not isinstance(entry, dict):
-            raise reader.error(field, f"expected an object, got {type(entry).__name__}")
-        if entry.get("port_type") != f"{hop}-hop":
-            continue
+    found = port_entry(reader, f"{hop}-hop")
+    if found is not None:
+        field, entry = found
         qa = entry.get("Q&A")
         if not isinstance(qa, dict):
             raise reader.error(f"{field}.Q&A", "missing, or not an object with Question and Answer")
@@ -105,4 +99,19 @@ def hop_port(reader: RecordReader, hop: int) -> tuple[str, str, str] | None:
             if key not in qa:
                 raise reader.error(f"{field}.Q&A.{key}", "missing required field")
         return field, reader.expect_text(f"{field}.Q&A.Question", qa["Question"]), reader.expect_text(f"{field}.Q&A.Answer", qa["Answer"])
+    return None
+
+
+def port_entry(reader: RecordReader, port_type: str) -> tuple[str, dict] | None:
+    """(field path, entry) of the first ``port_new`` entry of ``port_type`` (VLKEB's ``1-hop``...,
+    CCKEB's ``comp``), in any order, or None; ``port_new`` must be a list of objects."""
+    entries = reader.value("port_new")
+    if not isinstance(entries, list):
+        raise reader.error("port_new", f"expected a list, got {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        field = f"port_new[{position}]"
+        if not isinstance(entry, dict):
+            raise reader.error(field, f"expected an object, got {type(entry).__name__}")
+        if entry.get("port_type") == port_type:
+            return field, entry
     return None

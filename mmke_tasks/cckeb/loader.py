@@ -15,7 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from mmke_eval.data.easyedit import SKIP_EMPTY_ALT, base_case, base_probes
+from mmke_eval.data.easyedit import SKIP_EMPTY_ALT, base_case, base_probes, port_entry
 from mmke_eval.data.records import RecordReader, read_records
 from mmke_eval.data.schema import DataError, EditCase, Probe, SkipReport
 
@@ -122,17 +122,11 @@ def textual_edit(reader: RecordReader) -> dict[str, str]:
 
 def comp_question(reader: RecordReader) -> tuple[str, str] | None:
     """(field path, question) of the first ``port_new`` entry of type ``comp``, or None."""
-    entries = reader.value("port_new")
-    if not isinstance(entries, list):
-        raise reader.error("port_new", f"expected a list, got {type(entries).__name__}")
-    for position, entry in enumerate(entries):
-        field = f"port_new[{position}]"
-        if not isinstance(entry, dict):
-            raise reader.error(field, f"expected an object, got {type(entry).__name__}")
-        if entry.get("port_type") != COMP_TYPE:
-            continue
-        qa = entry.get("Q&A")
-        if not isinstance(qa, dict) or "Question" not in qa:
-            raise reader.error(f"{field}.Q&A.Question", "missing (a comp entry needs Q&A.Question)")
-        return f"{field}.Q&A.Question", reader.expect_text(f"{field}.Q&A.Question", qa["Question"])
-    return None
+    found = port_entry(reader, COMP_TYPE)
+    if found is None:
+        return None
+    field, entry = found
+    qa = entry.get("Q&A")
+    if not isinstance(qa, dict) or "Question" not in qa:
+        raise reader.error(f"{field}.Q&A.Question", "missing (a comp entry needs Q&A.Question)")
+    return f"{field}.Q&A.Question", reader.expect_text(f"{field}.Q&A.Question", qa["Question"])
