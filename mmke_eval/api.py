@@ -60,7 +60,7 @@ def evaluate(tasks: str | list[str] = runner.DEFAULT_TASKS, model: str = runner.
     samples files and the journal that a rerun resumes from, ``<output_path>/mmke_table.md`` the
     table. In several processes (torchrun) process 0 gets the results, the others {}.
     ``lmms_eval_options``: ``FORWARDED_OPTIONS`` (``seed`` as "a,b,c,d" or a number)."""
-    from mmke_eval.lmms.taskfiles import check_task_names, source_cards
+    from mmke_eval.lmms.taskfiles import cards_by_task, check_task_names, source_cards
     from mmke_eval.report.rows import format_table, table_rows
 
     task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
@@ -79,7 +79,7 @@ def evaluate(tasks: str | list[str] = runner.DEFAULT_TASKS, model: str = runner.
         raise ValueError(f"editor_args for {', '.join(unknown)}: not among the editors {', '.join(editor_list)}")
     for name in editor_list:  # a bad name or value fails now, not after the editors before it ran
         registry.build_editor(name, overrides=per_editor[name])
-    given, given_text = _model_args_dict(model, model_args)
+    given, given_text = _model_args_dict(model, model_args, lambda: cards_by_task(",".join(task_list), include_paths))
     config_args, run_args = _split_model_args(given)
     protocol = Protocol.from_options({k: v for k, v in config_args.items() if k in PROTOCOL_FIELDS})
     check_pretrained(config_args.get("pretrained"))
@@ -200,17 +200,20 @@ def _seeds(value: Any) -> dict[str, int | None]:
     return {name: None if str(part).strip() == "None" else int(part) for name, part in zip(names, parts)}
 
 
-def _model_args_dict(model: str, model_args: str | dict | None) -> tuple[dict[str, Any], str]:
+def _model_args_dict(model: str, model_args: str | dict | None, task_cards=dict) -> tuple[dict[str, Any], str]:
     """(model_args as a dict, as text): a string is parsed as lmms-eval parses it (typed values);
-    the default model without ``pretrained`` gets the shipped world model's."""
+    the default model without ``pretrained`` gets the shipped world model the tasks run on
+    (``task_cards()``: {task: source card}; runner.built_in_world)."""
     from lmms_eval.utils import simple_parse_args_string
 
     if model_args is None or isinstance(model_args, str):
-        text = runner.model_args_for(model, model_args or None) or ""
+        given_pretrained = any(part.strip().startswith("pretrained=") for part in (model_args or "").split(","))
+        world = "base" if model != runner.DEFAULT_MODEL or given_pretrained else runner.built_in_world(task_cards())
+        text = runner.model_args_for(model, model_args or None, world) or ""
         return dict(simple_parse_args_string(text)), text
     given = dict(model_args)
     if model == runner.DEFAULT_MODEL and "pretrained" not in given:
-        given = {**simple_parse_args_string(runner.default_model_args()), **given}
+        given = {**simple_parse_args_string(runner.default_model_args(runner.built_in_world(task_cards()))), **given}
     return given, ",".join(f"{k}={v}" for k, v in given.items())
 
 

@@ -27,25 +27,45 @@ JOURNAL_NAME = "cases.jsonl"
 LMMS_EVAL_TIMEZONE = "Asia/Singapore"  # lmms-eval's CLI default: the date in the results file names
 
 
-def default_model_args() -> str:
-    from mmke_eval.mini import WORLD_MODEL_DIR as world
+def default_model_args(world: str = "base") -> str:
+    """The built-in model's --model_args: the shipped world model of ``world`` ("base", or
+    "lifelong": the lifelong-scale world's)."""
+    from mmke_eval.mini import WORLD_MODELS
 
-    if not (world / "config.json").is_file():
+    folder = WORLD_MODELS[world]
+    if not (folder / "config.json").is_file():
+        retrain = "" if world == "base" else " --world lifelong"
         raise EvaluationError(
-            f"the built-in world model is missing ({world}); retrain it with "
-            "`python -m mmke_eval.mini.train_world --out mmke_eval/mini/world_model`, or pass --model_args"
+            f"the built-in world model is missing ({folder}); retrain it with "
+            f"`python -m mmke_eval.mini.train_world{retrain} --out {folder}` (docs/mmke-mini.md), or pass --model_args"
         )
-    return f"pretrained={world},device=cpu,device_map=cpu,dtype=float32"
+    return f"pretrained={folder},device=cpu,device_map=cpu,dtype=float32"
 
 
-def model_args_for(model: str, given: str | None) -> str:
-    """The backend's --model_args: the world model's by default; options without ``pretrained=``
-    (``sequential=true``, ``i_loc_k=1``, ...) are added to the default instead of replacing it."""
+def built_in_world(task_cards: dict[str, dict]) -> str:
+    """Which shipped world model the built-in default runs ``task_cards`` ({task: its source card})
+    on: a card's ``world_model`` ("lifelong"), else the base world's. Tasks of both worlds at once
+    are refused: no one model knows both."""
+    worlds = {task: card.get("world_model", "base") for task, card in task_cards.items()}
+    for task, world in worlds.items():
+        if world not in ("base", "lifelong"):
+            raise EvaluationError(f"task {task}: its source card's world_model {world!r} is neither base nor lifelong")
+    if len(set(worlds.values())) > 1:
+        lifelong = sorted(t for t, w in worlds.items() if w == "lifelong")
+        raise EvaluationError(f"{', '.join(lifelong)} run on the lifelong world's model, the other tasks on the base world's: "
+                              "run them separately, or pass --model_args pretrained=...")
+    return next(iter(worlds.values()), "base")
+
+
+def model_args_for(model: str, given: str | None, world: str = "base") -> str:
+    """The backend's --model_args: the world model's by default (``world``: built_in_world's);
+    options without ``pretrained=`` (``sequential=true``, ``i_loc_k=1``, ...) are added to the
+    default instead of replacing it."""
     if model != DEFAULT_MODEL:
         return given or ""
     if given and any(part.strip().startswith("pretrained=") for part in given.split(",")):
         return given
-    return ",".join(part for part in (default_model_args(), given) if part)
+    return ",".join(part for part in (default_model_args(world), given) if part)
 
 
 def run_editor(config: EditedConfig, tasks: list[str], *, include_paths: list[str], output_path: Path | None,

@@ -220,7 +220,7 @@ def test_ctrl_c_ends_in_one_line_saying_what_is_saved_and_how_to_resume(tmp_path
 
     monkeypatch.setattr(runner, "run_editor", interrupted)
     monkeypatch.setattr(journal, "_open_journals", [saved])
-    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given, world="base": f"pretrained={tmp_path}")
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130
@@ -287,7 +287,7 @@ def test_a_table_that_cannot_be_written_is_printed_and_the_run_fails(tmp_path, m
     from mmke_eval import cli, runner
 
     monkeypatch.setattr(runner, "run_editor", lambda config, tasks, **run: {"results": {"mme": {"score,none": 42.0}}})
-    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given, world="base": f"pretrained={tmp_path}")
     (tmp_path / "mmke_table.md").mkdir()
     code = cli.main(["--editor", "none", "--output_path", str(tmp_path)])
     captured = capsys.readouterr()

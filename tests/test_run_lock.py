@@ -114,7 +114,7 @@ def test_the_cli_refuses_a_second_run_before_loading_anything_and_releases_on_er
         raise AssertionError("evaluated")
 
     monkeypatch.setattr(runner, "run_editor", never)
-    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given, world="base": f"pretrained={tmp_path}")
     holder = other_run(tmp_path / "ft_llm")
     assert cli.main(["--editor", "none,ft_llm", "--output_path", str(tmp_path)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -140,7 +140,7 @@ def test_the_other_processes_of_a_multi_process_run_do_not_take_the_lock(other_r
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(runner, "run_editor", lambda config, tasks, **run: None)  # a non-zero process gets no results
-    monkeypatch.setattr(runner, "model_args_for", lambda model, given: f"pretrained={tmp_path}")
+    monkeypatch.setattr(runner, "model_args_for", lambda model, given, world="base": f"pretrained={tmp_path}")
     other_run(tmp_path / "none")  # (stands for process 0)
     assert cli.main(["--editor", "none", "--output_path", str(tmp_path)]) == 0
 

@@ -1,4 +1,4 @@
-"""``mmke-eval make-mini --out DIR [--family F]``: write a generated mini benchmark in its release layout."""
+"""``mmke-eval make-mini --out DIR [--family F] [--lifelong]``: write a generated mini benchmark in its release layout."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default=FAMILIES[0], choices=FAMILIES,  # the families with a mini, the default first
                         help=f"the benchmark family whose release layout to write ({layouts.replace('%', '%%')}) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lifelong", action="store_true",
+                        help="the lifelong-scale world (1000 eval + 100 train entities; task mmke_mini_lifelong): MMKE-Bench's layout only")
+
+
+FAMILY_OF_LIFELONG = "mmke"
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str], argv: list[str]) -> int:
@@ -25,6 +30,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {args.out}: exists and is not a folder")
-    root = generate_any(args.family, out, seed=args.seed)
-    print(f"{args.family}_mini written to {root}")
+    if args.lifelong and args.family != FAMILY_OF_LIFELONG:
+        parser.error(f"--lifelong: the lifelong world is written in {FAMILY_OF_LIFELONG}'s layout only (its world model learned "
+                     f"MMKE-Bench's probes), not {args.family}'s")
+    root = generate_any(args.family, out, seed=args.seed, lifelong=args.lifelong)
+    print(f"{args.family}_mini{'_lifelong' if args.lifelong else ''} written to {root}")
     return 0

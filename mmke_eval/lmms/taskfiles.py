@@ -122,6 +122,17 @@ def source_cards(task_names: str, extra_dirs: list[str] = ()) -> list[dict]:
     return [card for _, path in found for card in config_cards(task_config(path), path.parent)]
 
 
+def cards_by_task(task_names: str, extra_dirs: list[str] = ()) -> dict[str, dict]:
+    """{task: its (first) source card} of the named tasks and groups' members that have one."""
+    found, _ = named_tasks(task_names, extra_dirs)
+    out = {}
+    for task, path in found:
+        cards = config_cards(task_config(path), path.parent)
+        if cards:
+            out[task] = cards[0]
+    return out
+
+
 def task_cards(results: dict[str, Any]) -> dict[str, dict]:
     """Task -> its source card: as recorded in the results (``mmke.cards``, written by mmke-eval),
     else read from the card file the task config names, else (results made on another machine)

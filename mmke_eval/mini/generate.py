@@ -58,19 +58,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def default_root(seed: int = 0, family: str | None = None) -> Path:
+def default_root(seed: int = 0, family: str | None = None, lifelong: bool = False) -> Path:
     from mmke_eval.resources import cache_dir
 
     declared = _family(family)
     name = f"v{GENERATOR_VERSION}-seed{seed}"
-    return cache_dir() / "mmke_mini" / (name if declared.mini_default else f"{name}-{declared.name}")
+    name = name if declared.mini_default else f"{name}-{declared.name}"
+    return cache_dir() / "mmke_mini" / (f"{name}-lifelong" if lifelong else name)
 
 
-def generate_any(family: str | None, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
-    """Write the mini of ``family`` (None: the default one) under ``root`` (same bytes for the same arguments)."""
+def generate_any(family: str | None, root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40,
+                 lifelong: bool = False) -> Path:
+    """Write the mini of ``family`` (None: the default one) under ``root`` (same bytes for the same
+    arguments); ``lifelong``: of the lifelong-scale world (world.py: build_world)."""
     declared = _family(family)
     root = Path(root)
-    world = W.build_world(seed, n_eval=n_eval, n_train=n_train)
+    world = W.build_world(seed, n_eval=n_eval, n_train=n_train, lifelong=lifelong)
     files, images = importlib.import_module(declared.mini).files(world)
     for rel, records in files.items():
         path = root / rel
@@ -78,13 +81,13 @@ def generate_any(family: str | None, root: Path, seed: int = 0, n_eval: int = 40
         path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_images(root, images)
     (root / "mmke_mini.json").write_text(json.dumps(world_summary(world), indent=1) + "\n", encoding="utf-8")
-    (root / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train, declared.name)) + "\n")
+    (root / STAMP_FILE).write_text(json.dumps(_stamp(seed, n_eval, n_train, declared.name, lifelong)) + "\n")
     return root
 
 
-def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40) -> Path:
+def generate(root: Path, seed: int = 0, n_eval: int = 40, n_train: int = 40, lifelong: bool = False) -> Path:
     """Write the default family's mini (the world's own layout) under ``root``; return root."""
-    return generate_any(None, root, seed, n_eval, n_train)
+    return generate_any(None, root, seed, n_eval, n_train, lifelong)
 
 
 def knowledge_probes(family: str | None, root: Path, split: str = "eval") -> list[dict]:
@@ -107,22 +110,22 @@ class KnowledgeProbes(list):
         self.add("i_loc", case, question, record["m_loc_a"], str(image_root / record["m_loc"]))
 
 
-def ensure_generated(root: Path | None = None, seed: int = 0, family: str | None = None) -> Path:
-    """The root of the generated mini of ``family`` (None: the default one) for ``seed``; generates
-    it if missing or stale.
+def ensure_generated(root: Path | None = None, seed: int = 0, family: str | None = None, lifelong: bool = False) -> Path:
+    """The root of the generated mini of ``family`` (None: the default one) for ``seed`` (``lifelong``:
+    of the lifelong-scale world); generates it if missing or stale.
 
     Idempotent and safe when several processes call it at once: the data is written to a temporary
     folder beside ``root`` and moved into place; a stamp file records the generator version and seed.
     """
     family = _family(family).name
-    root = Path(root) if root is not None else default_root(seed, family)
-    expected = _stamp(seed, 40, 40, family)
+    root = Path(root) if root is not None else default_root(seed, family, lifelong)
+    expected = _stamp(seed, 40, 40, family, lifelong)
     if _read_stamp(root) == expected:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        generate_any(family, tmp, seed=seed)
+        generate_any(family, tmp, seed=seed, lifelong=lifelong)
         if _read_stamp(root) == expected:  # another process finished first
             return root
         if root.exists():
@@ -140,10 +143,11 @@ def ensure_generated(root: Path | None = None, seed: int = 0, family: str | None
     return root
 
 
-def _stamp(seed: int, n_eval: int, n_train: int, family: str | None = None) -> dict:
+def _stamp(seed: int, n_eval: int, n_train: int, family: str | None = None, lifelong: bool = False) -> dict:
     stamp = {"generator": "mmke_mini", "version": GENERATOR_VERSION, "seed": seed, "n_eval": n_eval, "n_train": n_train}
     declared = _family(family)
-    return stamp if declared.mini_default else {**stamp, "family": declared.name}
+    stamp = stamp if declared.mini_default else {**stamp, "family": declared.name}
+    return {**stamp, "world": "lifelong", "entities": [W.LIFELONG_N_EVAL, W.LIFELONG_N_TRAIN]} if lifelong else stamp
 
 
 def _read_stamp(root: Path) -> dict | None:
@@ -184,6 +188,7 @@ def world_summary(world: W.World) -> dict:
         "users": {u.name: {"city": u.city, "job": u.job} for u in world.users.values()},
         "meaning_consequence": W.MEANINGS,
         "rulers": world.rulers,
+        **({"world": "lifelong"} if world.lifelong else {}),
         "counts": {kind: {s: len(getattr(world, kind)[s]) for s in SPLITS} for kind in ("entities", "signs", "items")},
     }
 
@@ -222,8 +227,9 @@ def perception_qa(look: tuple) -> list[tuple[str, str]]:
     """What can be asked about any drawing by looking at it."""
     kind = look[0]
     if kind == "shape":
-        _, shape, colour, pattern = look
-        return [(W.SHAPE_Q, shape), (W.SHAPE_COLOUR_Q, colour), (W.SHAPE_PATTERN_Q, pattern)]
+        _, shape, colour, pattern = look[:4]
+        plate = [(W.PLATE_Q, look[4])] if len(look) == 5 else []
+        return [(W.SHAPE_Q, shape), (W.SHAPE_COLOUR_Q, colour), (W.SHAPE_PATTERN_Q, pattern)] + plate
     if kind == "arrows":
         _, count, colour, direction = look
         return [(W.ARROW_COUNT_Q, count), (W.ARROW_DIR_Q, direction), (W.ARROW_COLOUR_Q, colour)]
@@ -231,10 +237,15 @@ def perception_qa(look: tuple) -> list[tuple[str, str]]:
     return [(W.ITEM_KIND_Q, item_kind), (W.ITEM_COLOUR_Q, colour), (W.ITEM_PATTERN_Q, pattern)]
 
 
-def random_look(rng: random.Random) -> tuple:
+def random_look(rng: random.Random, plates: bool = False) -> tuple:
+    """A random drawing; ``plates``: the lifelong world's, whose shapes may stand on a plate."""
     kind = rng.choice(("shape", "arrows", "item"))
     if kind == "shape":
-        return ("shape", rng.choice(W.SHAPES), rng.choice(W.COLOUR_NAMES), rng.choice(W.PATTERNS))
+        look = ("shape", rng.choice(W.SHAPES), rng.choice(W.COLOUR_NAMES), rng.choice(W.PATTERNS))
+        if plates:
+            plate = rng.choice([p for p in W.PLATES if p != look[2]])
+            return look + (plate,) if plate != "none" else look
+        return look
     if kind == "arrows":
         return ("arrows", rng.choice(W.COUNTS), rng.choice(W.COLOUR_NAMES), rng.choice(W.DIRECTIONS))
     return ("item", rng.choice(W.ITEM_KINDS), rng.choice(W.COLOUR_NAMES), rng.choice(W.ITEM_PATTERNS))
@@ -267,9 +278,9 @@ def ruler_facts(world: W.World) -> list[tuple[str, str]]:
 def image_locality(world: W.World, subject, rng: random.Random) -> tuple[str, str, tuple]:
     """(question, answer, look): perception of a random drawing, or a fact about another subject's picture."""
     if rng.random() < 0.6:
-        look = random_look(rng)
+        look = random_look(rng, world.lifelong)
         while look == subject.look:
-            look = random_look(rng)
+            look = random_look(rng, world.lifelong)
         q, a = rng.choice(perception_qa(look))
         return q, a, look
     others = [s for s in world.all_entities() + world.all_signs() + world.all_items() if s != subject]

@@ -47,6 +47,9 @@ COLOURS = {
 }
 COLOUR_NAMES = tuple(COLOURS)
 PATTERNS = ("plain", "striped", "spotted")
+# The lifelong world's entities also stand on a coloured plate (or none): 6 x 8 x 3 x 8 = 1152 looks.
+PLATES = ("none",) + COLOUR_NAMES
+LIFELONG_N_EVAL, LIFELONG_N_TRAIN = 1000, 100
 ITEM_KINDS = ("mug", "hat", "key", "flag", "lamp", "bag")
 ITEM_PATTERNS = ("plain", "striped")
 DIRECTIONS = ("up", "down", "left", "right")
@@ -143,6 +146,7 @@ ARROW_COLOUR_Q = "What colour are the arrows in the image?"
 ITEM_KIND_Q = "What kind of item is in the image?"
 ITEM_COLOUR_Q = "What colour is the item in the image?"
 ITEM_PATTERN_Q = "Is the item in the image plain or striped?"
+PLATE_Q = "What colour is the plate behind the shape?"  # the lifelong world's entities only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +161,12 @@ class Entity:
     city: str
     year: str
     category: str
+    plate: str = "none"  # the lifelong world's entities: the colour of the plate they stand on
 
     @property
     def look(self):
+        if self.plate != "none":
+            return ("shape", self.shape, self.colour, self.pattern, self.plate)
         return ("shape", self.shape, self.colour, self.pattern)
 
     def description(self, city: str | None = None, year: str | None = None, category: str | None = None) -> str:
@@ -225,6 +232,7 @@ class World:
     items: dict[str, list[Item]]
     extra: dict = field(default_factory=dict)
     rulers: dict[str, str] = field(default_factory=dict)  # country -> the user who rules it
+    lifelong: bool = False  # the lifelong-scale world (build_world(lifelong=True)): entities on plates
 
     @property
     def cities(self) -> list[str]:
@@ -290,11 +298,17 @@ _ENGLISH_WORDS = set(
 ) | set(MEANINGS.values()) | set(DIRECTIONS) | set(COUNTS)
 
 
-def build_world(seed: int = 0, n_eval: int = 40, n_train: int = 40) -> World:
-    """The world of ``seed``: ``n_eval`` + ``n_train`` subjects of each knowledge type."""
+def build_world(seed: int = 0, n_eval: int = 40, n_train: int = 40, lifelong: bool = False) -> World:
+    """The world of ``seed``: ``n_eval`` + ``n_train`` subjects of each knowledge type.
+
+    ``lifelong``: the lifelong-scale world, a stream of over 1000 distinct edits. Its entities
+    (LIFELONG_N_EVAL + LIFELONG_N_TRAIN) stand on a coloured plate or none, the only way to draw
+    that many distinct ones; signs and items are as in the base world. Its own world model knows it
+    (mmke_eval/mini/world_model_lifelong/, docs/mmke-mini.md)."""
     n = n_eval + n_train
-    limits = {
-        "entities": len(SHAPES) * len(COLOURS) * len(PATTERNS),
+    n_entities = LIFELONG_N_EVAL + LIFELONG_N_TRAIN if lifelong else n
+    limits = {} if lifelong else {"entities": len(SHAPES) * len(COLOURS) * len(PATTERNS)}
+    limits |= {
         "signs": len(COUNTS) * len(COLOURS) * len(DIRECTIONS),
         "items": len(ITEM_KINDS) * len(COLOURS) * len(ITEM_PATTERNS),
     }
@@ -311,12 +325,16 @@ def build_world(seed: int = 0, n_eval: int = 40, n_train: int = 40) -> World:
     user_names = _make_names(rng, N_USERS, taken)
     users = {u: User(u, rng.choice(cities), rng.choice(JOBS)) for u in user_names}
 
-    looks = [(s, c, p) for s in SHAPES for c in COLOURS for p in PATTERNS]
+    if lifelong:
+        looks = [(s, c, p, pl) for s in SHAPES for c in COLOURS for p in PATTERNS for pl in PLATES if pl != c]
+    else:
+        looks = [(s, c, p) for s in SHAPES for c in COLOURS for p in PATTERNS]
     rng.shuffle(looks)
-    names = _make_names(rng, n, taken)
+    names = _make_names(rng, n_entities, taken)
     entities = [
-        Entity(names[i], *looks[i], city=rng.choice(cities), year=rng.choice(YEARS), category=rng.choice(CATEGORIES))
-        for i in range(n)
+        Entity(names[i], *looks[i][:3], city=rng.choice(cities), year=rng.choice(YEARS), category=rng.choice(CATEGORIES),
+               plate=looks[i][3] if lifelong else "none")
+        for i in range(n_entities)
     ]
     sign_looks = [(k, c, d) for k in COUNTS for c in COLOURS for d in DIRECTIONS]
     rng.shuffle(sign_looks)
@@ -326,12 +344,13 @@ def build_world(seed: int = 0, n_eval: int = 40, n_train: int = 40) -> World:
     rng.shuffle(item_looks)
     items = [Item(*item_looks[i], owner=rng.choice(user_names), place=rng.choice(PLACES)) for i in range(n)]
 
-    def split(xs):
-        return {"eval": xs[:n_eval], "train": xs[n_eval:]}
+    def split(xs, n_first=n_eval):
+        return {"eval": xs[:n_first], "train": xs[n_first:]}
 
     # Drawn from a stream of their own, so the facts drawn above stay those of earlier world versions.
     rulers = dict(zip(countries, random.Random(f"mmke_mini/world/{seed}/rulers").sample(user_names, N_COUNTRIES)))
-    return World(seed, countries, city_country, users, split(entities), split(signs), split(items), rulers=rulers)
+    return World(seed, countries, city_country, users, split(entities, LIFELONG_N_EVAL if lifelong else n_eval), split(signs),
+                 split(items), rulers=rulers, lifelong=lifelong)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,7 +544,7 @@ def _arrows_mask(size: int, count: str, direction: str, cx: float, cy: float, r:
 
 
 def render(look: tuple, style: RenderStyle, px: int = IMAGE_PX) -> Image.Image:
-    """Draw ``look`` = ("shape", shape, colour, pattern) | ("arrows", count, colour, direction)
+    """Draw ``look`` = ("shape", shape, colour, pattern[, plate]) | ("arrows", count, colour, direction)
     | ("item", kind, colour, pattern) in ``style``; an RGB image of ``px`` x ``px``."""
     size = px * _SS
     canvas = Image.new("RGB", (size, size), style.background)
@@ -544,7 +563,11 @@ def render(look: tuple, style: RenderStyle, px: int = IMAGE_PX) -> Image.Image:
     r = size * style.scale / 2
     kind = look[0]
     if kind == "shape":
-        _, shape, colour, pattern = look
+        _, shape, colour, pattern = look[:4]
+        if len(look) == 5:  # the lifelong world's plate: a square behind the shape, turned with it
+            h = r * 0.92
+            plate = [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+            ImageDraw.Draw(canvas).polygon(_rot(plate, cx, cy, style.rotation), fill=COLOURS[look[4]])
         mask = _shape_mask(size, shape, cx, cy, r, style.rotation)
         fill = _pattern_layer(size, COLOURS[colour], pattern, cx, cy, r, style.rotation)
     elif kind == "item":

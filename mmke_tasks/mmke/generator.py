@@ -29,6 +29,11 @@ def ensure_mini() -> Path:
     return G.ensure_generated(family=FAMILY)
 
 
+def ensure_lifelong_mini() -> Path:
+    """The lifelong-scale mini (mmke_mini_lifelong): the cached mini of seed 0's lifelong world."""
+    return G.ensure_generated(family=FAMILY, lifelong=True)
+
+
 def files(world: W.World) -> tuple[dict, dict]:
     """``{relative path: records}`` and ``{relative image path: (look, style)}`` of the release layout."""
     records, images = build_records(world)
@@ -93,7 +98,8 @@ def _entity_record(world: W.World, e: W.Entity, rng: random.Random, base: str) -
     _add_relation_probes(record, facts, new, {f: W.ENTITY_TEXT_Q[f].format(name=e.name) for f in facts}, W.ENTITY_IMAGE_Q)
     record["port_new"] = [{"port_type": "1-hop", "Q&A": {"Question": W.ENTITY_PORT_Q, "Answer": world.city_country[new_city]}}]
     record[G.EXTRA_KEY] = {
-        "subject": {"name": e.name, "shape": e.shape, "colour": e.colour, "pattern": e.pattern, **original},
+        "subject": {"name": e.name, "shape": e.shape, "colour": e.colour, "pattern": e.pattern,
+                    **({"plate": e.plate} if e.plate != "none" else {}), **original},
         "edited_facts": {f: new[f] for f in facts},
         "original_answers": {
             "rel_1_ans": original[facts[0]], "rel_2_ans": original[facts[1]],

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = Config(**{k: getattr(args, k) for k in Config.__dataclass_fields__})
     if args.measure_only:
-        world = W.build_world(cfg.world_seed)
-        root = args.data or G.ensure_generated(seed=cfg.world_seed)
+        world = W.build_world(cfg.world_seed, lifelong=cfg.lifelong())
+        root = args.data or G.ensure_generated(seed=cfg.world_seed, lifelong=world.lifelong)
         measured = measure(args.out, root, world, cfg, log=lambda line: print(line, file=sys.stderr))
         print(json.dumps(measured, indent=1))
         if args.write_metrics:

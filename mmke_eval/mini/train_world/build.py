@@ -11,6 +11,7 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 MAX_POSITIONS = 2048
 WORLD_MODEL_FAMILY = "mmke_mini_world"  # registry.yaml: editor defaults for this model
+LIFELONG_WORLD_MODEL_FAMILY = "mmke_mini_lifelong_world"  # the lifelong world's model: no learned editor shipped for it
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
@@ -82,7 +83,7 @@ def build_model(tokenizer, cfg: Config):
         tie_word_embeddings=False,
     )
     # Editor defaults for this model come from registry.yaml's "mmke_mini_world" family.
-    setattr(config, FAMILY_CONFIG_KEY, WORLD_MODEL_FAMILY)
+    setattr(config, FAMILY_CONFIG_KEY, LIFELONG_WORLD_MODEL_FAMILY if cfg.lifelong() else WORLD_MODEL_FAMILY)
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Config:
     seed: int = 0
     world_seed: int = 0
+    world: str = "base"  # "base", or "lifelong": the lifelong-scale world (world.py: build_world)
     threads: int = 2
     # model
     image_size: int = 32
@@ -39,9 +40,17 @@ class Config:
     ike_batch: int = 6
     max_demos: int = 25
     scene_share: float = 0.06  # of entity picture questions: MIKE's "Does {name} appear in the picture?"
+    more_share: float = 0.34  # of entity picture questions: the other families' (VLKEB's hops, MIKE's prompts)
+    entity_share: float = 0.45  # of picture questions: about an entity (the rest: signs 5/11, items 6/11)
     init: str = ""  # a world-model folder to continue training from (needs vision_steps 0: no stage A)
     # data
     renders_per_subject: int = 24
     generic_renders: int = 16000
     eval_every: int = 500
     eval_sample: int = 300
+    save_every: int = 0  # save the model to --out/checkpoint every this many steps (continue it with --init)
+
+    def lifelong(self) -> bool:
+        if self.world not in ("base", "lifelong"):
+            raise ValueError(f"--world {self.world!r}: choose base or lifelong")
+        return self.world == "lifelong"

@@ -77,7 +77,7 @@ class ImagePool:
                 looks.append(s.look)
                 images.append(W.render(s.look, style(s.look[0])))
         for _ in range(cfg.generic_renders):
-            look = G.random_look(rng)
+            look = G.random_look(rng, world.lifelong)
             looks.append(look)
             images.append(W.render(look, style(look[0])))
         chunks = [preprocess(processor, images[i : i + 512]) for i in range(0, len(images), 512)]

@@ -41,14 +41,15 @@ class Sampler:
         questions (VLKEB's hops, MIKE's prompts), are drawn more often; 10% go through the short-answer wrapper."""
         r = self.rng
         x = r.random()
-        kind = "entity" if x < 0.45 else "sign" if x < 0.7 else "item"
+        e = self.cfg.entity_share
+        kind = "entity" if x < e else "sign" if x < e + (1 - e) * 5 / 11 else "item"
         s = r.choice(self.by_type[kind])
         more = self.more_image_qa[id(s)]
         y = r.random()
         scene = self.cfg.scene_share
         if kind == "entity" and y < scene:
             q, a = scene_question(self.world, s, r)
-        elif more and y < (scene + 0.34 if kind == "entity" else 0.2):
+        elif more and y < (scene + self.cfg.more_share if kind == "entity" else min(0.2, self.cfg.more_share)):
             q, a = r.choice(more)
         else:
             q, a = r.choice(self.image_qa[id(s)])

@@ -38,6 +38,15 @@ def lr_at(step: int, cfg: Config) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def save_checkpoint(model, processor, folder: Path, step: int) -> None:
+    """The model as training left it, in fp16 beside the run (a session may end before the run does)."""
+    import copy
+
+    copy.deepcopy(model).to(torch.float16).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "step.txt").write_text(f"{step}\n")
+
+
 def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
     if cfg.init:  # checked before anything is written into --out
         if cfg.vision_steps:
@@ -60,7 +69,7 @@ def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
     random.seed(cfg.seed)
     log(f"config: {json.dumps(asdict(cfg))}")
     log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
-    world = W.build_world(cfg.world_seed)
+    world = W.build_world(cfg.world_seed, lifelong=cfg.lifelong())
     tokenizer = build_tokenizer(world, cfg.vocab_size)
     processor = build_processor(tokenizer, cfg)
     model = build_model(tokenizer, cfg)
@@ -85,7 +94,7 @@ def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
 
     if data_root is None:
         tmp = tempfile.TemporaryDirectory(prefix="mmke_mini_")
-        data_root = G.generate(Path(tmp.name), seed=cfg.world_seed)
+        data_root = G.generate(Path(tmp.name), seed=cfg.world_seed, lifelong=world.lifelong)
     held_out = original_probes(Path(data_root), splits=("eval",))
     rng_eval = random.Random(0)
     quick = rng_eval.sample(held_out, min(cfg.eval_sample, len(held_out)))
@@ -124,6 +133,9 @@ def train(cfg: Config, out: Path, data_root: Path | None = None) -> dict:
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             summary = summarise(quick, token_accuracies(model, processor, quick))
             log("quick eval (held-out sample, original answers): " + json.dumps({k: v["all"] for k, v in summary.items()}))
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(model, processor, out / "checkpoint", step + 1)
+            log(f"saved {out / 'checkpoint'} (step {step + 1}; continue it with --init)")
     train_seconds = time.time() - t_train
     log(f"stage B done: {cfg.steps} steps in {train_seconds:.0f}s")
 

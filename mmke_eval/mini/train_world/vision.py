@@ -17,20 +17,25 @@ from mmke_eval.mini.train_world.examples import ImagePool
 ATTRIBUTE_HEADS = {
     "family": ("shape", "arrows", "item"), "shape": W.SHAPES, "colour": W.COLOUR_NAMES, "pattern": W.PATTERNS,
     "count": W.COUNTS, "direction": W.DIRECTIONS, "kind": W.ITEM_KINDS, "item_pattern": W.ITEM_PATTERNS,
+    "plate": W.PLATES,  # the lifelong world's; base-world heads and labels are unchanged before it
 }
 _LOOK_FIELDS = {"shape": ("shape", "colour", "pattern"), "arrows": ("count", "colour", "direction"), "item": ("kind", "colour", "item_pattern")}
 
 
-def attribute_labels(look: tuple) -> list[int]:
-    values = {"family": look[0], **dict(zip(_LOOK_FIELDS[look[0]], look[1:]))}
+def attribute_labels(look: tuple, plates: bool = False) -> list[int]:
+    values = {"family": look[0], **dict(zip(_LOOK_FIELDS[look[0]], look[1:4]))}
+    if plates and look[0] == "shape":
+        values["plate"] = look[4] if len(look) == 5 else "none"
     return [ATTRIBUTE_HEADS[h].index(values[h]) if h in values else -100 for h in ATTRIBUTE_HEADS]
 
 
 def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
     """Attribute classification from the mean of the patch features (the features LLaVA projects)."""
     g = torch.Generator().manual_seed(cfg.seed)
-    labels = torch.tensor([attribute_labels(look) for look in pool.looks])
-    sizes = [len(v) for v in ATTRIBUTE_HEADS.values()]
+    plates = cfg.lifelong()
+    names = list(ATTRIBUTE_HEADS) if plates else [h for h in ATTRIBUTE_HEADS if h != "plate"]
+    labels = torch.tensor([attribute_labels(look, plates)[: len(names)] for look in pool.looks])
+    sizes = [len(ATTRIBUTE_HEADS[h]) for h in names]
     heads = torch.nn.Linear(vision_tower.config.hidden_size, sum(sizes))
     params = list(vision_tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
@@ -43,7 +48,7 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
         logits = heads(feats).split(sizes, dim=-1)
         y = labels[idx]
         loss, acc = 0.0, {}
-        for j, (name, lg) in enumerate(zip(ATTRIBUTE_HEADS, logits)):
+        for j, (name, lg) in enumerate(zip(names, logits)):
             m = y[:, j] >= 0
             if m.any():
                 loss = loss + torch.nn.functional.cross_entropy(lg[m], y[m, j])
