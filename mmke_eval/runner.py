@@ -57,6 +57,12 @@ def built_in_world(task_cards: dict[str, dict]) -> str:
     return next(iter(worlds.values()), "base")
 
 
+def world_for(model: str, given_pretrained: bool, task_cards) -> str:
+    """The world whose shipped model the run uses: built_in_world's for the built-in default model
+    without ``pretrained`` (``task_cards()``: {task: source card}, read only then), else "base"."""
+    return "base" if model != DEFAULT_MODEL or given_pretrained else built_in_world(task_cards())
+
+
 def model_args_for(model: str, given: str | None, world: str = "base") -> str:
     """The backend's --model_args: the world model's by default (``world``: built_in_world's);
     options without ``pretrained=`` (``sequential=true``, ``i_loc_k=1``, ...) are added to the

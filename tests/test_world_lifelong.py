@@ -119,3 +119,13 @@ def test_shipped_model_knows_the_lifelong_world(world, sampled_root):
     table = summarise(probes, token_accuracies(model, processor, probes, batch=48))
     for kind, threshold in THRESHOLDS.items():
         assert table[kind]["entity"] >= threshold, (kind, table[kind])
+
+
+def test_make_mini_writes_the_lifelong_world_in_mmke_layout_only(tmp_path, capsys):
+    from mmke_eval import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["make-mini", "--lifelong", "--family", "vlkeb", "--out", str(tmp_path / "v")])
+    assert exit_info.value.code == 2
+    assert "--lifelong: the lifelong world is written in mmke's layout only" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 
 
-def load_adapter(model: str, model_args: str | None):
-    """The adapter over a loaded lmms-eval backend, as the ``edited`` model builds it."""
+def load_adapter(model: str, model_args: str | None, world: str = "base"):
+    """The adapter over a loaded lmms-eval backend, as the ``edited`` model builds it (the built-in
+    default: the shipped model of ``world``, runner.built_in_world)."""
     from lmms_eval.models import get_model
 
     from mmke_eval import registry, runner
     from mmke_eval.keyvalues import parse_key_values
     from mmke_eval.protocol import check_device_map, check_gpu, check_pretrained
 
-    args = parse_key_values(runner.model_args_for(model, model_args), "--model_args")
+    args = parse_key_values(runner.model_args_for(model, model_args, world), "--model_args")
     adapter_args = {k[len("adapter."):]: v for k, v in args.items() if k.startswith("adapter.")}
     base_args = {k: v for k, v in args.items() if not k.startswith("adapter.")}
     adapter_cls = registry.adapter_class(model)

@@ -56,7 +56,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
 
 
 def _train(args: argparse.Namespace, argv: list[str], data_root: Path | None = None) -> int:
-    from mmke_eval import registry
+    from mmke_eval import registry, runner
     from mmke_eval.journal import digest
     from mmke_eval.keyvalues import parse_key_values
     from mmke_eval.training.data import task_sources, training_benchmark, training_cases
@@ -70,7 +70,9 @@ def _train(args: argparse.Namespace, argv: list[str], data_root: Path | None = N
     registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
     sources = task_sources(args.tasks)
     benchmark = training_benchmark(sources, args.tasks)
-    adapter = load_adapter(args.model, args.model_args)
+    given_pretrained = any(part.strip().startswith("pretrained=") for part in (args.model_args or "").split(","))
+    world = runner.world_for(args.model, given_pretrained, lambda: {name: card for name, card, _ in sources})
+    adapter = load_adapter(args.model, args.model_args, world)
     # A family default may name a checkpoint to evaluate with (the world model's); training writes one.
     # The budget (max_steps, val_every, patience, val_cases) is the benchmark's reference one for this model.
     editor = registry.build_editor(args.editor, family=adapter.family, overrides={**overrides, "checkpoint": ""},
