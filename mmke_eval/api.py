@@ -207,13 +207,12 @@ def _model_args_dict(model: str, model_args: str | dict | None, task_cards=dict)
     from lmms_eval.utils import simple_parse_args_string
 
     if model_args is None or isinstance(model_args, str):
-        given_pretrained = any(part.strip().startswith("pretrained=") for part in (model_args or "").split(","))
-        world = runner.world_for(model, given_pretrained, task_cards)
+        world = runner.world_for(model, model_args, task_cards)
         text = runner.model_args_for(model, model_args or None, world) or ""
         return dict(simple_parse_args_string(text)), text
     given = dict(model_args)
     if model == runner.DEFAULT_MODEL and "pretrained" not in given:
-        given = {**simple_parse_args_string(runner.default_model_args(runner.world_for(model, False, task_cards))), **given}
+        given = {**simple_parse_args_string(runner.default_model_args(runner.world_for(model, given, task_cards))), **given}
     return given, ",".join(f"{k}={v}" for k, v in given.items())
 
 

@@ -57,10 +57,15 @@ def built_in_world(task_cards: dict[str, dict]) -> str:
     return next(iter(worlds.values()), "base")
 
 
-def world_for(model: str, given_pretrained: bool, task_cards) -> str:
+def world_for(model: str, given: str | dict | None, task_cards) -> str:
     """The world whose shipped model the run uses: built_in_world's for the built-in default model
-    without ``pretrained`` (``task_cards()``: {task: source card}, read only then), else "base"."""
-    return "base" if model != DEFAULT_MODEL or given_pretrained else built_in_world(task_cards())
+    when ``given`` (the model_args, text or dict) has no ``pretrained`` (``task_cards()``: {task:
+    source card}, read only then), else "base" (unused: the model is the user's)."""
+    if isinstance(given, dict):
+        has_pretrained = "pretrained" in given
+    else:
+        has_pretrained = any(part.strip().startswith("pretrained=") for part in (given or "").split(","))
+    return "base" if model != DEFAULT_MODEL or has_pretrained else built_in_world(task_cards())
 
 
 def model_args_for(model: str, given: str | None, world: str = "base") -> str:

@@ -64,6 +64,12 @@ def test_the_task_names_its_world_and_the_default_model_follows(tmp_path):
         runner.built_in_world(cards)
     with pytest.raises(EvaluationError, match="task t: its source card's world_model 'huge'"):
         runner.built_in_world({"t": {"world_model": "huge"}})
+    lifelong_cards = {"mmke_mini_lifelong": cards["mmke_mini_lifelong"]}
+    assert runner.world_for("llava_hf", "lifelong=10", lambda: lifelong_cards) == "lifelong"
+    assert runner.world_for("llava_hf", {"lifelong": 10}, lambda: lifelong_cards) == "lifelong"
+    unread = lambda: pytest.fail("the cards are read only for the built-in model without pretrained")  # noqa: E731
+    assert runner.world_for("llava_hf", "pretrained=/m,lifelong=10", unread) == "base"
+    assert runner.world_for("qwen2_vl", None, unread) == "base"
     assert f"pretrained={MODEL_DIR}," in runner.model_args_for("llava_hf", "lifelong=10", "lifelong")
     assert runner.model_args_for("llava_hf", "lifelong=10", "lifelong").endswith(",lifelong=10")
 

@@ -70,8 +70,7 @@ def _train(args: argparse.Namespace, argv: list[str], data_root: Path | None = N
     registry.build_editor(args.editor, overrides=overrides)  # bad values fail before the model loads
     sources = task_sources(args.tasks)
     benchmark = training_benchmark(sources, args.tasks)
-    given_pretrained = any(part.strip().startswith("pretrained=") for part in (args.model_args or "").split(","))
-    world = runner.world_for(args.model, given_pretrained, lambda: {name: card for name, card, _ in sources})
+    world = runner.world_for(args.model, args.model_args, lambda: {name: card for name, card, _ in sources})
     adapter = load_adapter(args.model, args.model_args, world)
     # A family default may name a checkpoint to evaluate with (the world model's); training writes one.
     # The budget (max_steps, val_every, patience, val_cases) is the benchmark's reference one for this model.
