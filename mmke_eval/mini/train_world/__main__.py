@@ -15,12 +15,18 @@ from mmke_eval.mini.train_world.measure import measure
 from mmke_eval.mini.train_world.train import train
 
 
+def _strict_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() == "true"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmke_eval.mini.train_world", description="Train the mmke_mini world model (deterministic).")
     parser.add_argument("--out", type=Path, default=WORLD_MODEL_DIR)
     parser.add_argument("--data", type=Path, default=None, help="a generated benchmark root (default: generate one)")
     for f in Config.__dataclass_fields__.values():
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+        parser.add_argument(f"--{f.name}", type=_strict_bool if isinstance(f.default, bool) else type(f.default), default=f.default)
     parser.add_argument("--measure_only", action="store_true",
                         help="no training: measure the model already in --out and print the numbers (JSON)")
     parser.add_argument("--write_metrics", action="store_true",

@@ -27,6 +27,10 @@ class Config:
     vision_steps: int = 4000
     vision_batch: int = 128
     vision_lr: float = 1e-3
+    # weight of a contrastive loss in stage A (two renders of one subject against the batch's other
+    # subjects, on the normalised mean patch feature): features that tell each subject apart, not
+    # only its attributes (the lifelong world's 1100 entities share attributes); 0 = off
+    vision_contrast: float = 0.0
     # stage B: the whole LLaVA learns the world
     steps: int = 9000
     batch: int = 32
@@ -42,6 +46,12 @@ class Config:
     scene_share: float = 0.06  # of entity picture questions: MIKE's "Does {name} appear in the picture?"
     more_share: float = 0.34  # of entity picture questions: the other families' (VLKEB's hops, MIKE's prompts)
     entity_share: float = 0.45  # of picture questions: about an entity (the rest: signs 5/11, items 6/11)
+    # a plain batch: perception of random drawings, questions about a subject's picture, text facts,
+    # and (the rest) the free-form descriptions
+    perception_share: float = 0.12
+    picture_share: float = 0.5
+    text_share: float = 0.32
+    subject_perception: bool = True  # a subject's picture questions include perception ones
     init: str = ""  # a world-model folder to continue training from (needs vision_steps 0: no stage A)
     # data
     renders_per_subject: int = 24

@@ -21,7 +21,7 @@ class Sampler:
             "entity": world.all_entities(), "sign": world.all_signs(), "item": world.all_items(),
         }
         self.text_facts = all_text_facts(world)
-        self.image_qa = {id(s): subject_image_qa(world, s) for s in self.subjects}
+        self.image_qa = {id(s): subject_image_qa(world, s, cfg.subject_perception) for s in self.subjects}
         self.more_image_qa = {id(s): more_image_facts(world, s) for s in self.subjects}
 
     # one example = (ids, labels, pool index or -1)
@@ -73,11 +73,11 @@ class Sampler:
             x = self.rng.random()
             if perception_only:
                 out.append(self.perception() if x < 0.6 else self.text_fact())
-            elif x < 0.12:
+            elif x < self.cfg.perception_share:
                 out.append(self.perception())
-            elif x < 0.62:
+            elif x < self.cfg.perception_share + self.cfg.picture_share:
                 out.append(self.subject_image())
-            elif x < 0.94:
+            elif x < self.cfg.perception_share + self.cfg.picture_share + self.cfg.text_share:
                 out.append(self.text_fact())
             else:
                 out.append(self.description())

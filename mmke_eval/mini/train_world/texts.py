@@ -9,9 +9,9 @@ from mmke_eval.mini import world as W
 from mmke_tasks.mike import loader as mike
 
 
-def subject_image_qa(world: W.World, subject) -> list[tuple[str, str]]:
-    """Questions asked with a picture of ``subject``: facts and perception."""
-    return G.image_facts(world, subject) + G.perception_qa(subject.look)
+def subject_image_qa(world: W.World, subject, perception: bool = True) -> list[tuple[str, str]]:
+    """Questions asked with a picture of ``subject``: facts, and perception unless ``perception`` is False."""
+    return G.image_facts(world, subject) + (G.perception_qa(subject.look) if perception else [])
 
 
 def short_answer(question: str) -> str:

@@ -55,6 +55,25 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
                 acc[name] = round(100 * (lg[m].argmax(-1) == y[m, j]).float().mean().item(), 1)
         return loss, acc
 
+    subject_looks = sorted({s.look for s in pool.subjects}, key=str)
+    pairs = min(cfg.vision_batch // 2, len(subject_looks))
+
+    def contrast():
+        """InfoNCE of two renders of each of ``pairs`` subjects (both directions), and its top-1 accuracy."""
+        chosen = torch.randperm(len(subject_looks), generator=g)[:pairs]
+        first, second = [], []
+        for i in chosen.tolist():
+            renders = pool.index[subject_looks[i]]
+            a, b = torch.randperm(len(renders), generator=g)[:2].tolist()
+            first.append(renders[a])
+            second.append(renders[b])
+        feats = vision_tower(pixel_values=pool.pixels[first + second]).last_hidden_state[:, 1:].mean(1)
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        logits = feats[:pairs] @ feats[pairs:].T / 0.1
+        target = torch.arange(pairs)
+        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        return loss, round(100 * (logits.argmax(-1) == target).float().mean().item(), 1)
+
     t0 = time.time()
     acc: dict = {}
     for step in range(cfg.vision_steps):
@@ -65,6 +84,9 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         loss, _ = run(idx)
+        if cfg.vision_contrast:
+            contrast_loss, contrast_acc = contrast()
+            loss = loss + cfg.vision_contrast * contrast_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -72,6 +94,8 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
             vision_tower.eval()
             with torch.no_grad():
                 _, acc = run(test)
+                if cfg.vision_contrast:
+                    acc["subject_pairs"] = contrast()[1]  # top-1 of a fresh batch of pairs (train renders)
             log(f"vision step {step:5d}/{cfg.vision_steps} loss {loss.item():.3f} held-out attribute accuracy {json.dumps(acc)} "
                 f"| {(step + 1) / (time.time() - t0):.1f} steps/s")
     return acc
