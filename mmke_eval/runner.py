@@ -34,10 +34,15 @@ def default_model_args(world: str = "base") -> str:
 
     folder = WORLD_MODELS[world]
     if not (folder / "config.json").is_file():
-        retrain = "" if world == "base" else " --world lifelong"
+        if world == "lifelong":
+            raise EvaluationError(
+                f"the lifelong world's model is not shipped yet ({folder}): no training run has reached the knowledge "
+                "bar (docs/mmke-mini.md, \"The lifelong world\"); train one with `python -m mmke_eval.mini.train_world "
+                "--world lifelong ...` and pass --model_args pretrained=DIR"
+            )
         raise EvaluationError(
             f"the built-in world model is missing ({folder}); retrain it with "
-            f"`python -m mmke_eval.mini.train_world{retrain} --out {folder}` (docs/mmke-mini.md), or pass --model_args"
+            "`python -m mmke_eval.mini.train_world --out mmke_eval/mini/world_model`, or pass --model_args"
         )
     return f"pretrained={folder},device=cpu,device_map=cpu,dtype=float32"
 

@@ -53,7 +53,7 @@ def test_the_plate_is_drawn_and_asked(world):
     assert all(q != W.PLATE_Q for q, _ in G.perception_qa(("shape", "star", "red", "plain")))
 
 
-def test_the_task_names_its_world_and_the_default_model_follows(tmp_path):
+def test_the_task_names_its_world_and_the_default_model_follows(tmp_path, monkeypatch):
     from mmke_eval.lmms.taskfiles import cards_by_task
 
     cards = cards_by_task("mmke_mini_lifelong,mmke_mini_entity")
@@ -70,8 +70,17 @@ def test_the_task_names_its_world_and_the_default_model_follows(tmp_path):
     unread = lambda: pytest.fail("the cards are read only for the built-in model without pretrained")  # noqa: E731
     assert runner.world_for("llava_hf", "pretrained=/m,lifelong=10", unread) == "base"
     assert runner.world_for("qwen2_vl", None, unread) == "base"
-    assert f"pretrained={MODEL_DIR}," in runner.model_args_for("llava_hf", "lifelong=10", "lifelong")
-    assert runner.model_args_for("llava_hf", "lifelong=10", "lifelong").endswith(",lifelong=10")
+    from mmke_eval import mini
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.json").write_text("{}")
+    monkeypatch.setitem(mini.WORLD_MODELS, "lifelong", trained)
+    assert runner.model_args_for("llava_hf", "lifelong=10", "lifelong") == (
+        f"pretrained={trained},device=cpu,device_map=cpu,dtype=float32,lifelong=10")
+    monkeypatch.setitem(mini.WORLD_MODELS, "lifelong", tmp_path / "none")
+    with pytest.raises(EvaluationError, match="the lifelong world's model is not shipped yet .*pretrained=DIR"):
+        runner.model_args_for("llava_hf", "lifelong=10", "lifelong")
 
 
 def test_stamp_and_cache_folder_name_the_lifelong_world(tmp_path, monkeypatch):
@@ -82,8 +91,11 @@ def test_stamp_and_cache_folder_name_the_lifelong_world(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# The shipped model of the lifelong world knows it (a sample of the eval split)
+# The shipped model of the lifelong world knows it (a sample of the eval split). No run has reached
+# the bar yet (docs/mmke-mini.md, "The lifelong world"), so none is shipped: these run once one is.
 # ----------------------------------------------------------------------------------------------
+not_shipped = pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(),
+                                 reason="the lifelong world's model is not shipped yet (docs/mmke-mini.md, 'The lifelong world')")
 @pytest.fixture(scope="module")
 def sampled_root(world, tmp_path_factory):
     """A sample of the eval split's records in the release layout, with the drawings they name."""
@@ -101,6 +113,7 @@ def sampled_root(world, tmp_path_factory):
     return root
 
 
+@not_shipped
 def test_shipped_model_is_small_and_names_its_family():
     size = sum(p.stat().st_size for p in MODEL_DIR.iterdir() if p.is_file())
     assert size < 12e6, f"lifelong world model folder is {size / 1e6:.1f} MB"
@@ -110,6 +123,7 @@ def test_shipped_model_is_small_and_names_its_family():
     assert metrics["world_version"] == W.WORLD_VERSION and metrics["config"]["world"] == "lifelong"
 
 
+@not_shipped
 def test_shipped_model_knows_the_lifelong_world(world, sampled_root):
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration

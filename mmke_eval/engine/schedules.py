@@ -158,8 +158,7 @@ class Lifelong:
         label = evaluator.label
         if len(cases) < self.edits:
             raise ValueError(f"lifelong={self.edits}: {label or 'the task'} has {len(cases)} edit cases; a stream of "
-                             f"{self.edits} edits needs as many (pass lifelong={len(cases)} or less, or a task with more cases: "
-                             "mmke_mini_lifelong has 1000, on its own world model)")
+                             f"{self.edits} edits needs as many (pass lifelong={len(cases)} or less, or a task with more cases)")
         stream, beyond = cases[: self.edits], cases[self.edits :]
         if any(is_edit_only(probes) for probes in cases):
             raise ValueError(f"case {cases[0][0].doc['case_id']} is marked edit-only, which only sequential=true uses")
