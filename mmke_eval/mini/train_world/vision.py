@@ -85,7 +85,7 @@ def pretrain_vision(vision_tower, pool: "ImagePool", cfg: Config, log) -> dict:
             group["lr"] = lr
         loss, _ = run(idx)
         if cfg.vision_contrast:
-            contrast_loss, contrast_acc = contrast()
+            contrast_loss, _ = contrast()
             loss = loss + cfg.vision_contrast * contrast_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
